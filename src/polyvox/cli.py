@@ -1,0 +1,112 @@
+"""``polyvox <command>``: thin callers of the stage functions.
+
+Every command takes ``--params FILE`` and any number of ``-S key.path=value`` overrides, reads
+its knobs from there and nowhere else, and works in the current directory's ``data/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
+from polyvox.corpus.demo.voices import SynthesisError
+from polyvox.corpus.schema import CorpusError
+from polyvox.workspace import Workspace
+
+app = typer.Typer(
+    name="polyvox",
+    help="From a voice corpus to a deployed custom voice.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+ParamsOption = Annotated[Path, typer.Option("--params", help="Params file.", show_default=True)]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("-S", "--set", help="Override a param: -S key.path=value (repeatable), as `dvc exp run -S`."),
+]
+# Errors a user can fix; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, CorpusError, SynthesisError)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err, show_path=False)],
+        force=True,
+    )
+
+
+def _load(params: Path, overrides: list[str] | None) -> Params:
+    return load_params(params, overrides or [])
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    raise typer.Exit(code=2 if isinstance(exc, ConfigError) else 1)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def prepare(
+    corpus: Annotated[Optional[Path], typer.Option(help="Corpus to ingest (default: prepare.corpus; none = demo).")] = None,
+    corpus_format: Annotated[
+        Optional[str], typer.Option("--format", help="auto | ljspeech | vctk | manifest (default: prepare.format).")
+    ] = None,
+    params: ParamsOption = DEFAULT_PARAMS_FILE,
+    set_: SetOption = None,
+) -> None:
+    """Ingest a corpus (or build the demo corpus) into data/raw: manifest + audio + images."""
+    from polyvox.corpus.prepare import prepare as run_prepare
+
+    overrides = list(set_ or [])
+    if corpus_format is not None:
+        overrides.append(f"prepare.format={corpus_format}")
+    try:
+        loaded = _load(params, overrides)
+        if corpus is not None:
+            loaded = loaded.model_copy(update={"prepare": loaded.prepare.model_copy(update={"corpus": corpus})})
+        result = run_prepare(loaded, Workspace.here())
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(
+        f"{result.rows} rows, {result.speakers} speakers, {result.hours:.2f} h of audio, "
+        f"{result.parse_errors} rows with parse errors -> {result.manifest}"
+    )
+
+
+@app.command()
+def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
+    try:
+        _load(params, set_)  # fail fast, before Prefect starts, on a bad params file
+    except USER_ERRORS as exc:
+        _fail(exc)
+    from polyvox.flow import pipeline
+
+    state = pipeline(params_file=str(params), overrides=list(set_ or []), return_state=True)
+    if not state.is_completed():
+        err.print(f"[bold red]pipeline {state.name}:[/] {state.message}")
+        raise typer.Exit(code=1)
+    summary = state.result()
+    for stage, figures in summary.items():
+        typer.echo(f"{stage}: {figures}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

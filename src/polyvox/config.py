@@ -1,0 +1,130 @@
+"""Typed view of ``params.yaml``: the one home of every knob.
+
+``load_params`` reads the YAML file, applies ``-S key.path=value`` overrides (the spelling of
+``dvc exp run -S``), and validates the result against :class:`Params`. Every field is required
+and no field has a default here, so a knob has exactly one home: the params file. Unknown,
+missing or mistyped keys raise :class:`ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be used; the message names the key and the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DemoConfig(_Section):
+    """The demo corpus the project builds itself when no corpus is given."""
+
+    voices: list[str] = Field(min_length=1)
+    utterances_per_speaker: int = Field(gt=0)
+    image_size: int = Field(ge=32, le=512)
+
+    @field_validator("voices")
+    @classmethod
+    def _unique_voices(cls, voices: list[str]) -> list[str]:
+        seen = set()
+        for voice in voices:
+            if voice in seen:
+                raise ValueError(f"voice {voice!r} is listed twice")
+            seen.add(voice)
+        return voices
+
+
+class PrepareConfig(_Section):
+    """Corpus ingestion into ``data/raw``."""
+
+    corpus: Path | None
+    format: Literal["auto", "ljspeech", "vctk", "manifest"]
+    speaker: str | None
+    vctk_mic: str | None
+    workers: int = Field(ge=1)
+
+
+class Params(_Section):
+    seed: int
+    prepare: PrepareConfig
+    demo: DemoConfig
+
+
+def _set_key(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"{source}: malformed key {dotted!r}")
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"{source}: unknown key {where!r} (in override {dotted}=...)")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"{source}: unknown key {dotted!r}")
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides in order; values are parsed as YAML scalars, as DVC does."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise ConfigError(f"{source}: override {override!r} is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: override {override!r} has an unparsable value: {exc}") from exc
+        _set_key(tree, key.strip(), value, source)
+    return tree
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key {key!r}"
+    if kind == "missing":
+        return f"missing key {key!r}"
+    return f"key {key!r}: {error['msg']} (got {error.get('input')!r})"
+
+
+def parse_params(tree: Any, source: str = "<params>") -> Params:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(tree).__name__}")
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read a params file (default ``./params.yaml``), apply overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (run from the project root or pass --params)") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if tree is None:
+        tree = {}
+    if overrides:
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        apply_overrides(tree, overrides, f"{path} (with -S overrides)")
+    return parse_params(tree, str(path))

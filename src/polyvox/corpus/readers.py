@@ -1,0 +1,291 @@
+"""Corpus readers: LJSpeech-style, VCTK-style and CSV/Parquet manifests.
+
+Every reader returns a list of :class:`CorpusRow` in a deterministic order and never raises on a
+bad row: a broken line, undecodable bytes, a missing or out-of-corpus file become a row with
+``errors`` set. Only a corpus that cannot be read at all (no metadata file, a manifest without
+its required columns) raises :class:`CorpusError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from polyvox.corpus.schema import FORMATS, CorpusError, CorpusRow, is_safe_id
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+MANIFEST_REQUIRED = ("id", "speaker", "text", "audio")
+MANIFEST_OPTIONAL = ("reference_audio", "image")
+MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
+
+
+def _decode(raw: bytes, where: str, errors: list[str]) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        errors.append(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})")
+        return raw.decode("utf-8", errors="replace")
+
+
+def _inside(root: Path, relative: str) -> Path | None:
+    """``root/relative`` if it stays inside ``root`` (checked lexically, so symlinked data works)."""
+    if not relative or os.path.isabs(relative) or "\x00" in relative:
+        return None
+    joined = os.path.normpath(os.path.join(root, relative))
+    root_str = os.path.normpath(root)
+    if joined != root_str and joined.startswith(root_str + os.sep):
+        return Path(joined)
+    return None
+
+
+def _resolve_file(root: Path, relative: str, column: str, errors: list[str]) -> Path | None:
+    path = _inside(root, relative)
+    if path is None:
+        errors.append(f"{column} path {relative!r} is absolute or escapes the corpus root")
+        return None
+    if not path.is_file():
+        errors.append(f"{column} file not found: {relative}")
+        return None
+    return path
+
+
+# --- LJSpeech: metadata.csv (id|text or id|text|normalized_text) + wavs/ -----------------------
+
+
+def read_ljspeech(root: Path, speaker: str | None = None) -> list[CorpusRow]:
+    metadata = root / "metadata.csv"
+    if not metadata.is_file():
+        raise CorpusError(f"{root}: no metadata.csv (LJSpeech layout is metadata.csv + wavs/)")
+    speaker = speaker or root.resolve().name
+    wavs = root / "wavs"
+    rows: list[CorpusRow] = []
+    for number, raw_line in enumerate(metadata.read_bytes().splitlines(), start=1):
+        if not raw_line.strip():
+            continue
+        errors: list[str] = []
+        line = _decode(raw_line, f"metadata.csv line {number}", errors)
+        fields = line.split("|")
+        utt_id = fields[0].strip() or f"metadata.csv:{number}"
+        row = CorpusRow(id=utt_id, speaker=speaker, text=None, source_file="metadata.csv", source_line=number, errors=errors)
+        if len(fields) not in (2, 3):
+            errors.append(f"metadata.csv line {number}: expected 2 or 3 '|'-separated fields, found {len(fields)}")
+        if len(fields) >= 2:
+            row.text = fields[1].strip()
+        if len(fields) == 3:
+            row.normalized_text = fields[2].strip()
+        if not is_safe_id(utt_id) or utt_id in (".", ".."):
+            errors.append(f"id {utt_id!r} is not a safe file name, so no audio is looked up for it")
+        else:
+            candidates = [wavs / f"{utt_id}{ext}" for ext in AUDIO_EXTENSIONS]
+            row.audio = next((path for path in candidates if path.is_file()), None)
+            if row.audio is None:
+                errors.append(f"audio file not found: wavs/{utt_id}.wav|.flac|.ogg")
+        rows.append(row)
+    return rows
+
+
+# --- VCTK: txt/<speaker>/<id>.txt + wav*/<speaker>/<id>[_micN].(wav|flac) --------------------
+
+
+def _vctk_utterance_id(stem: str, mic: str | None) -> str | None:
+    """Map an audio file stem to its utterance id, or None when it is another microphone's take."""
+    head, sep, tail = stem.rpartition("_")
+    if sep and tail.startswith("mic") and tail[3:].isdigit():
+        return head if mic is None or tail == mic else None
+    return stem
+
+
+def read_vctk(root: Path, mic: str | None = "mic1") -> list[CorpusRow]:
+    txt_root = root / "txt"
+    audio_roots = sorted(path for path in root.glob("wav*") if path.is_dir())
+    if not txt_root.is_dir() or not audio_roots:
+        raise CorpusError(f"{root}: VCTK layout needs txt/<speaker>/ and a wav*/<speaker>/ folder")
+
+    # Audio per (speaker, utterance id); the first audio root in sorted order wins.
+    audio: dict[tuple[str, str], Path] = {}
+    for audio_root in audio_roots:
+        for path in sorted(audio_root.glob("*/*")):
+            if path.suffix.lower() not in AUDIO_EXTENSIONS or not path.is_file():
+                continue
+            utt_id = _vctk_utterance_id(path.stem, mic)
+            if utt_id is not None:
+                audio.setdefault((path.parent.name, utt_id), path)
+
+    rows: list[CorpusRow] = []
+    seen: set[tuple[str, str]] = set()
+    for txt in sorted(txt_root.glob("*/*.txt")):
+        speaker, utt_id = txt.parent.name, txt.stem
+        seen.add((speaker, utt_id))
+        errors: list[str] = []
+        relative = txt.relative_to(root).as_posix()
+        text = _decode(txt.read_bytes(), relative, errors).strip()
+        row = CorpusRow(id=utt_id, speaker=speaker, text=text, source_file=relative, errors=errors)
+        row.audio = audio.get((speaker, utt_id))
+        if row.audio is None:
+            errors.append(f"audio file not found for {relative} under {', '.join(p.name for p in audio_roots)}/{speaker}/")
+        rows.append(row)
+    # Audio with no transcript is carried too, so validation can report it.
+    for (speaker, utt_id), path in sorted(audio.items()):
+        if (speaker, utt_id) in seen:
+            continue
+        relative = path.relative_to(root).as_posix()
+        rows.append(
+            CorpusRow(
+                id=utt_id,
+                speaker=speaker,
+                text=None,
+                source_file=relative,
+                audio=path,
+                errors=[f"no transcript txt/{speaker}/{utt_id}.txt for {relative}"],
+            )
+        )
+    return rows
+
+
+# --- Manifest: CSV or Parquet with id, speaker, text, audio[, reference_audio, image] -----------
+
+
+def _manifest_records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str], list[str]]]]:
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    # surrogateescape keeps undecodable bytes visible per row instead of failing the whole file.
+    text = data.decode("utf-8", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader)]
+    except StopIteration:
+        raise CorpusError(f"{path}: empty manifest") from None
+    except csv.Error as exc:
+        raise CorpusError(f"{path}: unreadable header: {exc}") from None
+    records: list[tuple[int, list[str], list[str]]] = []
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            records.append((reader.line_num, [], [f"{path.name} line {reader.line_num}: broken CSV ({exc})"]))
+            continue
+        if not any(field.strip() for field in fields):
+            continue
+        errors: list[str] = []
+        cleaned = []
+        for value in fields:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                errors.append(f"{path.name} line {reader.line_num}: not valid UTF-8")
+                value = value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+            cleaned.append(value)
+        if len(cleaned) != len(header):
+            errors.append(f"{path.name} line {reader.line_num}: expected {len(header)} fields, found {len(cleaned)}")
+        records.append((reader.line_num, cleaned, list(dict.fromkeys(errors))))
+    return header, records
+
+
+def _manifest_records_parquet(path: Path) -> tuple[list[str], list[tuple[int, list[str], list[str]]]]:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise CorpusError(f"{path}: cannot read Parquet: {exc}") from None
+    header = list(table.column_names)
+    columns = [table.column(name).to_pylist() for name in header]
+    records = []
+    for index in range(table.num_rows):
+        values = ["" if column[index] is None else str(column[index]) for column in columns]
+        records.append((index + 1, values, []))
+    return header, records
+
+
+def read_manifest_corpus(path: Path) -> list[CorpusRow]:
+    """Read a CSV/Parquet manifest; ``path`` is the file or a folder holding manifest.csv|.parquet."""
+    if path.is_dir():
+        found = [path / name for name in MANIFEST_NAMES if (path / name).is_file()]
+        if not found:
+            raise CorpusError(f"{path}: no {' or '.join(MANIFEST_NAMES)} in this folder")
+        path = found[0]
+    root = path.parent
+    loader = _manifest_records_parquet if path.suffix.lower() == ".parquet" else _manifest_records_csv
+    header, records = loader(path)
+    missing = [name for name in MANIFEST_REQUIRED if name not in header]
+    if missing:
+        raise CorpusError(f"{path}: manifest lacks required column(s) {missing}; it has {header}")
+    position = {name: header.index(name) for name in (*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL) if name in header}
+
+    rows: list[CorpusRow] = []
+    for number, values, errors in records:
+
+        def get(name: str) -> str:
+            index = position.get(name)
+            return values[index].strip() if index is not None and index < len(values) else ""
+
+        utt_id = get("id") or f"{path.name}:{number}"
+        if not get("id"):
+            errors.append(f"{path.name} row {number}: empty id")
+        row = CorpusRow(
+            id=utt_id,
+            speaker=get("speaker") or None,
+            text=get("text"),
+            source_file=path.name,
+            source_line=number,
+            errors=errors,
+        )
+        if get("audio"):
+            row.audio = _resolve_file(root, get("audio"), "audio", errors)
+        else:
+            errors.append(f"{path.name} row {number}: empty audio path")
+        for column in MANIFEST_OPTIONAL:
+            if get(column):
+                setattr(row, column, _resolve_file(root, get(column), column, errors))
+        rows.append(row)
+    return rows
+
+
+# --- Format detection --------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> str:
+    if path.is_file():
+        if path.name == "metadata.csv":
+            return "ljspeech"
+        if path.suffix.lower() in (".csv", ".parquet"):
+            return "manifest"
+        raise CorpusError(f"{path}: a corpus file must be metadata.csv, a .csv or a .parquet manifest")
+    if not path.is_dir():
+        raise CorpusError(f"{path}: corpus not found")
+    if (path / "metadata.csv").is_file():
+        return "ljspeech"
+    if (path / "txt").is_dir() and any(p.is_dir() for p in path.glob("wav*")):
+        return "vctk"
+    if any((path / name).is_file() for name in MANIFEST_NAMES):
+        return "manifest"
+    raise CorpusError(
+        f"{path}: cannot tell the corpus format: expected metadata.csv (LJSpeech), "
+        f"txt/ + wav*/ (VCTK) or {' / '.join(MANIFEST_NAMES)}; pass --format to force one"
+    )
+
+
+def read_corpus(
+    path: Path, corpus_format: str = "auto", speaker: str | None = None, vctk_mic: str | None = "mic1"
+) -> tuple[str, Path, list[CorpusRow]]:
+    """Read any supported corpus. Returns (format, corpus root, rows)."""
+    corpus_format = detect_format(path) if corpus_format == "auto" else corpus_format
+    if corpus_format not in FORMATS:
+        raise CorpusError(f"unknown corpus format {corpus_format!r}; expected one of {FORMATS}")
+    readers: dict[str, Callable[[Path], list[CorpusRow]]] = {
+        "ljspeech": lambda p: read_ljspeech(p.parent if p.is_file() else p, speaker),
+        "vctk": lambda p: read_vctk(p, vctk_mic),
+        "manifest": read_manifest_corpus,
+    }
+    if not path.exists():
+        raise CorpusError(f"{path}: corpus not found")
+    rows = readers[corpus_format](path)
+    root = path.parent if path.is_file() else path
+    return corpus_format, root, rows

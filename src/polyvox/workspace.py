@@ -1,0 +1,45 @@
+"""Where every stage reads and writes: the one place paths are spelled.
+
+Commands run in a workspace (the directory holding ``params.yaml``) and write under its
+``data/`` and ``models/``. ``dvc.yaml`` names the same folders; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def here(cls) -> "Workspace":
+        return cls(Path.cwd())
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def raw(self) -> Path:
+        """Output of ``prepare``: ``manifest.parquet`` + ``audio/`` + ``reference/`` + ``images/``."""
+        return self.data / "raw"
+
+    @property
+    def raw_manifest(self) -> Path:
+        return self.raw / "manifest.parquet"
+
+    @property
+    def demo_corpus(self) -> Path:
+        """The demo corpus, built once and reused (a cache, not a pipeline output)."""
+        return self.data / "demo-corpus"
+
+    def resolve(self, path: Path) -> Path:
+        """A path from params, taken relative to the workspace root when not absolute."""
+        return path if path.is_absolute() else self.root / path
