@@ -79,7 +79,8 @@ def f0_track(signal: np.ndarray, sample_rate: int, fmin: float = 60.0, fmax: flo
     right = autocorr[np.arange(len(lags)), lags + 1]
     denominator = left - 2 * peaks + right
     shift = np.where(np.abs(denominator) > 1e-12, 0.5 * (left - right) / np.where(denominator == 0, 1, denominator), 0.0)
-    return (sample_rate / (lags + shift))[voiced]
+    f0 = sample_rate / (lags + np.clip(shift, -0.5, 0.5))
+    return f0[voiced & (f0 >= fmin) & (f0 <= fmax)]
 
 
 def measure_voice(wavs: list[Path], texts: list[str]) -> VoiceProfile:
