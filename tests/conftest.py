@@ -60,3 +60,12 @@ def with_overrides(params: Params, **sections: dict) -> Params:
     """A copy of ``params`` with fields of its sections replaced, e.g. prepare={"corpus": p}."""
     update = {name: getattr(params, name).model_copy(update=values) for name, values in sections.items()}
     return params.model_copy(update=update)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect server and database for the session, stopped before pytest exits."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

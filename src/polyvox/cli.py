@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.corpus.demo.voices import SynthesisError
@@ -53,7 +54,7 @@ def _load(params: Path, overrides: list[str] | None) -> Params:
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2 if isinstance(exc, ConfigError) else 1)
 
 
@@ -101,7 +102,7 @@ def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> N
 
     state = pipeline(params_file=str(params), overrides=list(set_ or []), return_state=True)
     if not state.is_completed():
-        err.print(f"[bold red]pipeline {state.name}:[/] {state.message}")
+        err.print(f"[bold red]pipeline {state.name}:[/] {escape(str(state.message))}", soft_wrap=True)
         raise typer.Exit(code=1)
     summary = state.result()
     for stage, figures in summary.items():

@@ -1,0 +1,87 @@
+"""The three ways in (CLI, DVC, Prefect) stay wired to the same stage functions and params."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.main import get_command
+
+from polyvox.cli import app
+from polyvox.workspace import Workspace
+
+import corpora
+from conftest import REPO
+
+
+def _flatten(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _flatten(value, f"{prefix}{key}.")
+    return keys
+
+
+def test_dvc_yaml_matches_cli_params_and_workspace():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    commands = set(get_command(app).commands)
+    param_keys = _flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    ws = Workspace(REPO)
+    known_outs = {ws.raw.relative_to(REPO).as_posix()}
+    for name, stage in stages.items():
+        argv = shlex.split(stage["cmd"])
+        assert argv[0] == "polyvox" and argv[1] == name and argv[1] in commands, stage["cmd"]
+        for key in stage.get("params", []):
+            assert key in param_keys, f"dvc.yaml stage {name} lists unknown param {key}"
+        for dep in stage.get("deps", []):
+            assert (REPO / dep).exists(), f"dvc.yaml stage {name} depends on missing {dep}"
+        for out in stage.get("outs", []):
+            assert out in known_outs, f"dvc.yaml stage {name} writes {out}, which polyvox.workspace does not name"
+
+
+def test_flow_runs_prepare_through_prefect(tmp_path, kathleen_files, workspace, prefect_server):
+    from polyvox.flow import pipeline
+
+    corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
+    state = pipeline(params_file="params.yaml", overrides=[f"prepare.corpus={corpus}"], return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["prepare"]["rows"] == 8 and summary["prepare"]["parse_errors"] == 5
+    assert len(pq.read_table(workspace / "data/raw/manifest.parquet")) == 8
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
+    """`dvc repro` in a copy of the project builds a tiny demo corpus, then a rerun does nothing."""
+    dvc = Path(sys.executable).with_name("dvc")
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(REPO / "dvc.yaml", project)
+    params = (REPO / "params.yaml").read_text().replace("utterances_per_speaker: ", "utterances_per_speaker: 2 #", 1)
+    (project / "params.yaml").write_text(params)
+    env = {
+        "PATH": f"{dvc.parent}:/usr/bin:/bin",
+        "DO_NOT_TRACK": "1",
+        "HOME": str(tmp_path),
+        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    run = lambda *args: subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)  # noqa: E731
+    (project / ".gitignore").write_text("__pycache__/\n*.egg-info/\n")
+    for step in (("git", "init", "-q"), (str(dvc), "init", "-q"), (str(dvc), "config", "core.analytics", "false"),
+                 ("git", "add", "-A"), ("git", "commit", "-qm", "project")):
+        assert run(*step).returncode == 0, step
+    first = run(str(dvc), "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 12
+    second = run(str(dvc), "repro")
+    assert second.returncode == 0 and "didn't change, skipping" in second.stdout, second.stdout
+    changed = run(str(dvc), "exp", "run", "-S", "demo.utterances_per_speaker=3")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 18
