@@ -133,6 +133,6 @@ def test_demo_rebuild_reuses_audio(demo_builds, tmp_path):
     from conftest import REPO
 
     params = load_params(REPO / "params.yaml", ["demo.utterances_per_speaker=3", "seed=7"])
-    build_demo_corpus(params.demo, params.seed, ws.demo_corpus, workers=2)
+    build_demo_corpus(params.demo, params.seed, ws.demo_corpus)
     assert {p: p.stat().st_mtime_ns for p in (ws.demo_corpus / "audio").rglob("*.wav")} == before
     assert (ws.demo_corpus / "synth-index.json").read_text() == index

@@ -113,3 +113,15 @@ def test_forced_format_mismatch_is_a_clear_error(tmp_path, kathleen, params, wor
 
     with pytest.raises(CorpusError):
         prepare(with_overrides(params, prepare={"corpus": kathleen, "format": fmt}), Workspace(workspace))
+
+
+@pytest.mark.parametrize("mode", ["auto", "copy"])
+def test_link_modes(tmp_path, kathleen_files, params, workspace, mode):
+    corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files, bad_rows=False)
+    ws = Workspace(workspace)
+    prepare(with_overrides(params, prepare={"corpus": corpus, "link": mode}), ws)
+    for row in pq.read_table(ws.raw_manifest).to_pylist():
+        source, copy = corpus / row["source_audio"], ws.raw / row["audio"]
+        assert copy.read_bytes() == source.read_bytes()
+        # tmp_path and the workspace share a filesystem, so auto links; copy never does.
+        assert source.samefile(copy) is (mode == "auto")

@@ -31,6 +31,7 @@ class DemoConfig(_Section):
     voices: list[str] = Field(min_length=1)
     utterances_per_speaker: int = Field(gt=0)
     image_size: int = Field(ge=32, le=512)
+    workers: int = Field(ge=1)
 
     @field_validator("voices")
     @classmethod
@@ -50,6 +51,7 @@ class PrepareConfig(_Section):
     format: Literal["auto", "ljspeech", "vctk", "manifest"]
     speaker: str | None
     vctk_mic: str | None
+    link: Literal["auto", "copy"]
     workers: int = Field(ge=1)
 
 

@@ -1,8 +1,12 @@
 """The ``prepare`` stage: any corpus (or the demo corpus) into ``data/raw``.
 
-``data/raw`` holds ``manifest.parquet`` and copies of the audio, reference audio and images, so
-that every later stage (and DVC) works on one self-contained, versionable folder. Source files
-are only ever read. Copies are atomic; a rerun reuses copies whose content hash is unchanged.
+``data/raw`` holds ``manifest.parquet`` and the audio, reference audio and images, so that every
+later stage (and DVC) works on one self-contained, versionable folder. Source files are only
+ever read. Files arrive atomically (a hard link, or a copy renamed into place); a rerun reuses
+what it finds there with the same content hash.
+
+The per-file work is one read of each source (hash + header) and one link or copy: ``prepare``
+on a corpus costs little more than hashing it (see ``benchmarks/prepare_kathleen.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -17,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import soundfile as sf
 
 from polyvox.config import Params
+from polyvox.corpus.probe import parse_header, read_header
 from polyvox.corpus.readers import read_corpus
 from polyvox.corpus.schema import CorpusRow, safe_name, write_manifest
 from polyvox.fileio import CHUNK, atomic_path, atomic_write_text, sha256_file
@@ -29,6 +36,8 @@ from polyvox.workspace import Workspace
 log = logging.getLogger(__name__)
 
 AUDIO_DIR, REFERENCE_DIR, IMAGE_DIR = "audio", "reference", "images"
+# Files per unit of work handed to a worker: per-file task overhead would rival the work itself.
+BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -47,36 +56,63 @@ class PrepareResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-def _hash_and_copy(source: Path, target: Path, known_hash: str | None) -> tuple[str, bool]:
-    """Hash ``source``; copy it to ``target`` unless ``target`` already holds that content.
+def _materialise(source: str, target: str, link: bool) -> None:
+    """Put ``source``'s bytes at ``target`` atomically: a hard link when allowed, else a copy.
 
-    Returns (sha256, copied). The copy is made in the same pass as the hash, so each source byte
-    is read once.
+    A hard link costs no space and no time, and is safe because polyvox never writes a file in
+    place (every write is a new file renamed over the old one), so the source is never touched.
     """
-    if known_hash is not None and target.is_file() and target.stat().st_size == source.stat().st_size:
-        digest = sha256_file(source)
-        if digest == known_hash:
-            return digest, False
-    hasher = hashlib.sha256()
-    with atomic_path(target) as tmp, open(source, "rb") as src, open(tmp, "wb") as dst:
-        while chunk := src.read(CHUNK):
+    if link:
+        try:
+            os.link(source, target)  # atomic: the name appears complete or not at all
+            return
+        except FileExistsError:
+            tmp = f"{target}.tmp-{os.getpid()}-{threading.get_ident()}"
+            try:
+                os.link(source, tmp)
+                os.replace(tmp, target)
+                return
+            except OSError:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError:  # another filesystem, or not permitted (fs.protected_hardlinks)
+            pass
+    with atomic_path(Path(target)) as tmp_path:
+        shutil.copyfile(source, tmp_path)
+
+
+def _ingest_audio(record: dict[str, Any], source: str, target: str, known_hash: str | None, link: bool) -> bool:
+    """Hash ``source`` (header parsed from the same read), link or copy it to ``target``, fill
+    ``record``. Returns whether the file was (re)materialised rather than reused."""
+    with open(source, "rb") as handle:
+        head = handle.read(CHUNK)
+        hasher = hashlib.sha256(head)
+        size = len(head)
+        while len(head) == CHUNK and (chunk := handle.read(CHUNK)):
             hasher.update(chunk)
-            dst.write(chunk)
-    return hasher.hexdigest(), True
-
-
-def _probe(path: Path) -> tuple[float | None, int | None, int | None, str | None]:
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        return None, None, None, f"cannot read audio header: {exc}"
-    if info.samplerate <= 0:
-        return None, None, None, f"audio header gives sample rate {info.samplerate}"
-    return info.frames / info.samplerate, info.samplerate, info.channels, None
+            size += len(chunk)
+    digest = hasher.hexdigest()
+    reuse = False
+    if known_hash == digest:
+        try:
+            reuse = os.stat(target).st_size == size
+        except FileNotFoundError:
+            pass
+    if not reuse:
+        _materialise(source, target, link)
+    header = parse_header(head, size)
+    if header is None:
+        try:
+            header = read_header(Path(target))
+        except ValueError as exc:
+            record["probe_error"] = str(exc)
+    record["source_hash"] = digest
+    if header is not None:
+        record.update(duration=header.duration, sample_rate=header.sample_rate, channels=header.channels)
+    return not reuse
 
 
 def _previous_hashes(manifest: Path) -> dict[str, str]:
-    """raw-relative path -> sha256 from the last manifest, to skip unchanged copies on rerun."""
+    """raw-relative path -> sha256 from the last manifest, to skip unchanged files on rerun."""
     if not manifest.is_file():
         return {}
     try:
@@ -105,15 +141,13 @@ def _audio_targets(rows: list[CorpusRow]) -> list[str | None]:
 
 
 def _copy_shared(paths: set[Path], folder: str, raw: Path, pool: ThreadPoolExecutor) -> dict[Path, str]:
-    """Copy reference audio / images, content-addressed (many rows share one speaker image)."""
+    """Reference audio and images, content-addressed (many rows share one speaker image)."""
 
     def one(path: Path) -> tuple[Path, str]:
-        digest = sha256_file(path)
-        relative = f"{folder}/{digest[:20]}{path.suffix.lower()}"
-        target = raw / relative
-        if not target.is_file():
-            with atomic_path(target) as tmp:
-                tmp.write_bytes(path.read_bytes())
+        relative = f"{folder}/{sha256_file(path)[:20]}{path.suffix.lower()}"
+        if not (raw / relative).is_file():
+            with atomic_path(raw / relative) as tmp:
+                shutil.copyfile(path, tmp)
         return path, relative
 
     return dict(pool.map(one, sorted(paths)))
@@ -122,64 +156,67 @@ def _copy_shared(paths: set[Path], folder: str, raw: Path, pool: ThreadPoolExecu
 def _remove_stale(raw: Path, keep: set[str]) -> int:
     removed = 0
     for folder in (AUDIO_DIR, REFERENCE_DIR, IMAGE_DIR):
-        for path in sorted((raw / folder).rglob("*")):
-            if path.is_file() and path.relative_to(raw).as_posix() not in keep:
-                path.unlink()
-                removed += 1
+        for directory, _, names in os.walk(raw / folder):
+            relative_dir = os.path.relpath(directory, raw).replace(os.sep, "/")
+            for name in names:
+                if f"{relative_dir}/{name}" not in keep:
+                    os.unlink(os.path.join(directory, name))
+                    removed += 1
     return removed
 
 
-def ingest(rows: list[CorpusRow], corpus_root: Path, raw: Path, workers: int) -> tuple[list[dict[str, Any]], int, int]:
-    """Copy the rows' files into ``raw`` and build manifest records. Returns (records, copied, reused)."""
+def ingest(
+    rows: list[CorpusRow], corpus_root: Path, raw: Path, workers: int, link: bool = False
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Put the rows' files into ``raw`` and build manifest records. Returns (records, copied, reused)."""
     raw.mkdir(parents=True, exist_ok=True)
     manifest = raw / "manifest.parquet"
     previous = _previous_hashes(manifest)
     targets = _audio_targets(rows)
+    for parent in sorted({target.rpartition("/")[0] for target in targets if target}):
+        (raw / parent).mkdir(parents=True, exist_ok=True)
+    root_prefix, raw_prefix = f"{corpus_root}{os.sep}", f"{raw}{os.sep}"
 
-    def relative_source(path: Path | None) -> str | None:
-        if path is None:
-            return None
-        try:
-            return path.relative_to(corpus_root).as_posix()
-        except ValueError:
-            return path.as_posix()
-
-    def one(index: int) -> dict[str, Any]:
+    def one(index: int) -> tuple[dict[str, Any], bool]:
         row, target = rows[index], targets[index]
+        source = None if row.audio is None else str(row.audio)
         record: dict[str, Any] = {
             "id": row.id,
             "speaker": row.speaker,
             "text": row.text,
             "normalized_text": row.normalized_text,
             "audio": target,
-            "source_audio": relative_source(row.audio),
+            "source_audio": source[len(root_prefix):] if source and source.startswith(root_prefix) else source,
             "source_file": row.source_file,
             "source_line": row.source_line,
             "parse_error": row.parse_error,
-            "copied": False,
         }
-        if row.audio is not None and target is not None:
-            try:
-                digest, copied = _hash_and_copy(row.audio, raw / target, previous.get(target))
-            except OSError as exc:
-                record["audio"] = None
-                record["parse_error"] = "; ".join(filter(None, [row.parse_error, f"cannot read {record['source_audio']}: {exc}"]))
-                return record
-            duration, rate, channels, problem = _probe(raw / target)
-            record.update(source_hash=digest, duration=duration, sample_rate=rate, channels=channels, probe_error=problem, copied=copied)
-        return record
+        if source is None or target is None:
+            return record, False
+        try:
+            return record, _ingest_audio(record, source, raw_prefix + target, previous.get(target), link)
+        except OSError as exc:
+            record["audio"] = None
+            record["parse_error"] = "; ".join(filter(None, [row.parse_error, f"cannot read {record['source_audio']}: {exc}"]))
+            return record, False
 
+    def batch(start: int) -> list[tuple[dict[str, Any], bool]]:
+        return [one(index) for index in range(start, min(start + BATCH, len(rows)))]
+
+    starts = range(0, len(rows), BATCH)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        shared: dict[str, dict[Path, str]] = {}
-        for column, folder in (("reference_audio", REFERENCE_DIR), ("image", IMAGE_DIR)):
-            paths = {getattr(row, column) for row in rows if getattr(row, column) is not None}
-            shared[column] = _copy_shared(paths, folder, raw, pool)
-        records = list(track(pool.map(one, range(len(rows))), len(rows), "prepare: copy + hash", log))
+        shared = {
+            column: _copy_shared({getattr(r, column) for r in rows if getattr(r, column) is not None}, folder, raw, pool)
+            for column, folder in (("reference_audio", REFERENCE_DIR), ("image", IMAGE_DIR))
+        }
+        batches = pool.map(batch, starts) if workers > 1 else map(batch, starts)
+        done = [item for part in track(batches, len(starts), f"prepare: {len(rows)} files", log) for item in part]
+    records = [record for record, _ in done]
     for record, row in zip(records, rows):
         for column in ("reference_audio", "image"):
             path = getattr(row, column)
             record[column] = shared[column][path] if path is not None else None
-    copied = sum(record.pop("copied") for record in records)
+    copied = sum(materialised for _, materialised in done)
     reused = sum(1 for record in records if record["audio"] is not None) - copied
     keep = {record[c] for record in records for c in ("audio", "reference_audio", "image") if record[c]}
     removed = _remove_stale(raw, keep)
@@ -195,13 +232,13 @@ def prepare(params: Params, workspace: Workspace, build_demo: Callable[..., Path
     if cfg.corpus is None:
         if build_demo is None:
             from polyvox.corpus.demo.build import build_demo_corpus as build_demo
-        corpus = build_demo(params.demo, params.seed, workspace.demo_corpus, cfg.workers)
+        corpus = build_demo(params.demo, params.seed, workspace.demo_corpus)
         corpus_format = "manifest"
     else:
         corpus, corpus_format = workspace.resolve(cfg.corpus), cfg.format
     fmt, root, rows = read_corpus(corpus, corpus_format, speaker=cfg.speaker, vctk_mic=cfg.vctk_mic)
     log.info("read %d rows from %s (%s format)", len(rows), corpus, fmt)
-    records, copied, reused = ingest(rows, root, workspace.raw, cfg.workers)
+    records, copied, reused = ingest(rows, root, workspace.raw, cfg.workers, link=cfg.link == "auto")
     result = PrepareResult(
         manifest=workspace.raw_manifest,
         corpus=corpus,
@@ -215,7 +252,7 @@ def prepare(params: Params, workspace: Workspace, build_demo: Callable[..., Path
     )
     atomic_write_text(workspace.raw / "prepare.json", json.dumps(result.to_dict(), indent=2) + "\n")
     log.info(
-        "prepare: %d rows, %d speakers, %.2f h, %d parse errors, %d copied, %d reused -> %s",
+        "prepare: %d rows, %d speakers, %.2f h, %d parse errors, %d materialised, %d reused -> %s",
         result.rows, result.speakers, result.hours, result.parse_errors, copied, reused, result.manifest,
     )
     return result

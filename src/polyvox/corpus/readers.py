@@ -64,6 +64,8 @@ def read_ljspeech(root: Path, speaker: str | None = None) -> list[CorpusRow]:
         raise CorpusError(f"{root}: no metadata.csv (LJSpeech layout is metadata.csv + wavs/)")
     speaker = speaker or root.resolve().name
     wavs = root / "wavs"
+    # One listing instead of a stat per candidate name: the corpus may hold 100k files.
+    present = set(os.listdir(wavs)) if wavs.is_dir() else set()
     rows: list[CorpusRow] = []
     for number, raw_line in enumerate(metadata.read_bytes().splitlines(), start=1):
         if not raw_line.strip():
@@ -82,8 +84,8 @@ def read_ljspeech(root: Path, speaker: str | None = None) -> list[CorpusRow]:
         if not is_safe_id(utt_id) or utt_id in (".", ".."):
             errors.append(f"id {utt_id!r} is not a safe file name, so no audio is looked up for it")
         else:
-            candidates = [wavs / f"{utt_id}{ext}" for ext in AUDIO_EXTENSIONS]
-            row.audio = next((path for path in candidates if path.is_file()), None)
+            name = next((f"{utt_id}{ext}" for ext in AUDIO_EXTENSIONS if f"{utt_id}{ext}" in present), None)
+            row.audio = wavs / name if name else None
             if row.audio is None:
                 errors.append(f"audio file not found: wavs/{utt_id}.wav|.flac|.ogg")
         rows.append(row)

@@ -69,7 +69,7 @@ def _csv_bytes(header: list[str], rows: list[list[object]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def build_demo_corpus(cfg: DemoConfig, seed: int, out_dir: Path, workers: int) -> Path:
+def build_demo_corpus(cfg: DemoConfig, seed: int, out_dir: Path) -> Path:
     """Synthesise the demo corpus into ``out_dir``; returns the path of its ``manifest.csv``."""
     voices = resolve_voices(cfg.voices)
     prompts = load_prompts()
@@ -91,7 +91,7 @@ def build_demo_corpus(cfg: DemoConfig, seed: int, out_dir: Path, workers: int) -
         return rel, _synth_key(voice, prompt.text)
 
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
             for rel, key in track(pool.map(one, todo), len(todo), "demo: synthesise", log):
                 index[rel] = key
     finally:  # keep what was done, so a rerun after a failure or a kill resumes
