@@ -47,6 +47,9 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=err, show_path=False)],
         force=True,
     )
+    # Prefect's client logs every HTTP request at INFO; that is noise here.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _load(params: Path, overrides: list[str] | None) -> Params:
@@ -85,10 +88,7 @@ def prepare(
         result = run_prepare(loaded, Workspace.here())
     except USER_ERRORS as exc:
         _fail(exc)
-    typer.echo(
-        f"{result.rows} rows, {result.speakers} speakers, {result.hours:.2f} h of audio, "
-        f"{result.parse_errors} rows with parse errors -> {result.manifest}"
-    )
+    typer.echo(result.summary())
 
 
 @app.command()
@@ -104,9 +104,8 @@ def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> N
     if not state.is_completed():
         err.print(f"[bold red]pipeline {state.name}:[/] {escape(str(state.message))}", soft_wrap=True)
         raise typer.Exit(code=1)
-    summary = state.result()
-    for stage, figures in summary.items():
-        typer.echo(f"{stage}: {figures}")
+    for stage, summary in state.result().items():
+        typer.echo(f"{stage}: {summary}")
 
 
 if __name__ == "__main__":  # pragma: no cover

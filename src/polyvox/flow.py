@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from polyvox.config import Params, load_params  # noqa: E402
-from polyvox.corpus.prepare import prepare  # noqa: E402
+from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
 from polyvox.workspace import Workspace  # noqa: E402
 
 
@@ -28,13 +28,15 @@ def _markdown_table(title: str, figures: dict) -> str:
 # The stage is incremental itself (content hashes), so Prefect's input cache adds nothing here;
 # retries cover a flaky filesystem or a teacher synthesiser that fails once.
 @task(name="prepare", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def prepare_task(params: Params) -> dict:
-    result = prepare(params, Workspace.here()).to_dict()
-    create_markdown_artifact(_markdown_table("prepare", result), key="prepare-summary", description="prepare stage")
+def prepare_task(params: Params) -> PrepareResult:
+    result = prepare(params, Workspace.here())
+    create_markdown_artifact(_markdown_table("prepare", result.to_dict()), key="prepare-summary", description=result.summary())
     return result
 
 
 @flow(name="polyvox-pipeline")
-def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, dict]:
+def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
+    """Run every stage; returns each stage's one-line summary."""
     params = load_params(params_file, overrides or [])
-    return {"prepare": prepare_task(params)}
+    prepared = prepare_task(params)
+    return {"prepare": prepared.summary()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -12,8 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 
 
-def track(items: Iterable[T], total: int, description: str, logger: logging.Logger) -> Iterator[T]:
-    """Yield ``items`` while showing progress; on a non-terminal, log every ~10 %."""
+def track(
+    items: Iterable[T], total: int, description: str, logger: logging.Logger, size: Callable[[T], int] = lambda _: 1
+) -> Iterator[T]:
+    """Yield ``items`` while showing progress out of ``total`` (each item counts ``size(item)``).
+
+    On a terminal this is a rich bar; elsewhere (Prefect logs, CI) a log line every ~10 %.
+    """
     if total == 0:
         return
     if sys.stderr.isatty():
@@ -28,10 +33,12 @@ def track(items: Iterable[T], total: int, description: str, logger: logging.Logg
             task = bar.add_task(description, total=total)
             for item in items:
                 yield item
-                bar.advance(task)
+                bar.advance(task, size(item))
         return
-    step = max(1, total // 10)
-    for done, item in enumerate(items, start=1):
+    done, next_report = 0, total / 10
+    for item in items:
         yield item
-        if done % step == 0 or done == total:
+        done += size(item)
+        if done >= next_report or done == total:
             logger.info("%s: %d/%d (%d%%)", description, done, total, round(100 * done / total))
+            next_report = done + total / 10

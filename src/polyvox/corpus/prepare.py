@@ -55,6 +55,12 @@ class PrepareResult:
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
+    def summary(self) -> str:
+        return (
+            f"{self.rows} rows, {self.speakers} speakers, {self.hours:.2f} h of audio, "
+            f"{self.parse_errors} rows with parse errors -> {self.manifest}"
+        )
+
 
 def _materialise(source: str, target: str, link: bool) -> None:
     """Put ``source``'s bytes at ``target`` atomically: a hard link when allowed, else a copy.
@@ -210,7 +216,7 @@ def ingest(
             for column, folder in (("reference_audio", REFERENCE_DIR), ("image", IMAGE_DIR))
         }
         batches = pool.map(batch, starts) if workers > 1 else map(batch, starts)
-        done = [item for part in track(batches, len(starts), f"prepare: {len(rows)} files", log) for item in part]
+        done = [item for part in track(batches, len(rows), "prepare: files", log, size=len) for item in part]
     records = [record for record, _ in done]
     for record, row in zip(records, rows):
         for column in ("reference_audio", "image"):
