@@ -39,8 +39,8 @@ def test_unknown_top_level_key_names_key_and_file(tmp_path):
 def test_unknown_nested_key(tmp_path):
     path = repo_params_with(tmp_path, "  workers:", "  wokers:")
     message = str(pytest.raises(ConfigError, load_params, path).value)
-    assert "unknown key 'prepare.wokers'" in message
-    assert "missing key 'prepare.workers'" in message
+    assert "unknown key 'parallel.wokers'" in message
+    assert "missing key 'parallel.workers'" in message
     assert str(path) in message
 
 
@@ -52,7 +52,7 @@ def test_mistyped_value(tmp_path):
 
 def test_out_of_range_and_duplicate_values(tmp_path):
     path = repo_params_with(tmp_path, "workers: ", "workers: 0 #")
-    assert "prepare.workers" in str(pytest.raises(ConfigError, load_params, path).value)
+    assert "parallel.workers" in str(pytest.raises(ConfigError, load_params, path).value)
     path = repo_params_with(tmp_path, "voices: [flite_awb,", "voices: [flite_awb, flite_awb,")
     assert "listed twice" in str(pytest.raises(ConfigError, load_params, path).value)
 
@@ -92,3 +92,10 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_bytes(b"seed: 1 # caf\xe9\n")
     assert "not UTF-8" in str(pytest.raises(ConfigError, load_params, bad).value)
     assert "missing key 'seed'" in str(pytest.raises(ConfigError, load_params, write(tmp_path, "")).value)
+
+
+def test_cross_field_checks(tmp_path):
+    path = repo_params_with(tmp_path, "  f_max: 8000", "  f_max: 20000")
+    assert "sample_rate/2" in str(pytest.raises(ConfigError, load_params, path).value)
+    params = load_params(REPO / "params.yaml", ["validate.asr_check=true"])
+    assert params.validate_.asr_check is True

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -55,10 +55,79 @@ class PrepareConfig(_Section):
     workers: int = Field(ge=1)
 
 
+class AudioConfig(_Section):
+    """The signal every stage after ``clean`` sees; each value is written once, here."""
+
+    sample_rate: int = Field(ge=8000, le=96000)
+    n_fft: int = Field(ge=64)
+    win_length: int = Field(ge=64)
+    hop_length: int = Field(ge=16)
+    n_mels: int = Field(ge=8)
+    f_min: float = Field(ge=0)
+    f_max: float = Field(gt=0)
+    f0_min: float = Field(gt=0)
+    f0_max: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AudioConfig":
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if not self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"need f_min < f_max <= sample_rate/2, got {self.f_min}, {self.f_max}, {self.sample_rate}")
+        if not self.f0_min < self.f0_max:
+            raise ValueError(f"need f0_min < f0_max, got {self.f0_min}, {self.f0_max}")
+        return self
+
+
+class ValidateConfig(_Section):
+    min_duration: float = Field(gt=0)
+    max_duration: float = Field(gt=0)
+    min_sample_rate: int = Field(gt=0)
+    max_clipping_ratio: float = Field(ge=0, le=1)
+    min_snr_db: float
+    min_speech_ratio: float = Field(ge=0, le=1)
+    max_text_length: int = Field(gt=0)
+    asr_check: bool
+    max_cer: float = Field(ge=0)
+    min_accepted_share: float = Field(ge=0, le=1)
+
+
+class CleanConfig(_Section):
+    trim_top_db: float = Field(gt=0)
+    trim_margin: float = Field(ge=0)
+    loudness_lufs: float = Field(le=0)
+    peak_dbfs: float = Field(le=0)
+    language: str
+    phonemizer: Literal["espeak", "graphemes"]
+
+
+class SplitConfig(_Section):
+    val: float = Field(ge=0, lt=1)
+    test: float = Field(ge=0, lt=1)
+
+
+class FeaturesConfig(_Section):
+    image_size: int = Field(ge=16, le=512)
+    splits: SplitConfig
+
+
+class ParallelConfig(_Section):
+    """Where per-file work runs: a local process pool, or a dask.distributed cluster."""
+
+    backend: Literal["local", "dask"]
+    workers: int = Field(ge=1)
+    dask_address: str | None
+
+
 class Params(_Section):
     seed: int
+    audio: AudioConfig
+    parallel: ParallelConfig
     prepare: PrepareConfig
     demo: DemoConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    clean: CleanConfig
+    features: FeaturesConfig
 
 
 def _set_key(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -1,0 +1,50 @@
+"""Phonemes through phonemizer + espeak-ng, with a grapheme fallback when espeak-ng is absent.
+
+The phoneme string separates phones by spaces and words by `` | ``, keeping punctuation, so the
+text encoder sees pauses. ``backend_name`` records which front-end produced a row, so a model
+never mixes the two inventories unknowingly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import lru_cache
+
+log = logging.getLogger(__name__)
+
+WORD_SEPARATOR = " | "
+
+
+@lru_cache(maxsize=4)
+def _espeak(language: str):
+    from phonemizer.backend import EspeakBackend
+
+    return EspeakBackend(language, preserve_punctuation=True, with_stress=True, language_switch="remove-flags")
+
+
+def espeak_available(language: str = "en-us") -> bool:
+    try:
+        _espeak(language)
+    except RuntimeError:  # phonemizer raises RuntimeError when espeak-ng is not installed
+        return False
+    return True
+
+
+def graphemes(text: str) -> str:
+    """The fallback inventory: lower-case letters and punctuation, words separated as for phones."""
+    words = re.findall(r"[\w']+|[.,!?;:]", text.lower())
+    return WORD_SEPARATOR.join(" ".join(word) for word in words)
+
+
+def phonemize(texts: list[str], language: str, backend: str) -> tuple[list[str], str]:
+    """Phonemes for each text, and the name of the front-end that made them (espeak | graphemes)."""
+    if backend == "espeak":
+        if espeak_available(language):
+            from phonemizer.separator import Separator
+
+            separator = Separator(phone=" ", word=WORD_SEPARATOR, syllable="")
+            phones = _espeak(language).phonemize(texts, separator=separator, strip=True, njobs=1)
+            return [re.sub(r"\s+", " ", p).strip() for p in phones], "espeak"
+        log.warning("espeak-ng is not installed: falling back to graphemes (install the Debian package espeak-ng)")
+    return [graphemes(text) for text in texts], "graphemes"
