@@ -48,7 +48,7 @@ def _setup_logging(verbose: bool) -> None:
         force=True,
     )
     # Prefect's client logs every HTTP request at INFO; that is noise here.
-    for noisy in ("httpx", "httpcore"):
+    for noisy in ("httpx", "httpcore", "great_expectations", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -36,6 +36,33 @@ class Workspace:
         return self.raw / "manifest.parquet"
 
     @property
+    def validated(self) -> Path:
+        """Output of ``validate``: accepted / quarantine tables, summary, GX project and Data Docs."""
+        return self.data / "validated"
+
+    @property
+    def accepted_manifest(self) -> Path:
+        return self.validated / "accepted.parquet"
+
+    @property
+    def clean(self) -> Path:
+        """Output of ``clean``: content-addressed audio and ``manifest.parquet``."""
+        return self.data / "clean"
+
+    @property
+    def clean_manifest(self) -> Path:
+        return self.clean / "manifest.parquet"
+
+    @property
+    def features(self) -> Path:
+        """Output of ``features``: per-utterance arrays, image tensors, splits, speaker statistics."""
+        return self.data / "features"
+
+    @property
+    def features_index(self) -> Path:
+        return self.features / "index.parquet"
+
+    @property
     def demo_corpus(self) -> Path:
         """The demo corpus, built once and reused (a cache, not a pipeline output)."""
         return self.data / "demo-corpus"

@@ -1,0 +1,1 @@
+"""The validate stage: Great Expectations over the raw manifest and audio probes, quarantine."""

@@ -1,0 +1,164 @@
+"""The ``validate`` stage: every raw row ends in exactly one of accepted / quarantined.
+
+Audio probes run per file (in parallel); Great Expectations then judges the manifest joined with
+the probes, and each failing row is quarantined with its first failing check as the reason and
+all failing checks beside it. Outputs, in ``data/validated``:
+
+- ``accepted.parquet``: raw manifest rows that passed, with their probe values;
+- ``quarantine.parquet``: the others, with ``reason``, ``reasons`` and ``detail``;
+- ``summary.json`` / ``summary.md``: counts per reason, self-contained, for reports;
+- ``gx/``: the GX project: suite, validation results and Data Docs.
+
+The stage raises :class:`ValidationFailed` (after writing all of that) when the accepted share
+is below ``validate.min_accepted_share`` or a critical expectation fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from polyvox.config import Params
+from polyvox.corpus.schema import read_manifest
+from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.parallel import map_items
+from polyvox.validate.expectations import checks, run_suite
+from polyvox.validate.probes import ProbeTask, probe
+from polyvox.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class ValidationFailed(RuntimeError):
+    """The data failed a stage-level threshold; the message names the threshold and the figure."""
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    rows: int
+    accepted: int
+    quarantined: int
+    accepted_share: float
+    reasons: dict[str, int]
+    data_docs: str | None
+
+    def summary(self) -> str:
+        top = ", ".join(f"{reason} {count}" for reason, count in self.reasons.items()) or "none"
+        return f"{self.accepted}/{self.rows} rows accepted ({self.accepted_share:.1%}); quarantined: {top}"
+
+
+def _first_index_of_duplicates(values: pd.Series) -> pd.Series:
+    """For each later occurrence of a value, the row of its first occurrence; else None."""
+    first = values.dropna().reset_index().drop_duplicates(subset=values.name, keep="first").set_index(values.name)["index"]
+    mapped = values.map(first)
+    mapped[~values.duplicated(keep="first") | values.isna()] = None
+    return mapped.astype("Int64")
+
+
+def _checks_table(raw: pd.DataFrame, probes: list[dict[str, Any]]) -> pd.DataFrame:
+    table = raw.copy()
+    probe_frame = pd.DataFrame(probes).set_index("row")
+    table = table.join(probe_frame)
+    for column in ("speaker", "text"):
+        table[column] = table[column].where(table[column].fillna("").str.strip() != "", None)
+    # Decoded length when the audio decodes; the header's otherwise.
+    table["duration"] = table["decoded_duration"].fillna(table["duration"])
+    table["duplicate_of"] = _first_index_of_duplicates(table["id"])
+    table["duplicate_audio_of"] = _first_index_of_duplicates(table["source_hash"])
+    return table
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+_FIELD = re.compile(r"\{(\w+)(!r)?(?::([^}]*))?\}")
+
+
+def _describe(template: str, row: pd.Series) -> str:
+    """Fill ``{name:spec}`` fields from the row; a missing value reads '-'."""
+
+    def value(match: re.Match) -> str:
+        v = row.get(match.group(1))
+        if v is None or (isinstance(v, float) and pd.isna(v)) or v is pd.NA:
+            return "-"
+        if match.group(2):
+            return repr(v)
+        try:
+            return format(v, match.group(3) or "")
+        except (ValueError, TypeError):
+            return str(v)
+
+    return _FIELD.sub(value, template)
+
+
+def _summary_markdown(result: ValidateResult, thresholds: dict[str, Any]) -> str:
+    lines = ["# Validation summary", "", f"{result.summary()}", "", "| reason | rows |", "|---|---|"]
+    lines += [f"| {reason} | {count} |" for reason, count in result.reasons.items()] or ["| (none) | 0 |"]
+    lines += ["", "Thresholds (params.yaml `validate`):", ""] + [f"- `{k}`: {v}" for k, v in thresholds.items()]
+    return "\n".join(lines) + "\n"
+
+
+def validate(params: Params, workspace: Workspace) -> ValidateResult:
+    cfg = params.validate_
+    raw = read_manifest(workspace.raw_manifest).to_pandas()
+    raw.index.name = None
+    tasks = [
+        ProbeTask(row=i, audio=str(workspace.raw / audio) if audio else None, text=text, asr=cfg.asr_check)
+        for i, (audio, text) in enumerate(zip(raw["audio"], raw["text"]))
+    ]
+    probes = map_items(probe, tasks, params.parallel, "validate: audio probes", log)
+    table = _checks_table(raw, probes)
+
+    out = workspace.validated
+    suite = run_suite(table, cfg, out)
+    order = [check.reason for check in checks(cfg)]
+    explain = {check.reason: check.explain for check in checks(cfg)}
+    reasons_per_row: dict[int, list[str]] = {}
+    for reason in order:
+        for row in suite.failing.get(reason, []):
+            reasons_per_row.setdefault(row, []).append(reason)
+
+    quarantined_rows = sorted(reasons_per_row)
+    accepted = table.drop(index=quarantined_rows)
+    quarantine = table.loc[quarantined_rows].copy()
+    quarantine["reason"] = [reasons_per_row[r][0] for r in quarantined_rows]
+    quarantine["reasons"] = [";".join(reasons_per_row[r]) for r in quarantined_rows]
+    quarantine["detail"] = [_describe(explain[reasons_per_row[r][0]], table.loc[r]) for r in quarantined_rows]
+    for frame in (accepted, quarantine):
+        frame.insert(0, "row", frame.index.astype("int64"))
+    _write_parquet(accepted, workspace.accepted_manifest)
+    _write_parquet(quarantine, out / "quarantine.parquet")
+
+    counts = quarantine["reason"].value_counts()
+    result = ValidateResult(
+        rows=len(table),
+        accepted=len(accepted),
+        quarantined=len(quarantine),
+        accepted_share=len(accepted) / len(table) if len(table) else 0.0,
+        reasons={reason: int(counts[reason]) for reason in order if reason in counts},
+        data_docs=str(suite.docs) if suite.docs else None,
+    )
+    thresholds = cfg.model_dump()
+    atomic_write_text(out / "summary.json", json.dumps({**asdict(result), "thresholds": thresholds}, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", _summary_markdown(result, thresholds))
+    log.info("validate: %s", result.summary())
+
+    if suite.critical_failures:
+        raise ValidationFailed("critical expectation failed: " + "; ".join(suite.critical_failures))
+    if result.accepted_share < cfg.min_accepted_share:
+        raise ValidationFailed(
+            f"accepted share {result.accepted_share:.3f} ({result.accepted}/{result.rows}) is below "
+            f"validate.min_accepted_share {cfg.min_accepted_share}; see {out / 'quarantine.parquet'}"
+        )
+    return result
