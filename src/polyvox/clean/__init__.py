@@ -1,0 +1,1 @@
+"""The clean stage: audio (resample, downmix, trim, loudness) and text (normalisation, phonemes)."""

@@ -1,0 +1,102 @@
+"""Acoustic features for one utterance (runs in worker processes): log-mel, F0, energy.
+
+All three share one frame grid: ``audio.hop_length`` hops, centred frames, so frame ``t`` of the
+mel, the F0 track and the energy describe the same stretch of audio. Stored as an ``.npz`` with
+fixed zip timestamps, so the same audio gives the same bytes; load with ``np.load`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from polyvox.config import AudioConfig
+from polyvox.fileio import atomic_path
+
+# log(max(mel, MEL_FLOOR)): the floor of HiFi-GAN/Tacotron recipes, about -11.5 in log units.
+MEL_FLOOR = 1e-5
+
+
+@dataclass(frozen=True)
+class FeatureTask:
+    audio: str
+    target: str
+    cfg: AudioConfig
+
+
+@lru_cache(maxsize=2)
+def _mel_transform(cfg: AudioConfig):
+    import torchaudio
+
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
+        f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=1.0, norm="slaney", mel_scale="slaney",
+        center=True,
+    )
+
+
+def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarray]:
+    """``mel`` (n_mels, frames) log-magnitude, ``f0`` (frames,) Hz with 0 where unvoiced,
+    ``energy`` (frames,) L2 norm of the linear magnitude spectrum."""
+    import librosa
+    import torch
+
+    wave = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))
+    mel = torch.log(torch.clamp(_mel_transform(cfg)(wave), min=MEL_FLOOR)).numpy()
+    spectrum = torch.stft(wave, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+                          window=torch.hann_window(cfg.win_length), center=True, return_complex=True)
+    energy = torch.linalg.vector_norm(spectrum.abs(), dim=0).numpy()
+    f0, _, _ = librosa.pyin(signal.astype(np.float64), fmin=cfg.f0_min, fmax=cfg.f0_max, sr=cfg.sample_rate,
+                            frame_length=cfg.n_fft, hop_length=cfg.hop_length,
+                            center=True)
+    frames = min(mel.shape[1], energy.shape[0], f0.shape[0])
+    return {
+        "mel": mel[:, :frames].astype(np.float32),
+        "f0": np.nan_to_num(f0[:frames], nan=0.0).astype(np.float32),
+        "energy": energy[:frames].astype(np.float32),
+    }
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` whose bytes depend only on the arrays (np.savez stamps the current time)."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def extract(task: FeatureTask) -> dict[str, object]:
+    """Compute, store, and return the sums needed for per-speaker statistics."""
+    signal, rate = sf.read(task.audio, dtype="float32")
+    if rate != task.cfg.sample_rate:
+        raise ValueError(f"{task.audio}: sample rate {rate}, expected audio.sample_rate {task.cfg.sample_rate}")
+    features = compute_features(signal, task.cfg)
+    target = Path(task.target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_arrays(target, features)
+    voiced = features["f0"] > 0
+    log_f0 = np.log(features["f0"][voiced].astype(np.float64))
+    energy = features["energy"].astype(np.float64)
+    mel = features["mel"].astype(np.float64)
+    return {
+        "frames": int(mel.shape[1]),
+        "voiced": int(voiced.sum()),
+        "log_f0_sum": float(log_f0.sum()),
+        "log_f0_sq": float((log_f0**2).sum()),
+        "energy_sum": float(energy.sum()),
+        "energy_sq": float((energy**2).sum()),
+        "mel_sum": mel.sum(axis=1).tolist(),
+        "mel_sq": (mel**2).sum(axis=1).tolist(),
+    }

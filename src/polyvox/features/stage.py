@@ -1,0 +1,173 @@
+"""The ``features`` stage: clean audio → per-utterance arrays, image tensors, statistics, splits.
+
+Outputs, in ``data/features``:
+
+- ``utt/ab/<key>.npz``: ``mel`` (n_mels, frames), ``f0`` (frames,), ``energy`` (frames,);
+  the key is the clean audio's key + ``audio`` settings + :data:`FEATURE_VERSION`;
+- ``images/ab/<key>.npy``: (3, size, size) float32 in [0, 1];
+- ``index.parquet``: one row per utterance with its split, feature and image paths, phonemes;
+- ``stats.json``: per-speaker and global normalisation statistics (from the train split).
+
+Training reads ``index.parquet`` and memory-loads the arrays it names.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from polyvox.cache import content_key, load_index, save_index, sharded
+from polyvox.config import Params
+from polyvox.features.extract import FeatureTask, extract
+from polyvox.features.splits import SPLITS, assign_splits
+from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
+from polyvox.parallel import map_items
+from polyvox.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+FEATURE_VERSION = "1"
+IMAGE_VERSION = "1"
+SUM_FIELDS = ("frames", "voiced", "log_f0_sum", "log_f0_sq", "energy_sum", "energy_sq")
+
+
+@dataclass(frozen=True)
+class FeaturesResult:
+    rows: int
+    processed: int
+    reused: int
+    splits: dict[str, int]
+    speakers: int
+
+    def summary(self) -> str:
+        splits = ", ".join(f"{name} {count}" for name, count in self.splits.items())
+        return f"{self.rows} utterances ({splits}), {self.speakers} speakers; {self.processed} computed, {self.reused} reused"
+
+
+def image_tensor(path: Path, size: int) -> np.ndarray:
+    """(3, size, size) float32 in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    return (np.asarray(rgb, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+
+def _mean_std(total: float, squares: float, count: float) -> tuple[float, float]:
+    if count <= 0:
+        return 0.0, 1.0
+    mean = total / count
+    return mean, math.sqrt(max(squares / count - mean * mean, 1e-12))
+
+
+def speaker_statistics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation of log-F0 (voiced frames), energy and each mel bin."""
+    frames = sum(r["frames"] for r in rows)
+    voiced = sum(r["voiced"] for r in rows)
+    f0_mean, f0_std = _mean_std(sum(r["log_f0_sum"] for r in rows), sum(r["log_f0_sq"] for r in rows), voiced)
+    e_mean, e_std = _mean_std(sum(r["energy_sum"] for r in rows), sum(r["energy_sq"] for r in rows), frames)
+    mel_sum = np.sum([r["mel_sum"] for r in rows], axis=0)
+    mel_sq = np.sum([r["mel_sq"] for r in rows], axis=0)
+    mel_mean = mel_sum / max(frames, 1)
+    mel_std = np.sqrt(np.maximum(mel_sq / max(frames, 1) - mel_mean**2, 1e-12))
+    return {
+        "utterances": len(rows), "frames": frames, "voiced_frames": voiced,
+        "log_f0_mean": f0_mean, "log_f0_std": f0_std, "energy_mean": e_mean, "energy_std": e_std,
+        "mel_mean": [round(float(v), 6) for v in mel_mean], "mel_std": [round(float(v), 6) for v in mel_std],
+    }
+
+
+def _images(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> dict[str, str]:
+    """raw image path -> features-relative tensor path, computed once per image content."""
+    out = workspace.features
+    size = params.features.image_size
+    paths: dict[str, str] = {}
+    for image in sorted({i for i in manifest["image"] if isinstance(i, str) and i}):
+        source = workspace.raw / image
+        key = content_key("image", IMAGE_VERSION, sha256_file(source), size)
+        relative = sharded("images", key, ".npy")
+        if not (out / relative).is_file():
+            buffer = io.BytesIO()
+            np.save(buffer, image_tensor(source, size), allow_pickle=False)
+            atomic_write_bytes(out / relative, buffer.getvalue())
+        paths[image] = relative
+    return paths
+
+
+def _remove_unreferenced(folder: Path, keep: set[str], suffix: str) -> None:
+    for path in folder.rglob(f"*{suffix}") if folder.is_dir() else []:
+        if path.stem not in keep:
+            path.unlink()
+
+
+def features(params: Params, workspace: Workspace) -> FeaturesResult:
+    manifest = pq.read_table(workspace.clean_manifest).to_pandas()
+    out = workspace.features
+    audio_cfg = params.audio
+    settings = audio_cfg.model_dump()
+
+    clean_audio = {key: rel for key, rel in zip(manifest["audio_key"], manifest["audio"])}
+    clean_audio.update({k: r for k, r in zip(manifest["reference_key"], manifest["reference_audio"]) if isinstance(k, str)})
+    feature_key = {audio_key: content_key("features", FEATURE_VERSION, audio_key, settings) for audio_key in clean_audio}
+    index_path = out / "cache-index.parquet"
+    wanted = set(feature_key.values())
+    index = {k: v for k, v in load_index(index_path).items() if k in wanted}
+    todo = sorted(
+        audio_key for audio_key, key in feature_key.items()
+        if key not in index or not (out / sharded("utt", key, ".npz")).is_file()
+    )
+    tasks = [FeatureTask(audio=str(workspace.clean / clean_audio[a]), target=str(out / sharded("utt", feature_key[a], ".npz")),
+                         cfg=audio_cfg) for a in todo]
+    for audio_key, sums in zip(todo, map_items(extract, tasks, params.parallel, "features: mel + f0 + energy", log)):
+        index[feature_key[audio_key]] = sums
+    save_index(index, index_path)
+    _remove_unreferenced(out / "utt", wanted, ".npz")
+
+    images = _images(manifest, params, workspace)
+    _remove_unreferenced(out / "images", {Path(p).stem for p in images.values()}, ".npy")
+
+    table = pd.DataFrame({
+        "row": manifest["row"],
+        "id": manifest["id"],
+        "speaker": manifest["speaker"],
+        "split": assign_splits(list(manifest["clean_text"]), params.features.splits, params.seed),
+        "features": [sharded("utt", feature_key[a], ".npz") for a in manifest["audio_key"]],
+        "frames": [index[feature_key[a]]["frames"] for a in manifest["audio_key"]],
+        "reference_features": [sharded("utt", feature_key[k], ".npz") if isinstance(k, str) else None
+                               for k in manifest["reference_key"]],
+        "image_features": [images.get(i) if isinstance(i, str) else None for i in manifest["image"]],
+        "clean_text": manifest["clean_text"],
+        "phonemes": manifest["phonemes"],
+        "phonemizer": manifest["phonemizer"],
+        "duration": manifest["clean_duration"],
+    })
+    with atomic_path(workspace.features_index) as tmp:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp, compression="zstd")
+
+    train = table[table["split"] == "train"]
+    stats_rows = lambda frame: [index[feature_key[a]] for a in manifest.loc[frame.index, "audio_key"]]  # noqa: E731
+    per_speaker = {}
+    for speaker, group in table.groupby("speaker", sort=True):
+        source = train[train["speaker"] == speaker]
+        per_speaker[speaker] = speaker_statistics(stats_rows(source if len(source) else group))
+    stats = {"audio": settings, "global": speaker_statistics(stats_rows(train if len(train) else table)),
+             "speakers": per_speaker}
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=1, sort_keys=True) + "\n")
+
+    counts = table["split"].value_counts()
+    result = FeaturesResult(
+        rows=len(table), processed=len(todo), reused=len(feature_key) - len(todo),
+        splits={name: int(counts.get(name, 0)) for name in SPLITS}, speakers=len(per_speaker),
+    )
+    log.info("features: %s", result.summary())
+    return result
