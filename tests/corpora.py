@@ -88,3 +88,24 @@ def manifest_parquet(root: Path, files: list[Path], image: Path) -> Path:
     path = root / "corpus.parquet"
     pq.write_table(table, path)
     return path
+
+
+def kathleen_manifest(root: Path, files: list[Path], texts: list[str] | None = None) -> Path:
+    """A clean manifest corpus of real Kathleen takes (one speaker, one row per file)."""
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, source in enumerate(files):
+        shutil.copy(source, root / "clips" / source.name)
+        text = texts[index] if texts else f"Take {index}."
+        rows.append([source.stem, "kathleen", text, f"clips/{source.name}"])
+    path = root / "manifest.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "speaker", "text", "audio"])
+        writer.writerows(rows)
+    return path
+
+
+def kathleen_texts(kathleen: Path) -> dict[str, str]:
+    lines = (kathleen / "metadata.csv").read_text(encoding="utf-8").splitlines()
+    return {line.split("|")[0]: line.split("|")[1] for line in lines if line}

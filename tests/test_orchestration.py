@@ -34,27 +34,47 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
     commands = set(get_command(app).commands)
     param_keys = _flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
     ws = Workspace(REPO)
-    known_outs = {ws.raw.relative_to(REPO).as_posix()}
+    known_outs = {p.relative_to(REPO).as_posix() for p in (ws.raw, ws.validated, ws.clean, ws.features)}
+    produced: list[str] = []
     for name, stage in stages.items():
         argv = shlex.split(stage["cmd"])
         assert argv[0] == "polyvox" and argv[1] == name and argv[1] in commands, stage["cmd"]
         for key in stage.get("params", []):
             assert key in param_keys, f"dvc.yaml stage {name} lists unknown param {key}"
         for dep in stage.get("deps", []):
-            assert (REPO / dep).exists(), f"dvc.yaml stage {name} depends on missing {dep}"
+            if dep.startswith("data/"):
+                assert any(dep == out or dep.startswith(out + "/") for out in produced), f"{name}: {dep} is no earlier output"
+            else:
+                assert (REPO / dep).exists(), f"dvc.yaml stage {name} depends on missing {dep}"
         for out in stage.get("outs", []):
+            out = out if isinstance(out, str) else next(iter(out))
             assert out in known_outs, f"dvc.yaml stage {name} writes {out}, which polyvox.workspace does not name"
+            produced.append(out)
+    assert list(stages) == ["prepare", "validate", "clean", "features"]
 
 
-def test_flow_runs_prepare_through_prefect(tmp_path, kathleen_files, workspace, prefect_server):
+def test_flow_runs_the_data_stages_through_prefect(tmp_path, kathleen_files, workspace, prefect_server):
+    from polyvox.flow import pipeline
+
+    corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
+    overrides = [f"prepare.corpus={corpus}", "validate.min_accepted_share=0.3", "parallel.workers=1"]
+    state = pipeline(params_file="params.yaml", overrides=overrides, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]
+    assert summary["validate"].startswith("3/8 rows accepted")
+    assert summary["features"].startswith("3 utterances")
+    assert len(pq.read_table(workspace / "data/features/index.parquet")) == 3
+
+
+def test_flow_fails_when_validation_fails(tmp_path, kathleen_files, workspace, prefect_server):
     from polyvox.flow import pipeline
 
     corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
     state = pipeline(params_file="params.yaml", overrides=[f"prepare.corpus={corpus}"], return_state=True)
-    assert state.is_completed(), state.message
-    summary = state.result()
-    assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]
-    assert len(pq.read_table(workspace / "data/raw/manifest.parquet")) == 8
+    assert state.is_failed()
+    assert not (workspace / "data/clean").exists()  # nothing downstream ran on rejected data
+    assert (workspace / "data/validated/quarantine.parquet").is_file()
 
 
 @pytest.mark.slow
@@ -80,8 +100,10 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     first = run(str(dvc), "repro")
     assert first.returncode == 0, first.stdout + first.stderr
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 12
+    assert len(pq.read_table(project / "data/features/index.parquet")) == 12
     second = run(str(dvc), "repro")
     assert second.returncode == 0 and "didn't change, skipping" in second.stdout, second.stdout
     changed = run(str(dvc), "exp", "run", "-S", "demo.utterances_per_speaker=3")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 18
+    assert len(pq.read_table(project / "data/features/index.parquet")) == 18

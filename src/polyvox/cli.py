@@ -19,6 +19,7 @@ from rich.markup import escape
 from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.corpus.demo.voices import SynthesisError
 from polyvox.corpus.schema import CorpusError
+from polyvox.validate.errors import ValidationFailed
 from polyvox.workspace import Workspace
 
 app = typer.Typer(
@@ -36,7 +37,7 @@ SetOption = Annotated[
     typer.Option("-S", "--set", help="Override a param: -S key.path=value (repeatable), as `dvc exp run -S`."),
 ]
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, CorpusError, SynthesisError)
+USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -86,6 +87,44 @@ def prepare(
         if corpus is not None:
             loaded = loaded.model_copy(update={"prepare": loaded.prepare.model_copy(update={"corpus": corpus})})
         result = run_prepare(loaded, Workspace.here())
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(result.summary())
+
+
+@app.command()
+def validate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Validate data/raw (Great Expectations + audio probes): accepted rows and a quarantine with reasons."""
+    from polyvox.validate.stage import validate as run_validate
+
+    try:
+        result = run_validate(_load(params, set_), Workspace.here())
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(result.summary())
+    if result.data_docs:
+        typer.echo(f"Data Docs: {result.data_docs}")
+
+
+@app.command()
+def clean(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Clean accepted rows: resample, downmix, trim, loudness-normalise; spoken-form text and phonemes."""
+    from polyvox.clean.stage import clean as run_clean
+
+    try:
+        result = run_clean(_load(params, set_), Workspace.here())
+    except USER_ERRORS as exc:
+        _fail(exc)
+    typer.echo(result.summary())
+
+
+@app.command()
+def features(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Compute log-mel, F0, energy and image tensors, speaker statistics and leakage-free splits."""
+    from polyvox.features.stage import features as run_features
+
+    try:
+        result = run_features(_load(params, set_), Workspace.here())
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(result.summary())

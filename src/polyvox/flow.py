@@ -15,8 +15,11 @@ from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from polyvox.clean.stage import CleanResult, clean  # noqa: E402
 from polyvox.config import Params, load_params  # noqa: E402
 from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
+from polyvox.features.stage import FeaturesResult, features  # noqa: E402
+from polyvox.validate.stage import ValidateResult, validate  # noqa: E402
 from polyvox.workspace import Workspace  # noqa: E402
 
 
@@ -34,9 +37,36 @@ def prepare_task(params: Params) -> PrepareResult:
     return result
 
 
+# Validation is deterministic given its inputs; a failure is the data's, not a flake: no retries.
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(params: Params) -> ValidateResult:
+    workspace = Workspace.here()
+    try:
+        result = validate(params, workspace)
+    finally:  # the summary is written even when the stage fails, and is what a person reads first
+        summary = workspace.validated / "summary.md"
+        if summary.is_file():
+            create_markdown_artifact(summary.read_text(), key="validation-summary", description="validate stage")
+    return result
+
+
+@task(name="clean", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def clean_task(params: Params, validated: ValidateResult) -> CleanResult:
+    return clean(params, Workspace.here())
+
+
+@task(name="features", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def features_task(params: Params, cleaned: CleanResult) -> FeaturesResult:
+    return features(params, Workspace.here())
+
+
 @flow(name="polyvox-pipeline")
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
     """Run every stage; returns each stage's one-line summary."""
     params = load_params(params_file, overrides or [])
     prepared = prepare_task(params)
-    return {"prepare": prepared.summary()}
+    validated = validate_task(params, wait_for=[prepared])
+    cleaned = clean_task(params, validated)
+    featured = features_task(params, cleaned)
+    return {name: result.summary() for name, result in
+            (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured))}

@@ -30,15 +30,12 @@ from polyvox.config import Params
 from polyvox.corpus.schema import read_manifest
 from polyvox.fileio import atomic_path, atomic_write_text
 from polyvox.parallel import map_items
+from polyvox.validate.errors import ValidationFailed
 from polyvox.validate.expectations import checks, run_suite
 from polyvox.validate.probes import ProbeTask, probe
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-
-class ValidationFailed(RuntimeError):
-    """The data failed a stage-level threshold; the message names the threshold and the figure."""
 
 
 @dataclass(frozen=True)
@@ -111,11 +108,11 @@ def _summary_markdown(result: ValidateResult, thresholds: dict[str, Any]) -> str
 
 def validate(params: Params, workspace: Workspace) -> ValidateResult:
     cfg = params.validate_
-    raw = read_manifest(workspace.raw_manifest).to_pandas()
-    raw.index.name = None
+    manifest = read_manifest(workspace.raw_manifest)
+    raw = manifest.to_pandas()
     tasks = [
-        ProbeTask(row=i, audio=str(workspace.raw / audio) if audio else None, text=text, asr=cfg.asr_check)
-        for i, (audio, text) in enumerate(zip(raw["audio"], raw["text"]))
+        ProbeTask(row=i, audio=str(workspace.raw / r["audio"]) if r["audio"] else None, text=r["text"], asr=cfg.asr_check)
+        for i, r in enumerate(manifest.select(["audio", "text"]).to_pylist())
     ]
     probes = map_items(probe, tasks, params.parallel, "validate: audio probes", log)
     table = _checks_table(raw, probes)
