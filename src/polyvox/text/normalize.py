@@ -114,7 +114,8 @@ def _number(match: re.Match) -> str:
 
 
 def _saint_or_street(match: re.Match) -> str:
-    return "saint " if match.group(1)[:1].isupper() else "street"
+    # "St. Mary" is a saint; "Elm St." (then anything else) is a street.
+    return "saint " if match.group(2)[:1].isupper() else "street" + match.group(1)
 
 
 RULES: list[tuple[re.Pattern, object]] = [
@@ -125,7 +126,7 @@ RULES: list[tuple[re.Pattern, object]] = [
     (re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE), lambda m: ordinal(int(m.group(1)))),
     (re.compile(r"\b(\d+(?:\.\d+)?)\s?(" + "|".join(sorted(UNITS, key=len, reverse=True)) + r")\b"),
      lambda m: f"{m.group(1)} {UNITS[m.group(2)]}"),
-    (re.compile(r"\bSt\.\s?(?=(\w?))"), _saint_or_street),
+    (re.compile(r"\bSt\.(\s?)(?=(\w?))"), _saint_or_street),
     (re.compile(r"\bNo\.\s?(?=\d)"), lambda m: "number "),
 ]
 NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
