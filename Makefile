@@ -32,7 +32,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # The whole pipeline on the demo corpus, through the Prefect flow. Later stages join the flow.
 demo: setup
 	$(BIN)/polyvox run
-	@echo "Outputs: data/raw/manifest.parquet (+ audio/, images/), demo corpus in data/demo-corpus/"
+	@echo "Outputs: data/raw (manifest + audio), data/validated (accepted, quarantine, Data Docs),"
+	@echo "         data/clean (clean audio + phonemes), data/features (mel/F0/energy, splits, stats)"
 
 test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
@@ -40,6 +41,7 @@ test: setup
 
 benchmarks: setup
 	$(BIN)/python benchmarks/prepare_kathleen.py
+	$(BIN)/python benchmarks/data_stages_kathleen.py
 
 clean:
 	rm -rf $(VENV) data/raw

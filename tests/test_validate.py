@@ -91,6 +91,10 @@ def test_every_row_lands_in_exactly_one_table_with_its_reason(bad_corpus, tmp_pa
     assert "0.5" in quarantine.set_index("id").loc["short", "detail"]  # names the bound it broke
     assert result.rows == count and result.accepted == 3 and sum(result.reasons.values()) == count - 3
     assert _digest_tree(manifest.parent) == before  # sources untouched
+    # A rerun probes nothing again (probes are keyed by audio content) and decides the same.
+    again = run_stages(params, tmp_path, upto="validate")["validate"]
+    assert again.probed == 0 and again.reasons == result.reasons
+    assert pd.read_parquet(tmp_path / "data/validated/quarantine.parquet")["row"].tolist() == quarantine["row"].tolist()
 
 
 def test_outputs_summary_and_data_docs(bad_corpus, tmp_path):

@@ -7,11 +7,13 @@ Results come back in the order of the items.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from polyvox.config import ParallelConfig
@@ -56,8 +58,29 @@ def map_items(
     if cfg.workers == 1 or len(items) == 1:
         return list(track(map(func, items), len(items), description, logger))
     chunksize = max(1, min(16, len(items) // (cfg.workers * 8)))
-    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=_pool_context(), initializer=_init_worker) as pool:
+    pool = _local_pool(cfg.workers)
+    try:
         return list(track(pool.map(func, items, chunksize=chunksize), len(items), description, logger))
+    except BrokenProcessPool:
+        _POOLS.pop(cfg.workers, None)  # a worker died (killed, out of memory): the next call starts afresh
+        raise
+
+
+# Pools outlive one call: the stages of a flow run share warm workers (torch, librosa and numba
+# loaded once), and they are shut down when the process exits.
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _local_pool(workers: int) -> ProcessPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_init_worker)
+    return _POOLS[workers]
+
+
+@atexit.register
+def shutdown_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(cancel_futures=True)
 
 
 def _map_dask(func: Callable[[T], R], items: Sequence[T], cfg: ParallelConfig, description: str, logger: logging.Logger) -> list[R]:

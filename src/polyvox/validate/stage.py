@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from polyvox.cache import content_key, load_index, save_index
 from polyvox.config import Params
 from polyvox.corpus.schema import read_manifest
 from polyvox.fileio import atomic_path, atomic_write_text
@@ -37,6 +38,9 @@ from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+# Bump when a probe's definition changes, so stored probe values are recomputed.
+PROBE_VERSION = "1"
+
 
 @dataclass(frozen=True)
 class ValidateResult:
@@ -46,6 +50,7 @@ class ValidateResult:
     accepted_share: float
     reasons: dict[str, int]
     data_docs: str | None
+    probed: int  # files whose probes were computed in this run (the others were reused)
 
     def summary(self) -> str:
         top = ", ".join(f"{reason} {count}" for reason, count in self.reasons.items()) or "none"
@@ -106,6 +111,24 @@ def _summary_markdown(result: ValidateResult, thresholds: dict[str, Any]) -> str
     return "\n".join(lines) + "\n"
 
 
+def _probe_all(
+    tasks: list[ProbeTask], hashes: list[str | None], params: Params, index_path: Path
+) -> tuple[list[dict], int]:
+    """Probe values per row, computed once per audio content (a rerun probes only new files)."""
+    keys = [content_key("probe", PROBE_VERSION, h, t.asr, t.text if t.asr else None) if isinstance(h, str) else None
+            for t, h in zip(tasks, hashes)]
+    index = load_index(index_path)
+    todo = [i for i, key in enumerate(keys) if key is None or key not in index]
+    computed = map_items(probe, [tasks[i] for i in todo], params.parallel, "validate: audio probes", log)
+    fresh = dict(zip(todo, computed))
+    for i, values in fresh.items():
+        if keys[i] is not None:
+            index[keys[i]] = {k: v for k, v in values.items() if k != "row"}
+    save_index({k: v for k, v in index.items() if k in set(keys)}, index_path)
+    log.info("validate: %d files probed, %d reused", len(todo), len(tasks) - len(todo))
+    return [fresh[i] if i in fresh else {"row": tasks[i].row, **index[keys[i]]} for i in range(len(tasks))], len(todo)
+
+
 def validate(params: Params, workspace: Workspace) -> ValidateResult:
     cfg = params.validate_
     manifest = read_manifest(workspace.raw_manifest)
@@ -114,10 +137,10 @@ def validate(params: Params, workspace: Workspace) -> ValidateResult:
         ProbeTask(row=i, audio=str(workspace.raw / r["audio"]) if r["audio"] else None, text=r["text"], asr=cfg.asr_check)
         for i, r in enumerate(manifest.select(["audio", "text"]).to_pylist())
     ]
-    probes = map_items(probe, tasks, params.parallel, "validate: audio probes", log)
+    out = workspace.validated
+    probes, probed = _probe_all(tasks, list(raw["source_hash"]), params, out / "probe-index.parquet")
     table = _checks_table(raw, probes)
 
-    out = workspace.validated
     suite = run_suite(table, cfg, out)
     order = [check.reason for check in checks(cfg)]
     explain = {check.reason: check.explain for check in checks(cfg)}
@@ -145,6 +168,7 @@ def validate(params: Params, workspace: Workspace) -> ValidateResult:
         accepted_share=len(accepted) / len(table) if len(table) else 0.0,
         reasons={reason: int(counts[reason]) for reason in order if reason in counts},
         data_docs=str(suite.docs) if suite.docs else None,
+        probed=probed,
     )
     thresholds = cfg.model_dump()
     atomic_write_text(out / "summary.json", json.dumps({**asdict(result), "thresholds": thresholds}, indent=2) + "\n")
