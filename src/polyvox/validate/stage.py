@@ -125,8 +125,8 @@ def _probe_all(
         if keys[i] is not None:
             index[keys[i]] = {k: v for k, v in values.items() if k != "row"}
     save_index({k: v for k, v in index.items() if k in set(keys)}, index_path)
-    log.info("validate: %d files probed, %d reused", len(todo), len(tasks) - len(todo))
     probed = sum(keys[i] is not None for i in todo)  # rows without audio cost nothing to "probe"
+    log.info("validate: %d files probed, %d reused", probed, sum(k is not None for k in keys) - probed)
     return [fresh[i] if i in fresh else {"row": tasks[i].row, **index[keys[i]]} for i in range(len(tasks))], probed
 
 
