@@ -20,7 +20,12 @@ WORD_SEPARATOR = " | "
 def _espeak(language: str):
     from phonemizer.backend import EspeakBackend
 
-    return EspeakBackend(language, preserve_punctuation=True, with_stress=True, language_switch="remove-flags")
+    # phonemizer warns when espeak splits or joins words ("forty-two"); we keep no word alignment,
+    # so that is not a problem here, only noise.
+    quiet = logging.getLogger("polyvox.text.phonemizer")
+    quiet.setLevel(logging.ERROR)
+    return EspeakBackend(language, preserve_punctuation=True, with_stress=True, language_switch="remove-flags",
+                         logger=quiet)
 
 
 def espeak_available(language: str = "en-us") -> bool:
