@@ -152,3 +152,25 @@ def test_error_rates():
     assert character_error_rate("Doctor Who", "doctor who") == 0
     assert word_error_rate("a b c d", "a x c") == 0.5
     assert 0 < character_error_rate("hello world", "hello word") < 0.2
+
+
+def test_an_empty_corpus_fails_a_critical_expectation(tmp_path):
+    corpus = tmp_path / "empty"
+    (corpus / "wavs").mkdir(parents=True)
+    (corpus / "metadata.csv").write_text("")
+    with pytest.raises(ValidationFailed, match="critical expectation failed: .*expect_table_row_count_to_be_between: 0"):
+        run_stages(params_for(corpus, "validate.min_accepted_share=0"), tmp_path / "ws", upto="validate")
+
+
+def test_cli_validate_exits_non_zero_naming_the_threshold(bad_corpus, workspace):
+    from typer.testing import CliRunner
+
+    from polyvox.cli import app
+
+    manifest, _, _ = bad_corpus
+    runner = CliRunner()
+    assert runner.invoke(app, ["prepare", "--corpus", str(manifest)]).exit_code == 0
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 1 and "validate.min_accepted_share 0.8" in result.output
+    result = runner.invoke(app, ["validate", "-S", "validate.min_accepted_share=0.1"])
+    assert result.exit_code == 0 and "3/18 rows accepted" in result.output and "Data Docs:" in result.output

@@ -21,6 +21,11 @@ FLOOR_DB = -100.0
 ACTIVITY_RANGE_DB, ACTIVITY_MIN_DBFS = 25.0, -55.0
 
 
+# What :func:`probe` returns for every row (None where a probe could not be computed).
+FIELDS = ("row", "decodable", "decode_error", "finite", "decoded_duration", "clipping_ratio", "snr_db",
+          "speech_ratio", "noise_floor_dbfs", "speech_level_dbfs", "asr_hypothesis", "cer")
+
+
 @dataclass(frozen=True)
 class ProbeTask:
     row: int
@@ -56,10 +61,7 @@ def speech_probes(signal: np.ndarray, rate: int) -> dict[str, float]:
 
 def probe(task: ProbeTask) -> dict[str, object]:
     """All probes for one row. Never raises on bad audio: the failure is a probe value."""
-    result: dict[str, object] = {"row": task.row, "decodable": False, "decode_error": None, "finite": None,
-                                 "decoded_duration": None, "clipping_ratio": None, "snr_db": None,
-                                 "speech_ratio": None, "noise_floor_dbfs": None, "speech_level_dbfs": None,
-                                 "asr_hypothesis": None, "cer": None}
+    result: dict[str, object] = {**dict.fromkeys(FIELDS), "row": task.row, "decodable": False}
     if task.audio is None:
         result["decode_error"] = "no audio file"
         return result

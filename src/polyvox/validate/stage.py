@@ -33,6 +33,7 @@ from polyvox.fileio import atomic_path, atomic_write_text
 from polyvox.parallel import map_items
 from polyvox.validate.errors import ValidationFailed
 from polyvox.validate.expectations import checks, run_suite
+from polyvox.validate.probes import FIELDS as PROBE_FIELDS
 from polyvox.validate.probes import ProbeTask, probe
 from polyvox.workspace import Workspace
 
@@ -67,7 +68,7 @@ def _first_index_of_duplicates(values: pd.Series) -> pd.Series:
 
 def _checks_table(raw: pd.DataFrame, probes: list[dict[str, Any]]) -> pd.DataFrame:
     table = raw.copy()
-    probe_frame = pd.DataFrame(probes).set_index("row")
+    probe_frame = pd.DataFrame(probes, columns=list(PROBE_FIELDS)).set_index("row")
     table = table.join(probe_frame)
     for column in ("speaker", "text"):
         table[column] = table[column].where(table[column].fillna("").str.strip() != "", None)
