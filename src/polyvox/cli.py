@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
+T = TypeVar("T")
 
 ParamsOption = Annotated[Path, typer.Option("--params", help="Params file.", show_default=True)]
 SetOption = Annotated[
@@ -57,7 +59,15 @@ def _load(params: Path, overrides: list[str] | None) -> Params:
     return load_params(params, overrides or [])
 
 
-def _fail(exc: Exception) -> None:
+def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides: list[str] | None) -> T:
+    """Load params, run one stage function in the current directory; user errors exit cleanly."""
+    try:
+        return stage(_load(params, overrides), Workspace.here())
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+def _fail(exc: Exception) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2 if isinstance(exc, ConfigError) else 1)
 
@@ -97,10 +107,7 @@ def validate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
     """Validate data/raw (Great Expectations + audio probes): accepted rows and a quarantine with reasons."""
     from polyvox.validate.stage import validate as run_validate
 
-    try:
-        result = run_validate(_load(params, set_), Workspace.here())
-    except USER_ERRORS as exc:
-        _fail(exc)
+    result = _run_stage(run_validate, params, set_)
     typer.echo(result.summary())
     if result.data_docs:
         typer.echo(f"Data Docs: {result.data_docs}")
@@ -111,10 +118,7 @@ def clean(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) ->
     """Clean accepted rows: resample, downmix, trim, loudness-normalise; spoken-form text and phonemes."""
     from polyvox.clean.stage import clean as run_clean
 
-    try:
-        result = run_clean(_load(params, set_), Workspace.here())
-    except USER_ERRORS as exc:
-        _fail(exc)
+    result = _run_stage(run_clean, params, set_)
     typer.echo(result.summary())
 
 
@@ -123,10 +127,7 @@ def features(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
     """Compute log-mel, F0, energy and image tensors, speaker statistics and leakage-free splits."""
     from polyvox.features.stage import features as run_features
 
-    try:
-        result = run_features(_load(params, set_), Workspace.here())
-    except USER_ERRORS as exc:
-        _fail(exc)
+    result = _run_stage(run_features, params, set_)
     typer.echo(result.summary())
 
 
