@@ -1,0 +1,1 @@
+"""The multimodal acoustic model: one module per concept, composed in polyvox.models.acoustic."""

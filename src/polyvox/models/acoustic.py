@@ -1,0 +1,157 @@
+"""The multimodal acoustic model: text + optional reference audio + optional image → mel.
+
+Composition: TextEncoder → (conditioning from ReferenceEncoder / ImageEncoder via
+ConditioningFusion, added to every token) → VarianceAdaptor (durations from monotonic alignment
+search while training, predicted at inference; token-level pitch and energy) → length regulator
+→ MelDecoder. Mels are modelled in normalised units (per-bin mean/std from ``features``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polyvox.models.decoder import MelDecoder
+from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
+from polyvox.models.layers import sequence_mask
+from polyvox.models.mas import monotonic_alignment
+from polyvox.models.variance import VarianceAdaptor, regulate_length, token_average
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    n_mels: int
+    channels: int
+    text_layers: int
+    decoder_layers: int
+    heads: int
+    kernel_size: int
+    variance_kernel_size: int
+    postnet_layers: int
+    dropout: float
+    modality_dropout: float
+    contrastive_temperature: float
+
+
+@dataclass
+class Batch:
+    """A training batch; frame-level tensors share the mel's frame grid."""
+
+    tokens: torch.Tensor  # (batch, tokens) int
+    token_lengths: torch.Tensor  # (batch,)
+    mel: torch.Tensor  # (batch, n_mels, frames), log-mel (not normalised)
+    mel_lengths: torch.Tensor  # (batch,)
+    pitch: torch.Tensor  # (batch, frames) normalised log-F0, 0 where unvoiced
+    voiced: torch.Tensor  # (batch, frames) 0/1
+    energy: torch.Tensor  # (batch, frames) normalised energy
+    speaker: torch.Tensor  # (batch,) int, for the cross-modal loss
+    reference_mel: torch.Tensor | None = None  # (batch, n_mels, ref_frames)
+    reference_lengths: torch.Tensor | None = None
+    image: torch.Tensor | None = None  # (batch, 3, size, size)
+    image_present: torch.Tensor | None = None  # (batch,) bool
+
+
+class AcousticModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, mel_mean: torch.Tensor, mel_std: torch.Tensor):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg
+        self.register_buffer("mel_mean", mel_mean.float().reshape(1, -1, 1))
+        self.register_buffer("mel_std", mel_std.float().reshape(1, -1, 1))
+        self.text = TextEncoder(c.vocab_size, c.channels, c.text_layers, c.heads, c.kernel_size, c.dropout, c.n_mels)
+        self.reference = ReferenceEncoder(c.n_mels, c.channels, c.dropout)
+        self.image = ImageEncoder(c.channels, c.dropout)
+        self.fusion = ConditioningFusion(c.channels, c.modality_dropout)
+        self.variance = VarianceAdaptor(c.channels, c.variance_kernel_size, c.dropout)
+        self.decoder = MelDecoder(c.channels, c.decoder_layers, c.heads, c.kernel_size, c.dropout, c.n_mels,
+                                  c.postnet_layers)
+
+    def normalise(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel - self.mel_mean) / self.mel_std
+
+    def denormalise(self, mel: torch.Tensor) -> torch.Tensor:
+        return mel * self.mel_std + self.mel_mean
+
+    def condition(self, batch_size: int, reference_mel=None, reference_lengths=None, image=None, image_present=None):
+        """Embeddings of the given modalities and their fusion, (batch, channels) each."""
+        audio = self.reference(self.normalise(reference_mel), reference_lengths) if reference_mel is not None else None
+        audio_present = None if audio is None else torch.ones(batch_size, dtype=torch.bool, device=audio.device)
+        visual = self.image(image) if image is not None else None
+        if visual is not None and image_present is None:
+            image_present = torch.ones(batch_size, dtype=torch.bool, device=visual.device)
+        fused = self.fusion(audio, audio_present, visual, image_present, batch_size)
+        return audio, visual, image_present, fused
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Losses for one batch (teacher-forced durations, pitch and energy)."""
+        b = batch
+        size = b.tokens.shape[0]
+        hidden, mu, token_mask = self.text(b.tokens, b.token_lengths)
+        frame_mask = sequence_mask(b.mel_lengths, b.mel.shape[2])
+        target = self.normalise(b.mel) * frame_mask[:, None]
+
+        # Alignment: Gaussian log-likelihood of each frame under each token's mean, best monotonic path.
+        log_likelihood = -0.5 * torch.cdist(mu, target.transpose(1, 2)) ** 2
+        log_likelihood = log_likelihood.masked_fill(~(token_mask[:, :, None] & frame_mask[:, None, :]), -1e9)
+        alignment = monotonic_alignment(log_likelihood, b.token_lengths, b.mel_lengths)
+        durations = alignment.sum(dim=2)
+        aligned_mu = torch.einsum("btf,btm->bmf", alignment, mu)
+        frames_total = frame_mask.sum() * target.shape[1]
+        prior_loss = 0.5 * (((aligned_mu - target) ** 2) * frame_mask[:, None]).sum() / frames_total
+
+        audio, visual, image_present, fused = self.condition(size, b.reference_mel, b.reference_lengths, b.image,
+                                                             b.image_present)
+        hidden = (hidden + fused[:, None, :]) * token_mask[..., None]
+
+        pitch_target = token_average(b.pitch, alignment, b.voiced)
+        energy_target = token_average(b.energy, alignment)
+        tokens_total = token_mask.sum()
+        duration_loss = (((self.variance.duration(hidden.detach(), token_mask) - torch.log1p(durations)) ** 2)
+                         * token_mask).sum() / tokens_total
+        pitch_loss = (((self.variance.pitch(hidden, token_mask) - pitch_target) ** 2) * token_mask).sum() / tokens_total
+        energy_loss = (((self.variance.energy(hidden, token_mask) - energy_target) ** 2) * token_mask).sum() / tokens_total
+
+        adapted = self.variance.embed(hidden, pitch_target, energy_target)
+        frames = regulate_length(adapted, durations, b.mel.shape[2])
+        mel, post = self.decoder(frames, frame_mask)
+        mel_loss = ((mel - target).abs() + (post - target).abs()).sum(dim=1)[frame_mask].sum() / frames_total
+
+        losses = {"mel": mel_loss, "prior": prior_loss, "duration": duration_loss, "pitch": pitch_loss,
+                  "energy": energy_loss, "cross_modal": self.cross_modal_loss(audio, visual, image_present, b.speaker)}
+        losses["total"] = sum(losses.values())
+        return losses
+
+    def cross_modal_loss(self, audio, visual, image_present, speaker) -> torch.Tensor:
+        """InfoNCE between image and audio embeddings: an image's positives are the audio embeddings
+        of the same speaker in the batch."""
+        if audio is None or visual is None or image_present is None or not bool(image_present.any()):
+            return self.fusion.none.new_zeros(())
+        images = F.normalize(visual[image_present], dim=1)
+        audios = F.normalize(audio, dim=1)
+        logits = images @ audios.T / self.cfg.contrastive_temperature
+        positive = (speaker[image_present][:, None] == speaker[None, :]).float()
+        log_prob = logits.log_softmax(dim=1)
+        return -(torch.logsumexp(log_prob.masked_fill(positive == 0, -1e9), dim=1)).mean()
+
+    @torch.no_grad()
+    def infer(self, tokens: torch.Tensor, reference_mel=None, reference_lengths=None, image=None,
+              duration_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (batch, tokens) → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
+        size = tokens.shape[0]
+        lengths = (tokens != 0).sum(dim=1)
+        hidden, _, token_mask = self.text(tokens, lengths)
+        _, _, _, fused = self.condition(size, reference_mel, reference_lengths, image)
+        hidden = (hidden + fused[:, None, :]) * token_mask[..., None]
+        log_durations = self.variance.duration(hidden, token_mask)
+        durations = torch.clamp(torch.round((torch.exp(log_durations) - 1) * duration_scale), min=1) * token_mask
+        pitch = self.variance.pitch(hidden, token_mask)
+        energy = self.variance.energy(hidden, token_mask)
+        frames = regulate_length(self.variance.embed(hidden, pitch, energy), durations)
+        frame_lengths = durations.sum(dim=1).long()
+        frame_mask = sequence_mask(frame_lengths, frames.shape[1])
+        _, post = self.decoder(frames, frame_mask)
+        return self.denormalise(post) * frame_mask[:, None], frame_lengths

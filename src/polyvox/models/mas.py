@@ -1,0 +1,58 @@
+"""Monotonic alignment search (Glow-TTS, Kim et al. 2020): the best monotonic, surjective path
+of text tokens over mel frames, by dynamic programming, compiled with numba.
+
+``log_likelihood[i, j]`` scores frame ``j`` under token ``i``; the path starts at (0, 0), ends at
+(tokens-1, frames-1), and at each frame stays on its token or moves to the next one. Every token
+gets at least one frame, so it needs ``frames >= tokens``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+NEG_INF = -1e9
+
+
+@numba.njit(cache=True)
+def _path(value: np.ndarray, tokens: int, frames: int) -> np.ndarray:
+    """value: (tokens, frames) log-likelihoods → (tokens, frames) 0/1 path."""
+    score = np.full((tokens, frames), NEG_INF, dtype=np.float64)
+    score[0, 0] = value[0, 0]
+    for j in range(1, frames):
+        # Token i can be reached at frame j only if i <= j and tokens-1-i <= frames-1-j.
+        low = max(0, tokens - frames + j)
+        high = min(tokens - 1, j)
+        for i in range(low, high + 1):
+            stay = score[i, j - 1]
+            move = score[i - 1, j - 1] if i > 0 else NEG_INF
+            score[i, j] = (stay if stay >= move else move) + value[i, j]
+    path = np.zeros((tokens, frames), dtype=np.int8)
+    i = tokens - 1
+    for j in range(frames - 1, -1, -1):
+        path[i, j] = 1
+        if j > 0 and i > 0 and (i == j or score[i - 1, j - 1] > score[i, j - 1]):
+            i -= 1
+    return path
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch(values: np.ndarray, tokens: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    out = np.zeros(values.shape, dtype=np.int8)
+    for b in numba.prange(values.shape[0]):
+        out[b, : tokens[b], : frames[b]] = _path(values[b, : tokens[b], : frames[b]], tokens[b], frames[b])
+    return out
+
+
+def monotonic_alignment(log_likelihood: torch.Tensor, token_lengths: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    """(batch, tokens, frames) scores → (batch, tokens, frames) hard alignment (float 0/1).
+
+    No gradient flows through the search; it only picks durations.
+    """
+    if bool((frame_lengths < token_lengths).any()):
+        raise ValueError(f"monotonic alignment needs frames >= tokens; got {frame_lengths.tolist()} frames "
+                         f"for {token_lengths.tolist()} tokens")
+    values = log_likelihood.detach().to("cpu", torch.float64).numpy()
+    path = _batch(values, token_lengths.cpu().numpy().astype(np.int64), frame_lengths.cpu().numpy().astype(np.int64))
+    return torch.from_numpy(path).to(log_likelihood.device, log_likelihood.dtype)

@@ -1,0 +1,63 @@
+"""Variance adaptor (FastSpeech 2): duration, pitch and energy predictors, and the length regulator."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class VariancePredictor(nn.Module):
+    """hidden (batch, tokens, channels) → one value per token (batch, tokens)."""
+
+    def __init__(self, channels: int, kernel_size: int, dropout: float):
+        super().__init__()
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.norm1 = nn.LayerNorm(channels)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.norm2 = nn.LayerNorm(channels)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(channels, 1)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(self.norm1(torch.relu(self.conv1(hidden.transpose(1, 2)).transpose(1, 2))))
+        x = self.dropout(self.norm2(torch.relu(self.conv2(x.transpose(1, 2)).transpose(1, 2))))
+        return self.out(x).squeeze(-1) * mask
+
+
+def regulate_length(hidden: torch.Tensor, durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+    """Repeat each token's hidden vector for its duration: (batch, tokens, ch) → (batch, frames, ch)."""
+    durations = durations.long().clamp(min=0)
+    total = durations.sum(dim=1)
+    frames = int(total.max()) if frames is None else frames
+    # Frame f belongs to token i when cumsum[i-1] <= f < cumsum[i].
+    ends = torch.cumsum(durations, dim=1)
+    positions = torch.arange(frames, device=hidden.device)[None, :, None]
+    index = (positions >= ends[:, None, :]).sum(dim=2).clamp(max=hidden.shape[1] - 1)
+    expanded = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[2]))
+    return expanded * (torch.arange(frames, device=hidden.device)[None, :] < total[:, None])[..., None]
+
+
+def token_average(values: torch.Tensor, alignment: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Average a frame-level value (batch, frames) over each token's frames → (batch, tokens).
+
+    ``weights`` (batch, frames) selects frames (e.g. voiced ones for pitch); a token with none gets 0.
+    """
+    weights = torch.ones_like(values) if weights is None else weights
+    total = torch.einsum("btf,bf->bt", alignment, values * weights)
+    count = torch.einsum("btf,bf->bt", alignment, weights)
+    return torch.where(count > 0, total / count.clamp(min=1e-8), torch.zeros_like(total))
+
+
+class VarianceAdaptor(nn.Module):
+    def __init__(self, channels: int, kernel_size: int, dropout: float):
+        super().__init__()
+        self.duration = VariancePredictor(channels, kernel_size, dropout)
+        self.pitch = VariancePredictor(channels, kernel_size, dropout)
+        self.energy = VariancePredictor(channels, kernel_size, dropout)
+        self.pitch_embedding = nn.Conv1d(1, channels, 3, padding=1)
+        self.energy_embedding = nn.Conv1d(1, channels, 3, padding=1)
+
+    def embed(self, hidden: torch.Tensor, pitch: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """Add token-level pitch and energy (batch, tokens) to the hidden sequence."""
+        return (hidden + self.pitch_embedding(pitch[:, None]).transpose(1, 2)
+                + self.energy_embedding(energy[:, None]).transpose(1, 2))
