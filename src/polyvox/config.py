@@ -119,6 +119,38 @@ class ParallelConfig(_Section):
     dask_address: str | None
 
 
+class ModelSection(_Section):
+    """Architecture of the acoustic model (sizes of one member; see polyvox.models.acoustic)."""
+
+    channels: int = Field(ge=8)
+    text_layers: int = Field(ge=1)
+    decoder_layers: int = Field(ge=1)
+    heads: int = Field(ge=1)
+    kernel_size: int = Field(ge=1)
+    variance_kernel_size: int = Field(ge=1)
+    postnet_layers: int = Field(ge=2)
+    dropout: float = Field(ge=0, lt=1)
+    modality_dropout: float = Field(ge=0, lt=1)
+    contrastive_temperature: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide_channels(self) -> "ModelSection":
+        if self.channels % self.heads:
+            raise ValueError(f"channels {self.channels} is not a multiple of heads {self.heads}")
+        return self
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    max_steps: int = Field(ge=1)
+    max_minutes: float = Field(gt=0)
+    grad_clip: float = Field(gt=0)
+    checkpoint_every: int = Field(ge=1)
+    validate_every: int = Field(ge=1)
+
+
 class Params(_Section):
     seed: int
     audio: AudioConfig
@@ -128,6 +160,8 @@ class Params(_Section):
     validate_: ValidateConfig = Field(alias="validate")
     clean: CleanConfig
     features: FeaturesConfig
+    model: ModelSection
+    train: TrainConfig
 
 
 def _set_key(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -1,0 +1,1 @@
+"""The joint multimodal trainer (CPU, one GPU, or many through torchrun)."""

@@ -1,0 +1,137 @@
+"""Training data from ``data/features``: utterances in memory, batches chosen by step.
+
+Which utterances form batch ``step`` and which reference utterance each one gets is a pure
+function of (seed, step), so a resumed run sees exactly the batches the uninterrupted run would
+have seen; only the model, optimiser, scheduler and torch RNG states need checkpointing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from polyvox.features.extract import load_arrays
+from polyvox.models.acoustic import Batch
+from polyvox.models.symbols import Vocabulary
+from polyvox.workspace import Workspace
+
+
+@dataclass
+class Utterance:
+    tokens: np.ndarray  # (tokens,)
+    mel: np.ndarray  # (n_mels, frames)
+    pitch: np.ndarray  # (frames,) speaker-normalised log-F0, 0 where unvoiced
+    voiced: np.ndarray  # (frames,)
+    energy: np.ndarray  # (frames,) speaker-normalised
+    speaker: int
+    image: np.ndarray | None
+
+
+def _rng(seed: int, *parts: int) -> np.random.Generator:
+    digest = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+class Corpus:
+    """All utterances of one split, loaded once. ``speakers`` fixes speaker ids across splits."""
+
+    def __init__(self, workspace: Workspace, split: str, vocab: Vocabulary, speakers: list[str]):
+        index = pd.read_parquet(workspace.features_index)
+        rows = index[index["split"] == split].reset_index(drop=True)
+        if rows.empty:
+            raise ValueError(f"{workspace.features_index}: no utterances in split {split!r}")
+        stats = json.loads((workspace.features / "stats.json").read_text())
+        self.speaker_ids = {name: i for i, name in enumerate(speakers)}
+        images: dict[str, np.ndarray] = {}
+        self.items: list[Utterance] = []
+        for row in rows.itertuples():
+            arrays = load_arrays(workspace.features / row.features)
+            s = stats["speakers"].get(row.speaker, stats["global"])
+            voiced = arrays["f0"] > 0
+            pitch = np.where(voiced, (np.log(np.maximum(arrays["f0"], 1.0)) - s["log_f0_mean"]) / s["log_f0_std"], 0.0)
+            image = None
+            if isinstance(row.image_features, str):
+                if row.image_features not in images:
+                    images[row.image_features] = np.load(workspace.features / row.image_features, allow_pickle=False)
+                image = images[row.image_features]
+            self.items.append(Utterance(
+                tokens=np.asarray(vocab.encode(row.phonemes), dtype=np.int64),
+                mel=arrays["mel"], pitch=pitch.astype(np.float32), voiced=voiced.astype(np.float32),
+                energy=((arrays["energy"] - s["energy_mean"]) / s["energy_std"]).astype(np.float32),
+                speaker=self.speaker_ids.get(row.speaker, -1), image=image,
+            ))
+        self.by_speaker: dict[int, list[int]] = {}
+        for i, item in enumerate(self.items):
+            self.by_speaker.setdefault(item.speaker, []).append(i)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch_indices(self, step: int, batch_size: int, seed: int) -> list[int]:
+        """Epoch-wise shuffles: step ``s`` takes its slice of epoch ``s * batch_size // len``."""
+        per_epoch = max(1, len(self.items) // batch_size)
+        epoch, position = divmod(step, per_epoch)
+        order = _rng(seed, epoch).permutation(len(self.items))
+        return [int(i) for i in order[position * batch_size : (position + 1) * batch_size]] or [int(order[0])]
+
+    def collate(self, indices: list[int], seed: int, step: int) -> Batch:
+        items = [self.items[i] for i in indices]
+        # Each item's reference is another take of its speaker (itself when it has none).
+        references = []
+        for slot, (index, item) in enumerate(zip(indices, items)):
+            others = [j for j in self.by_speaker[item.speaker] if j != index] or [index]
+            references.append(self.items[others[int(_rng(seed, step, slot).integers(len(others)))]])
+        token_max = max(len(it.tokens) for it in items)
+        frame_max = max(it.mel.shape[1] for it in items)
+        ref_max = max(r.mel.shape[1] for r in references)
+        floor = float(min(it.mel.min() for it in items))
+
+        def pad(array: np.ndarray, length: int, value: float = 0.0) -> np.ndarray:
+            widths = [(0, 0)] * (array.ndim - 1) + [(0, length - array.shape[-1])]
+            return np.pad(array, widths, constant_values=value)
+
+        image_present = [it.image is not None for it in items]
+        image = None
+        if any(image_present):
+            shape = next(it.image for it in items if it.image is not None).shape
+            image = torch.tensor(np.stack([it.image if it.image is not None else np.zeros(shape, np.float32) for it in items]))
+        return Batch(
+            tokens=torch.tensor(np.stack([pad(it.tokens, token_max) for it in items])),
+            token_lengths=torch.tensor([len(it.tokens) for it in items]),
+            mel=torch.tensor(np.stack([pad(it.mel, frame_max, floor) for it in items])),
+            mel_lengths=torch.tensor([it.mel.shape[1] for it in items]),
+            pitch=torch.tensor(np.stack([pad(it.pitch, frame_max) for it in items])),
+            voiced=torch.tensor(np.stack([pad(it.voiced, frame_max) for it in items])),
+            energy=torch.tensor(np.stack([pad(it.energy, frame_max) for it in items])),
+            speaker=torch.tensor([it.speaker for it in items]),
+            reference_mel=torch.tensor(np.stack([pad(r.mel, ref_max, floor) for r in references])),
+            reference_lengths=torch.tensor([r.mel.shape[1] for r in references]),
+            image=image,
+            image_present=torch.tensor(image_present) if image is not None else None,
+        )
+
+
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()})
+
+
+def vocabulary_and_speakers(workspace: Workspace) -> tuple[Vocabulary, list[str]]:
+    """The phoneme inventory and speaker list, from the training split."""
+    index = pd.read_parquet(workspace.features_index)
+    train = index[index["split"] == "train"]
+    return Vocabulary.build(list(train["phonemes"])), sorted(set(index["speaker"]))
+
+
+def mel_statistics(workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    stats = json.loads((workspace.features / "stats.json").read_text())["global"]
+    return torch.tensor(stats["mel_mean"]), torch.tensor(stats["mel_std"]).clamp(min=1e-2)
+
+
+def checkpoint_dir(workspace: Workspace, member: str) -> Path:
+    return workspace.models / member

@@ -1,0 +1,193 @@
+"""The joint trainer: one optimiser over every encoder, the variance adaptor and the decoder.
+
+CUDA when present (with mixed precision), CPU otherwise; ``torchrun`` runs it data-parallel
+(DDP, NCCL on GPUs, gloo on CPU). Bounded by ``train.max_steps`` and ``train.max_minutes``.
+Checkpoints hold model, optimiser, scheduler, grad-scaler and RNG states and the step, so a
+resumed run continues exactly where the uninterrupted one would be; ``best.pt`` (lowest
+validation loss) and ``last.pt`` are kept apart. Checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from polyvox.config import Params
+from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.models.acoustic import AcousticModel, ModelConfig
+from polyvox.progress import track
+from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
+from polyvox.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+LOSS_NAMES = ("total", "mel", "prior", "duration", "pitch", "energy", "cross_modal")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    member: str
+    steps: int
+    best_val_loss: float | None
+    last_checkpoint: str
+    best_checkpoint: str | None
+    device: str
+    world_size: int
+    seconds: float
+    stopped_by: str  # "steps" | "time"
+    seconds_per_step: float
+
+    def summary(self) -> str:
+        best = f"{self.best_val_loss:.4f}" if self.best_val_loss is not None else "-"
+        return (f"{self.member}: {self.steps} steps on {self.device} x{self.world_size} "
+                f"({self.seconds_per_step:.3f} s/step, stopped by {self.stopped_by}); best val loss {best}")
+
+
+def model_config(params: Params, vocab_size: int) -> ModelConfig:
+    return ModelConfig(vocab_size=vocab_size, n_mels=params.audio.n_mels, **params.model.model_dump())
+
+
+def warmup_inverse_sqrt(warmup: int):
+    warmup = max(1, warmup)
+    return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _device(rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, corpus: Corpus, batch_size: int, device: torch.device, seed: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(corpus), batch_size):
+        indices = list(range(start, min(start + batch_size, len(corpus))))
+        losses = model(batch_to(corpus.collate(indices, seed, -1 - start), device))
+        total += float(losses["total"]) * len(indices)
+        count += len(indices)
+    model.train()
+    return total / max(count, 1)
+
+
+def _save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
+          resume: bool = True) -> TrainResult:
+    cfg = params.train
+    seed = params.seed if seed is None else seed
+    rank, world = _distributed()
+    device = _device(rank)
+    torch.manual_seed(seed)
+
+    vocab, speakers = vocabulary_and_speakers(workspace)
+    train_corpus = Corpus(workspace, "train", vocab, speakers)
+    val_corpus = Corpus(workspace, "val", vocab, speakers)
+    model = AcousticModel(model_config(params, len(vocab)), *mel_statistics(workspace)).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_inverse_sqrt(cfg.warmup_steps))
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    out = checkpoint_dir(workspace, member)
+    out.mkdir(parents=True, exist_ok=True)
+    start, best = 0, None
+    if resume and (out / "last.pt").is_file():
+        state = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if amp and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        start, best = int(state["step"]), state["best_val_loss"]
+        log.info("resuming %s from step %d", member, start)
+    if rank == 0:
+        atomic_write_text(out / "model.json", json.dumps({
+            "member": member, "seed": seed, "model": asdict(model.cfg), "symbols": vocab.symbols,
+            "speakers": speakers, "audio": params.audio.model_dump()}, indent=1, ensure_ascii=False) + "\n")
+
+    def checkpoint(step: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "best_val_loss": best, "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state() if amp else None}
+
+    metrics_path = out / "metrics.csv"
+    fresh = start == 0 or not metrics_path.is_file()
+    metrics = open(metrics_path, "w" if fresh else "a", newline="") if rank == 0 else None
+    writer = csv.writer(metrics) if metrics else None
+    if writer and fresh:
+        writer.writerow(["step", *LOSS_NAMES, "val_loss", "lr", "seconds"])
+
+    began = time.monotonic()
+    stopped_by, step = "steps", start
+    try:
+        for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train {member}", log):
+            if time.monotonic() - began > cfg.max_minutes * 60:
+                stopped_by = "time"
+                break
+            indices = train_corpus.batch_indices(step, cfg.batch_size * world, seed)[rank::world]
+            batch = batch_to(train_corpus.collate(indices, seed, step), device)
+            with torch.autocast(device.type, enabled=amp):
+                losses = wrapped(batch)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.unscale_(optimiser)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+
+            done = step + 1
+            val = None
+            if done % cfg.validate_every == 0 or done == cfg.max_steps:
+                val = validation_loss(model, val_corpus, cfg.batch_size, device, seed)
+                if best is None or val < best:
+                    best = val
+                    if rank == 0:
+                        _save(out / "best.pt", checkpoint(done))
+            if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
+                _save(out / "last.pt", checkpoint(done))
+            if writer:
+                writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
+                                 "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
+                                 f"{time.monotonic() - began:.2f}"])
+            step = done
+        if rank == 0 and stopped_by == "time":
+            _save(out / "last.pt", checkpoint(step))
+    finally:
+        if metrics:
+            metrics.close()
+    seconds = time.monotonic() - began
+    result = TrainResult(
+        member=member, steps=step, best_val_loss=best, last_checkpoint=str(out / "last.pt"),
+        best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),
+        world_size=world, seconds=seconds, stopped_by=stopped_by, seconds_per_step=seconds / max(1, step - start),
+    )
+    log.info("train: %s", result.summary())
+    return result
