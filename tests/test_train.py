@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from polyvox.train.trainer import train
 from polyvox.workspace import Workspace
 
 import corpora
+from conftest import REPO
 from stages import params_for, run_stages
 
 TINY = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
@@ -28,8 +30,6 @@ def featured(tmp_path_factory, kathleen):
 
 
 def _copy_features(source, target):
-    import shutil
-
     shutil.copytree(source / "data", target / "data")
     return Workspace(target)
 
@@ -70,3 +70,40 @@ def test_gpu_training_step(featured, tmp_path):
     target = _copy_features(ws, tmp_path / "gpu")
     result = train(params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})}), target)
     assert result.device.startswith("cuda")
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_identical(featured, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    import ddp_worker
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "ddp")
+    params = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 3, "batch_size": 1})})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(ddp_worker.run, args=(2, port, params, str(target.root), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["world"] == ranks[1]["world"] == 2 and ranks[0]["steps"] == 3
+    for name, tensor in ranks[0]["model"].items():
+        assert torch.equal(tensor, ranks[1]["model"][name]), name
+    saved = torch.load(target.models / "ddp/last.pt", weights_only=True)["model"]  # written by rank 0 only
+    for name, tensor in ranks[0]["model"].items():
+        assert torch.equal(saved[name], tensor), name
+
+
+def test_train_command(featured, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from polyvox.cli import app
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "cli")
+    monkeypatch.chdir(target.root)
+    shutil.copy(REPO / "params.yaml", target.root / "params.yaml")
+    result = CliRunner().invoke(app, ["train", "--member", "cli", "-S", "train.max_steps=1", *sum((["-S", o] for o in TINY), [])])
+    assert result.exit_code == 0, result.output
+    assert "cli: 1 steps on cpu x1" in result.output and (target.models / "cli/last.pt").is_file()

@@ -132,6 +132,21 @@ def features(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
 
 
 @app.command()
+def train(
+    member: Annotated[str, typer.Option(help="Ensemble member name: checkpoints go to models/<member>/.")] = "default",
+    seed: Annotated[Optional[int], typer.Option(help="Seed of this member (default: params seed).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing last.pt and start over.")] = False,
+    params: ParamsOption = DEFAULT_PARAMS_FILE,
+    set_: SetOption = None,
+) -> None:
+    """Train one member of the acoustic model on data/features (GPU when present; under torchrun, DDP)."""
+    from polyvox.train.trainer import train as run_train
+
+    result = _run_stage(lambda p, ws: run_train(p, ws, member=member, seed=seed, resume=not fresh), params, set_)
+    typer.echo(result.summary())
+
+
+@app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
     try:

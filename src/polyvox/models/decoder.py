@@ -1,4 +1,8 @@
-"""Non-autoregressive mel decoder with a convolutional post-net (Tacotron 2 style residual)."""
+"""Non-autoregressive mel decoder with a convolutional post-net (Tacotron 2 style residual).
+
+The post-net normalises with GroupNorm rather than Tacotron's BatchNorm: padded frames and small
+per-rank batches would otherwise skew running statistics, and ranks would hold different ones.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ class MelDecoder(nn.Module):
         postnet: list[nn.Module] = []
         widths = [n_mels] + [channels] * (postnet_layers - 1) + [n_mels]
         for index, (a, b) in enumerate(zip(widths, widths[1:])):
-            postnet += [nn.Conv1d(a, b, 5, padding=2), nn.BatchNorm1d(b)]
+            postnet += [nn.Conv1d(a, b, 5, padding=2), nn.GroupNorm(1, b)]
             if index < postnet_layers - 1:
                 postnet += [nn.Tanh(), nn.Dropout(dropout)]
         self.postnet = nn.Sequential(*postnet)

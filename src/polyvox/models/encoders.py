@@ -58,7 +58,8 @@ class ImageEncoder(nn.Module):
         widths = [3, 32, 64, 96, 128]
         layers: list[nn.Module] = []
         for a, b in zip(widths, widths[1:]):
-            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.BatchNorm2d(b), nn.ReLU()]
+            # GroupNorm, not BatchNorm: no running statistics that depend on batch size or DDP rank.
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(8, b), nn.ReLU()]
         self.convs = nn.Sequential(*layers)
         self.project = nn.Sequential(nn.Dropout(dropout), nn.Linear(widths[-1], channels))
 

@@ -97,6 +97,13 @@ def _save(path: Path, state: dict) -> None:
 
 def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
           resume: bool = True) -> TrainResult:
+    """Train one ensemble member into ``models/<member>/``."""
+    return fit(params, workspace, member, seed, resume)[0]
+
+
+def fit(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
+        resume: bool = True) -> tuple[TrainResult, AcousticModel]:
+    """:func:`train`, also returning the trained model (on its device)."""
     cfg = params.train
     seed = params.seed if seed is None else seed
     rank, world = _distributed()
@@ -111,7 +118,8 @@ def train(params: Params, workspace: Workspace, member: str = "default", seed: i
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_inverse_sqrt(cfg.warmup_steps))
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.
+    wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     out = checkpoint_dir(workspace, member)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,4 +198,4 @@ def train(params: Params, workspace: Workspace, member: str = "default", seed: i
         world_size=world, seconds=seconds, stopped_by=stopped_by, seconds_per_step=seconds / max(1, step - start),
     )
     log.info("train: %s", result.summary())
-    return result
+    return result, model
