@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,24 @@ def test_train_command(featured, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train", "--member", "cli", "-S", "train.max_steps=1", *sum((["-S", o] for o in TINY), [])])
     assert result.exit_code == 0, result.output
     assert "cli: 1 steps on cpu x1" in result.output and (target.models / "cli/last.pt").is_file()
+
+
+def test_synthesize_with_every_conditioning(featured, tmp_path, kathleen_files):
+    from PIL import Image
+
+    from polyvox.models.synthesis import Synthesizer
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "synth")
+    train(params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})}), target, member="s")
+    synthesizer = Synthesizer(target.models / "s")
+    assert list(synthesizer.speakers) == ["kathleen"]
+    face = tmp_path / "face.png"
+    Image.new("RGB", (50, 50), (10, 200, 30)).save(face)
+    text = "Doctor Okafor will see you at 4:30."
+    for kwargs in ({}, {"speaker": "kathleen"}, {"reference_audio": kathleen_files[1]}, {"image": face},
+                   {"reference_audio": kathleen_files[1], "image": face}):
+        wave, rate = synthesizer.synthesize(text, **kwargs)
+        assert rate == 22050 and wave.ndim == 1 and wave.size > 0.1 * rate and np.isfinite(wave).all(), kwargs
+    with pytest.raises(ValueError, match="unknown speaker 'nobody'"):
+        synthesizer.synthesize(text, speaker="nobody")

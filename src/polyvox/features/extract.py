@@ -41,6 +41,13 @@ def _mel_transform(cfg: AudioConfig):
     )
 
 
+def log_mel(wave, cfg: AudioConfig):
+    """(samples,) float tensor → (n_mels, frames) log-magnitude mel."""
+    import torch
+
+    return torch.log(torch.clamp(_mel_transform(cfg)(wave), min=MEL_FLOOR))
+
+
 def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarray]:
     """``mel`` (n_mels, frames) log-magnitude, ``f0`` (frames,) Hz with 0 where unvoiced,
     ``energy`` (frames,) L2 norm of the linear magnitude spectrum."""
@@ -48,7 +55,7 @@ def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarr
     import torch
 
     wave = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))
-    mel = torch.log(torch.clamp(_mel_transform(cfg)(wave), min=MEL_FLOOR)).numpy()
+    mel = log_mel(wave, cfg).numpy()
     spectrum = torch.stft(wave, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
                           window=torch.hann_window(cfg.win_length), center=True, return_complex=True)
     energy = torch.linalg.vector_norm(spectrum.abs(), dim=0).numpy()

@@ -76,9 +76,14 @@ class AcousticModel(nn.Module):
     def denormalise(self, mel: torch.Tensor) -> torch.Tensor:
         return mel * self.mel_std + self.mel_mean
 
-    def condition(self, batch_size: int, reference_mel=None, reference_lengths=None, image=None, image_present=None):
-        """Embeddings of the given modalities and their fusion, (batch, channels) each."""
-        audio = self.reference(self.normalise(reference_mel), reference_lengths) if reference_mel is not None else None
+    def condition(self, batch_size: int, reference_mel=None, reference_lengths=None, image=None, image_present=None,
+                  audio_embedding=None):
+        """Embeddings of the given modalities and their fusion, (batch, channels) each.
+
+        ``audio_embedding`` stands in for a reference encoding (e.g. a speaker's mean embedding)."""
+        audio = audio_embedding
+        if reference_mel is not None:
+            audio = self.reference(self.normalise(reference_mel), reference_lengths)
         audio_present = None if audio is None else torch.ones(batch_size, dtype=torch.bool, device=audio.device)
         visual = self.image(image) if image is not None else None
         if visual is not None and image_present is None:
@@ -139,12 +144,12 @@ class AcousticModel(nn.Module):
 
     @torch.no_grad()
     def infer(self, tokens: torch.Tensor, reference_mel=None, reference_lengths=None, image=None,
-              duration_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+              audio_embedding=None, duration_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (batch, tokens) → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
         size = tokens.shape[0]
         lengths = (tokens != 0).sum(dim=1)
         hidden, _, token_mask = self.text(tokens, lengths)
-        _, _, _, fused = self.condition(size, reference_mel, reference_lengths, image)
+        _, _, _, fused = self.condition(size, reference_mel, reference_lengths, image, audio_embedding=audio_embedding)
         hidden = (hidden + fused[:, None, :]) * token_mask[..., None]
         log_durations = self.variance.duration(hidden, token_mask)
         durations = torch.clamp(torch.round((torch.exp(log_durations) - 1) * duration_scale), min=1) * token_mask

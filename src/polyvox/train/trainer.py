@@ -90,6 +90,24 @@ def validation_loss(model: torch.nn.Module, corpus: Corpus, batch_size: int, dev
     return total / max(count, 1)
 
 
+@torch.no_grad()
+def speaker_embeddings(model: AcousticModel, corpus: Corpus, batch_size: int, device: torch.device, seed: int,
+                       speakers: list[str]) -> dict[str, torch.Tensor]:
+    """Each speaker's mean reference-audio embedding over its training takes, for synthesis by name."""
+    model.eval()
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    for start in range(0, len(corpus), batch_size):
+        indices = list(range(start, min(start + batch_size, len(corpus))))
+        batch = batch_to(corpus.collate(indices, seed, -1 - start), device)
+        embeddings = model.reference(model.normalise(batch.mel), batch.mel_lengths)
+        for speaker, embedding in zip(batch.speaker.tolist(), embeddings):
+            sums[speaker] = sums.get(speaker, 0) + embedding.cpu()
+            counts[speaker] = counts.get(speaker, 0) + 1
+    model.train()
+    return {speakers[s]: sums[s] / counts[s] for s in sorted(sums) if s >= 0}
+
+
 def _save(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -138,7 +156,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     if rank == 0:
         atomic_write_text(out / "model.json", json.dumps({
             "member": member, "seed": seed, "model": asdict(model.cfg), "symbols": vocab.symbols,
-            "speakers": speakers, "audio": params.audio.model_dump()}, indent=1, ensure_ascii=False) + "\n")
+            "speakers": speakers, "audio": params.audio.model_dump(), "image_size": params.features.image_size,
+            "text": {"language": params.clean.language, "phonemizer": params.clean.phonemizer}},
+            indent=1, ensure_ascii=False) + "\n")
 
     def checkpoint(step: int) -> dict:
         return {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
@@ -192,6 +212,8 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         if metrics:
             metrics.close()
     seconds = time.monotonic() - began
+    if rank == 0:
+        _save(out / "speakers.pt", speaker_embeddings(model, train_corpus, cfg.batch_size, device, seed, speakers))
     result = TrainResult(
         member=member, steps=step, best_val_loss=best, last_checkpoint=str(out / "last.pt"),
         best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),

@@ -1,0 +1,93 @@
+"""One inference API: ``synthesize(text, speaker=None, reference_audio=None, image=None)``.
+
+A :class:`Synthesizer` loads a trained member folder (``models/<member>/``: ``model.json``,
+``best.pt`` or ``last.pt``, ``speakers.pt``) with safe loaders only, and runs the same text
+front-end (normalisation + phonemes) that ``clean`` used for training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from polyvox.config import AudioConfig
+from polyvox.models.acoustic import AcousticModel, ModelConfig
+from polyvox.models.symbols import Vocabulary
+from polyvox.models.vocoder import griffin_lim
+from polyvox.text.normalize import normalize_text
+from polyvox.text.phonemes import phonemize
+
+
+class Synthesizer:
+    def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu"):
+        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        path = folder / f"{checkpoint}.pt"
+        if not path.is_file():
+            path = folder / "last.pt"
+        state = torch.load(path, map_location=device, weights_only=True)
+        self.audio = AudioConfig(**meta["audio"])
+        self.vocab = Vocabulary(meta["symbols"])
+        self.text_frontend = meta["text"]
+        self.image_size = int(meta["image_size"])
+        cfg = ModelConfig(**meta["model"])
+        self.model = AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        speakers_path = folder / "speakers.pt"
+        self.speakers: dict[str, torch.Tensor] = (
+            torch.load(speakers_path, map_location=device, weights_only=True) if speakers_path.is_file() else {})
+        self.device = torch.device(device)
+
+    def tokens(self, text: str) -> torch.Tensor:
+        phones, _ = phonemize([normalize_text(text)], self.text_frontend["language"], self.text_frontend["phonemizer"])
+        ids = self.vocab.encode(phones[0])
+        if not ids:
+            raise ValueError(f"nothing to say in {text!r}")
+        return torch.tensor([ids], device=self.device)
+
+    def _reference(self, reference_audio) -> tuple[torch.Tensor, torch.Tensor]:
+        import librosa
+
+        from polyvox.features.extract import log_mel
+
+        if isinstance(reference_audio, (str, Path)):
+            signal, rate = sf.read(str(reference_audio), dtype="float32", always_2d=True)
+            signal = signal.mean(axis=1)
+        else:
+            signal, rate = reference_audio
+        if rate != self.audio.sample_rate:
+            signal = librosa.resample(np.asarray(signal, dtype=np.float32), orig_sr=rate, target_sr=self.audio.sample_rate)
+        mel = log_mel(torch.tensor(np.asarray(signal, dtype=np.float32)), self.audio)
+        return mel[None].to(self.device), torch.tensor([mel.shape[1]], device=self.device)
+
+    def _image(self, image) -> torch.Tensor:
+        from polyvox.features.stage import image_tensor
+
+        array = image_tensor(Path(image), self.image_size) if isinstance(image, (str, Path)) else np.asarray(image)
+        return torch.tensor(array, dtype=torch.float32)[None].to(self.device)
+
+    @torch.no_grad()
+    def synthesize(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> tuple[np.ndarray, int]:
+        """Waveform (float32, mono) and its sample rate. ``reference_audio``: a path or (samples, rate);
+        ``image``: a path or a (3, size, size) array in [0, 1]; ``speaker``: a training speaker's name."""
+        embedding = None
+        if speaker is not None:
+            if speaker not in self.speakers:
+                raise ValueError(f"unknown speaker {speaker!r}; known: {sorted(self.speakers)}")
+            embedding = self.speakers[speaker][None].to(self.device)
+        reference = self._reference(reference_audio) if reference_audio is not None else (None, None)
+        mel, lengths = self.model.infer(self.tokens(text), *reference,
+                                        image=self._image(image) if image is not None else None,
+                                        audio_embedding=embedding)
+        wave = griffin_lim(mel[0, :, : int(lengths[0])].cpu(), self.audio)
+        return wave.numpy().astype(np.float32), self.audio.sample_rate
+
+
+def synthesize(text: str, speaker: str | None = None, reference_audio=None, image=None,
+               model: Path | str = "models/default") -> tuple[np.ndarray, int]:
+    """Convenience wrapper: load ``model`` (a trained member folder) and synthesise once."""
+    return Synthesizer(Path(model)).synthesize(text, speaker=speaker, reference_audio=reference_audio, image=image)
