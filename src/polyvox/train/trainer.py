@@ -205,6 +205,11 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                 writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
                                  "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
                                  f"{time.monotonic() - began:.2f}"])
+                metrics.flush()  # readable while training runs (DVC plots, tail -f)
+            if val is not None and rank == 0:
+                log.info("%s step %d: train loss %.4f (mel %.4f), val loss %.4f, %.2f s/step", member, done,
+                         float(losses["total"].detach()), float(losses["mel"].detach()), val,
+                         (time.monotonic() - began) / (done - start))
             step = done
         if rank == 0 and stopped_by == "time":
             _save(out / "last.pt", checkpoint(step))
