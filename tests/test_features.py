@@ -124,7 +124,6 @@ def test_kathleen_splits_have_no_prompt_in_two_splits(kathleen):
     assert all(len(s) == 1 for s in by_prompt.values())
     counts = {name: splits.count(name) for name in ("train", "val", "test")}
     assert counts["val"] > 20 and counts["test"] > 20 and counts["train"] > 800
-    assert any(len(t) > 1 for t in by_prompt.values()) is False
     # Deterministic, and adding rows never moves existing ones.
     assert assign_splits(texts, SplitConfig(val=0.05, test=0.05), seed=1234) == splits
     grown = assign_splits(texts + ["A brand new prompt."], SplitConfig(val=0.05, test=0.05), seed=1234)

@@ -44,6 +44,8 @@ def test_exact_resume(featured, tmp_path):
 
     result = train(p4, straight, member="m")
     train(p2, resumed, member="m")
+    with open(resumed.models / "m/metrics.csv", "a") as handle:  # rows a killed run logged after its checkpoint
+        handle.write("3,9,9,9,9,9,9,9,,0.1,1.0\n")
     again = train(p4, resumed, member="m")
     assert result.steps == again.steps == 4 and again.stopped_by == "steps"
     a = torch.load(straight.models / "m/last.pt", weights_only=True)

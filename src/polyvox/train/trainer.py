@@ -166,11 +166,14 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                 "rng_cuda": torch.cuda.get_rng_state() if amp else None}
 
     metrics_path = out / "metrics.csv"
-    fresh = start == 0 or not metrics_path.is_file()
-    metrics = open(metrics_path, "w" if fresh else "a", newline="") if rank == 0 else None
+    header = ["step", *LOSS_NAMES, "val_loss", "lr", "seconds"]
+    kept: list[list[str]] = []
+    if start > 0 and metrics_path.is_file():  # a killed run may have logged steps past its last checkpoint
+        kept = [row for row in list(csv.reader(open(metrics_path, newline="")))[1:] if row and int(row[0]) <= start]
+    metrics = open(metrics_path, "w", newline="") if rank == 0 else None
     writer = csv.writer(metrics) if metrics else None
-    if writer and fresh:
-        writer.writerow(["step", *LOSS_NAMES, "val_loss", "lr", "seconds"])
+    if writer:
+        writer.writerows([header, *kept])
 
     began = time.monotonic()
     stopped_by, step = "steps", start
