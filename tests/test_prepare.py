@@ -11,6 +11,7 @@ from polyvox.workspace import Workspace
 
 import corpora
 from conftest import with_overrides
+from stages import params_for
 
 
 def digest(path):
@@ -65,6 +66,17 @@ def test_prepare_copies_references_and_images_once(tmp_path, kathleen_files, par
     assert len({row["image"] for row in rows}) == 1 and len(list((ws.raw / "images").iterdir())) == 1
     assert all((ws.raw / row["reference_audio"]).is_file() for row in rows)
     assert {row["speaker"] for row in rows} == {"kathleen", "kat2"}
+    # Hashed once here, so later stages key their caches on these instead of hashing again.
+    assert all(row["reference_hash"] == digest(ws.raw / row["reference_audio"]) for row in rows)
+    assert all(row["image_hash"] == digest(image) for row in rows)
+
+    from stages import run_stages
+
+    results = run_stages(params_for(corpus), workspace, upto="features")
+    # Four takes, each also another row's reference: four clean files and four feature files, not eight.
+    assert results["clean"].audio_processed == 4 and results["features"].processed == 4
+    index = pq.read_table(ws.features_index).to_pylist()
+    assert all(row["reference_features"] for row in index) and len({row["image_features"] for row in index}) == 1
 
 
 def test_prepare_removes_stale_copies(tmp_path, kathleen_files, params, workspace):

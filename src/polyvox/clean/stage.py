@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from polyvox.cache import content_key, load_index, save_index, sharded
 from polyvox.clean.audio import CleanAudioTask, clean_audio
 from polyvox.config import Params
-from polyvox.fileio import atomic_path, sha256_file
+from polyvox.fileio import atomic_path
 from polyvox.parallel import map_items
 from polyvox.text.normalize import normalize_text
 from polyvox.text.phonemes import phonemize
@@ -33,7 +33,7 @@ TEXT_VERSION = "1"
 
 MANIFEST_COLUMNS = ["row", "id", "speaker", "text", "clean_text", "phonemes", "phonemizer", "audio", "audio_key",
                     "clean_duration", "loudness_in", "gain_db", "reference_audio", "reference_key", "image",
-                    "source_hash", "text_key"]
+                    "image_hash", "source_hash", "text_key"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,8 @@ def clean(params: Params, workspace: Workspace) -> CleanResult:
         sources[key] = str(workspace.raw / row["audio"])
         audio_keys.append(key)
         if isinstance(row.get("reference_audio"), str) and row["reference_audio"]:
-            path = workspace.raw / row["reference_audio"]
-            ref_key = content_key("audio", AUDIO_VERSION, sha256_file(path), settings)
-            sources[ref_key] = str(path)
+            ref_key = content_key("audio", AUDIO_VERSION, row["reference_hash"], settings)
+            sources[ref_key] = str(workspace.raw / row["reference_audio"])
             reference_keys.append(ref_key)
         else:
             reference_keys.append(None)
@@ -106,7 +105,7 @@ def clean(params: Params, workspace: Workspace) -> CleanResult:
             text_index[key] = {"clean_text": clean_text, "phonemes": phonemes, "phonemizer": backend}
     save_index(text_index, text_index_path)
 
-    manifest = accepted[["row", "id", "speaker", "text", "image", "reference_audio", "source_hash"]].copy()
+    manifest = accepted[["row", "id", "speaker", "text", "image", "image_hash", "reference_audio", "source_hash"]].copy()
     manifest["audio_key"], manifest["reference_key"], manifest["text_key"] = audio_keys, reference_keys, text_keys
     manifest["audio"] = [sharded("audio", key, ".wav") for key in audio_keys]
     manifest["reference_audio"] = [sharded("audio", key, ".wav") if key else None for key in reference_keys]

@@ -146,15 +146,18 @@ def _audio_targets(rows: list[CorpusRow]) -> list[str | None]:
     return targets
 
 
-def _copy_shared(paths: set[Path], folder: str, raw: Path, pool: ThreadPoolExecutor) -> dict[Path, str]:
-    """Reference audio and images, content-addressed (many rows share one speaker image)."""
+def _copy_shared(paths: set[Path], folder: str, raw: Path, pool: ThreadPoolExecutor) -> dict[Path, tuple[str, str]]:
+    """Reference audio and images, content-addressed (many rows share one speaker image), hashed
+    once each here so later stages read the hash from the manifest instead of hashing again.
+    Returns source -> (raw-relative path, sha256)."""
 
-    def one(path: Path) -> tuple[Path, str]:
-        relative = f"{folder}/{sha256_file(path)[:20]}{path.suffix.lower()}"
+    def one(path: Path) -> tuple[Path, tuple[str, str]]:
+        digest = sha256_file(path)
+        relative = f"{folder}/{digest[:20]}{path.suffix.lower()}"
         if not (raw / relative).is_file():
             with atomic_path(raw / relative) as tmp:
                 shutil.copyfile(path, tmp)
-        return path, relative
+        return path, (relative, digest)
 
     return dict(pool.map(one, sorted(paths)))
 
@@ -219,9 +222,9 @@ def ingest(
         done = [item for part in track(batches, len(rows), "prepare: files", log, size=len) for item in part]
     records = [record for record, _ in done]
     for record, row in zip(records, rows):
-        for column in ("reference_audio", "image"):
+        for column, hash_column in (("reference_audio", "reference_hash"), ("image", "image_hash")):
             path = getattr(row, column)
-            record[column] = shared[column][path] if path is not None else None
+            record[column], record[hash_column] = shared[column][path] if path is not None else (None, None)
     copied = sum(materialised for _, materialised in done)
     reused = sum(1 for record in records if record["audio"] is not None) - copied
     keep = {record[c] for record in records for c in ("audio", "reference_audio", "image") if record[c]}

@@ -32,6 +32,8 @@ MANIFEST_SCHEMA = pa.schema(
         # Provenance: where the row came from, relative to the corpus root.
         pa.field("source_audio", pa.string()),
         pa.field("source_hash", pa.string()),  # sha256 of the source audio bytes
+        pa.field("reference_hash", pa.string()),  # sha256 of the reference audio, when there is one
+        pa.field("image_hash", pa.string()),  # sha256 of the image, when there is one
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_line", pa.int64()),
         # Read from the audio header when it can be read.

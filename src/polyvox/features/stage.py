@@ -30,7 +30,7 @@ from polyvox.cache import content_key, load_index, save_index, sharded
 from polyvox.config import Params
 from polyvox.features.extract import FeatureTask, extract
 from polyvox.features.splits import SPLITS, assign_splits
-from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text, sha256_file
+from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from polyvox.parallel import map_items
 from polyvox.workspace import Workspace
 
@@ -92,9 +92,10 @@ def _images(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> dic
     out = workspace.features
     size = params.features.image_size
     paths: dict[str, str] = {}
-    for image in sorted({i for i in manifest["image"] if isinstance(i, str) and i}):
+    hashes = {i: h for i, h in zip(manifest["image"], manifest["image_hash"]) if isinstance(i, str) and i}
+    for image in sorted(hashes):
         source = workspace.raw / image
-        key = content_key("image", IMAGE_VERSION, sha256_file(source), size)
+        key = content_key("image", IMAGE_VERSION, hashes[image], size)
         relative = sharded("images", key, ".npy")
         if not (out / relative).is_file():
             buffer = io.BytesIO()
