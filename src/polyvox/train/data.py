@@ -33,6 +33,9 @@ class Utterance:
     image: np.ndarray | None
 
 
+BUCKET_POOL = 8  # batches sorted by length together
+
+
 def _rng(seed: int, *parts: int) -> np.random.Generator:
     digest = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
@@ -74,11 +77,20 @@ class Corpus:
         return len(self.items)
 
     def batch_indices(self, step: int, batch_size: int, seed: int) -> list[int]:
-        """Epoch-wise shuffles: step ``s`` takes its slice of epoch ``s * batch_size // len``."""
+        """Epoch-wise shuffles with length bucketing: step ``s`` takes batch ``s mod per_epoch`` of epoch
+        ``s // per_epoch``. Each epoch's shuffle is cut into pools of ``BUCKET_POOL`` batches, each pool
+        sorted by length and cut into batches (little padding), and the batches shuffled again."""
         per_epoch = max(1, len(self.items) // batch_size)
         epoch, position = divmod(step, per_epoch)
-        order = _rng(seed, epoch).permutation(len(self.items))
-        return [int(i) for i in order[position * batch_size : (position + 1) * batch_size]] or [int(order[0])]
+        rng = _rng(seed, epoch)
+        order = rng.permutation(len(self.items))[: per_epoch * batch_size] if len(self.items) >= batch_size \
+            else rng.permutation(len(self.items))
+        pool = batch_size * BUCKET_POOL
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start:start + pool].tolist(), key=lambda i: self.items[i].mel.shape[1])
+            batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        return [int(i) for i in batches[int(rng.permutation(len(batches))[position % len(batches)])]]
 
     def collate(self, indices: list[int], seed: int, step: int) -> Batch:
         items = [self.items[i] for i in indices]
