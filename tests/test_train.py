@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from polyvox.train.trainer import train
+from polyvox.config import ConfigError, load_params
+from polyvox.models.acoustic import AcousticModel
+from polyvox.train.data import mel_statistics, vocabulary_and_speakers
+from polyvox.train.trainer import model_config, train
 from polyvox.workspace import Workspace
 
 import corpora
@@ -98,7 +102,7 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(featured, tmp_path):
         assert torch.equal(saved[name], tensor), name
 
 
-def test_train_command(featured, tmp_path, monkeypatch):
+def test_train_command_trains_every_listed_member(featured, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from polyvox.cli import app
@@ -107,9 +111,102 @@ def test_train_command(featured, tmp_path, monkeypatch):
     target = _copy_features(ws, tmp_path / "cli")
     monkeypatch.chdir(target.root)
     shutil.copy(REPO / "params.yaml", target.root / "params.yaml")
-    result = CliRunner().invoke(app, ["train", "--member", "cli", "-S", "train.max_steps=1", *sum((["-S", o] for o in TINY), [])])
+    overrides = sum((["-S", o] for o in ["train.max_steps=1", *TINY]), [])
+    result = CliRunner().invoke(app, ["train", *overrides])
     assert result.exit_code == 0, result.output
-    assert "cli: 1 steps on cpu x1" in result.output and (target.models / "cli/last.pt").is_file()
+    listed = [m.name for m in load_params(REPO / "params.yaml").train.members]
+    for member in listed:
+        assert f"{member}: 1 steps on cpu x1" in result.output and (target.models / member / "last.pt").is_file()
+    # each member's seed and architecture variant are what params.yaml lists
+    for spec in load_params(REPO / "params.yaml").train.members:
+        meta = json.loads((target.models / spec.name / "model.json").read_text())
+        assert meta["seed"] == spec.seed and meta["conditioning"] == spec.conditioning
+        for key, value in spec.variant.items():
+            assert meta["model"][key] == value, (spec.name, key)
+
+    unknown = CliRunner().invoke(app, ["train", "--member", "nobody", *overrides])
+    assert unknown.exit_code == 2 and "no member named 'nobody'" in unknown.output
+
+
+def test_audio_only_member_has_no_image_path(featured, tmp_path):
+    from polyvox.models.synthesis import Synthesizer
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "audio-only")
+    member = {"name": "voice", "seed": 3, "conditioning": "audio", "variant": {"channels": 48}}
+    p = params.model_copy(update={"train": params.train.model_copy(update={
+        "max_steps": 2, "members": [type(params.train.members[0]).model_validate(member)]})})
+    train(p, target, member="voice")
+    state = torch.load(target.models / "voice/last.pt", weights_only=True)["model"]
+    torch.manual_seed(3)  # as the trainer seeds before building the model
+    fresh = AcousticModel(model_config(p, len(vocabulary_and_speakers(target)[0]), p.train.member("voice")),
+                          *mel_statistics(target)).state_dict()
+    image_weights = [n for n in fresh if n.startswith("image.") and fresh[n].dtype.is_floating_point]
+    # the image encoder of an audio-only member never trains: it keeps its initial weights
+    assert image_weights and all(torch.equal(state[n], fresh[n]) for n in image_weights)
+    assert not torch.equal(state["text.embedding.weight"], fresh["text.embedding.weight"])
+    assert state["text.embedding.weight"].shape[1] == 48
+    synthesizer = Synthesizer(target.models / "voice")
+    assert synthesizer.conditioning == "audio"
+    with pytest.raises(ValueError, match="takes no image"):
+        synthesizer.mel("Hello there.", image=np.zeros((3, 64, 64), np.float32))
+    assert synthesizer.mel("Hello there.", speaker="kathleen").shape[0] == params.audio.n_mels
+
+
+def test_warm_start_copies_weights_and_maps_phonemes(featured, tmp_path):
+    from polyvox.train.trainer import warm_start
+
+    params, ws = featured
+    source = _copy_features(ws, tmp_path / "pretrain")
+    short = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})})
+    train(short, source, member="pre")
+    pretrained = torch.load(source.models / "pre/best.pt", weights_only=True)["model"]
+    old_symbols = json.loads((source.models / "pre/model.json").read_text())["symbols"]
+
+    vocab, _ = vocabulary_and_speakers(source)
+    symbols = list(reversed(vocab.symbols[1:])) + ["ʘ"]  # the same phonemes in another order, plus a new one
+    symbols = [vocab.symbols[0], *symbols]
+    model = AcousticModel(model_config(params, len(symbols)), *mel_statistics(source))
+    counts = warm_start(model, symbols, source.models / "pre")
+    state = model.state_dict()
+    assert counts["shared_symbols"] == len(vocab.symbols) and counts["skipped"] == 0
+    for i, symbol in enumerate(symbols):
+        if symbol in old_symbols:
+            assert torch.equal(state["text.embedding.weight"][i], pretrained["text.embedding.weight"][old_symbols.index(symbol)])
+    for name in ("decoder.to_mel.weight", "mel_mean", "image.head.weight" if "image.head.weight" in state else "mel_std"):
+        assert torch.equal(state[name], pretrained[name]), name
+
+    # through train(): a fresh member warm-started from the pretrained one starts from its weights
+    target = _copy_features(ws, tmp_path / "finetune")
+    zero_steps = short.model_copy(update={"train": short.train.model_copy(update={"init_from": str(source.models / "pre"),
+                                                                                 "max_steps": 1, "lr": 1e-12})})
+    train(zero_steps, target, member="tuned")
+    tuned = torch.load(target.models / "tuned/last.pt", weights_only=True)["model"]
+    assert torch.allclose(tuned["variance.duration.conv1.weight"], pretrained["variance.duration.conv1.weight"], atol=1e-6)
+    assert json.loads((target.models / "tuned/model.json").read_text())["init_from"] == str(source.models / "pre")
+
+    with pytest.raises(ConfigError, match="init_from"):
+        warm_start(model, symbols, tmp_path / "nowhere")
+
+
+def test_mlflow_tracking_when_uri_is_set(featured, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "tracked")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    train(params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 4})}), target, member="t")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("polyvox")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["member"] == "t" and run.data.tags["data_version"]
+    assert run.data.params["train.batch_size"] == str(params.train.batch_size)
+    history = client.get_metric_history(run.info.run_id, "train_mel")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2  # validate_every=2
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.csv", "model.json"}
 
 
 def test_synthesize_with_every_conditioning(featured, tmp_path, kathleen_files):

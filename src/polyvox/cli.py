@@ -133,17 +133,24 @@ def features(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
 
 @app.command()
 def train(
-    member: Annotated[str, typer.Option(help="Ensemble member name: checkpoints go to models/<member>/.")] = "default",
-    seed: Annotated[Optional[int], typer.Option(help="Seed of this member (default: params seed).")] = None,
+    member: Annotated[Optional[str], typer.Option(
+        help="A member listed under train.members (checkpoints go to models/<member>/). Default: every member.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the member's seed.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="Warm start from this member folder or .pt (default: train.init_from).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing last.pt and start over.")] = False,
     params: ParamsOption = DEFAULT_PARAMS_FILE,
     set_: SetOption = None,
 ) -> None:
-    """Train one member of the acoustic model on data/features (GPU when present; under torchrun, DDP)."""
+    """Train members of the acoustic model on data/features (GPU when present; under torchrun, DDP)."""
     from polyvox.train.trainer import train as run_train
 
-    result = _run_stage(lambda p, ws: run_train(p, ws, member=member, seed=seed, resume=not fresh), params, set_)
-    typer.echo(result.summary())
+    def run_members(p: Params, ws: Workspace) -> list:
+        names = [p.train.member(member).name] if member is not None else [m.name for m in p.train.members]
+        return [run_train(p, ws, member=name, seed=seed, resume=not fresh, init_from=init_from) for name in names]
+
+    for result in _run_stage(run_members, params, set_):
+        typer.echo(result.summary())
 
 
 @app.command()

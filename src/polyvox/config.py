@@ -140,6 +140,17 @@ class ModelSection(_Section):
         return self
 
 
+class MemberConfig(_Section):
+    """One ensemble member: ``polyvox train --member NAME`` trains it into ``models/NAME/``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    seed: int
+    # Which conditioning the member learns from: reference audio and images, or reference audio only
+    # (its image encoder is never trained, so it cannot be conditioned on an image).
+    conditioning: Literal["audio+image", "audio"]
+    variant: dict[str, Any]  # overrides of the `model` section for this member (architecture variant)
+
+
 class TrainConfig(_Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
@@ -149,9 +160,44 @@ class TrainConfig(_Section):
     grad_clip: float = Field(gt=0)
     checkpoint_every: int = Field(ge=1)
     validate_every: int = Field(ge=1)
+    # Warm start: a member folder (or a .pt checkpoint) of an earlier run, e.g. pretrained on the demo
+    # voices; its weights seed a fresh run (matching tensors only; phonemes mapped by symbol).
+    init_from: str | None
+    members: list[MemberConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_members(self) -> "TrainConfig":
+        names = [m.name for m in self.members]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"train.members: duplicate member name(s) {duplicated}")
+        return self
+
+    def member(self, name: str) -> MemberConfig:
+        for member in self.members:
+            if member.name == name:
+                return member
+        raise ConfigError(f"train.members: no member named {name!r} (listed: {[m.name for m in self.members]})")
 
 
 class Params(_Section):
+    def member_model(self, member: MemberConfig) -> ModelSection:
+        """The ``model`` section with the member's architecture variant applied (validated)."""
+        unknown = sorted(set(member.variant) - set(ModelSection.model_fields))
+        if unknown:
+            raise ConfigError(f"train.members[{member.name}].variant: unknown model key(s) {unknown}")
+        try:
+            return ModelSection.model_validate({**self.model.model_dump(), **member.variant})
+        except ValidationError as exc:
+            problems = "; ".join(_describe(e) for e in exc.errors())
+            raise ConfigError(f"train.members[{member.name}].variant: {problems}") from None
+
+    @model_validator(mode="after")
+    def _member_variants_valid(self) -> "Params":
+        for member in self.train.members:
+            self.member_model(member)
+        return self
+
     seed: int
     audio: AudioConfig
     parallel: ParallelConfig
@@ -200,6 +246,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"unknown key {key!r}"
     if kind == "missing":
         return f"missing key {key!r}"
+    if kind == "value_error":  # a cross-field check; its message names the keys
+        message = error["msg"].removeprefix("Value error, ")
+        return message if key == "<top level>" else f"key {key!r}: {message}"
     return f"key {key!r}: {error['msg']} (got {error.get('input')!r})"
 
 

@@ -33,6 +33,7 @@ class Synthesizer:
         self.vocab = Vocabulary(meta["symbols"])
         self.text_frontend = meta["text"]
         self.image_size = int(meta["image_size"])
+        self.conditioning = meta.get("conditioning", "audio+image")
         cfg = ModelConfig(**meta["model"])
         self.model = AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
         self.model.load_state_dict(state["model"])
@@ -71,19 +72,27 @@ class Synthesizer:
         return torch.tensor(array, dtype=torch.float32)[None].to(self.device)
 
     @torch.no_grad()
-    def synthesize(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> tuple[np.ndarray, int]:
-        """Waveform (float32, mono) and its sample rate. ``reference_audio``: a path or (samples, rate);
-        ``image``: a path or a (3, size, size) array in [0, 1]; ``speaker``: a training speaker's name."""
+    def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> torch.Tensor:
+        """The acoustic model's log-mel (n_mels, frames) for ``text`` under the given conditioning."""
         embedding = None
         if speaker is not None:
             if speaker not in self.speakers:
                 raise ValueError(f"unknown speaker {speaker!r}; known: {sorted(self.speakers)}")
             embedding = self.speakers[speaker][None].to(self.device)
+        if image is not None and self.conditioning != "audio+image":
+            raise ValueError(f"this member was trained with {self.conditioning} conditioning; it takes no image")
         reference = self._reference(reference_audio) if reference_audio is not None else (None, None)
         mel, lengths = self.model.infer(self.tokens(text), *reference,
                                         image=self._image(image) if image is not None else None,
                                         audio_embedding=embedding)
-        wave = griffin_lim(mel[0, :, : int(lengths[0])].cpu(), self.audio)
+        return mel[0, :, : int(lengths[0])]
+
+    @torch.no_grad()
+    def synthesize(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> tuple[np.ndarray, int]:
+        """Waveform (float32, mono) and its sample rate. ``reference_audio``: a path or (samples, rate);
+        ``image``: a path or a (3, size, size) array in [0, 1]; ``speaker``: a training speaker's name."""
+        mel = self.mel(text, speaker=speaker, reference_audio=reference_audio, image=image)
+        wave = griffin_lim(mel.cpu(), self.audio)
         return wave.numpy().astype(np.float32), self.audio.sample_rate
 
 

@@ -42,9 +42,10 @@ def _rng(seed: int, *parts: int) -> np.random.Generator:
 
 
 class Corpus:
-    """All utterances of one split, loaded once. ``speakers`` fixes speaker ids across splits."""
+    """All utterances of one split, loaded once. ``speakers`` fixes speaker ids across splits;
+    ``images=False`` leaves the images out (a member conditioned on reference audio only)."""
 
-    def __init__(self, workspace: Workspace, split: str, vocab: Vocabulary, speakers: list[str]):
+    def __init__(self, workspace: Workspace, split: str, vocab: Vocabulary, speakers: list[str], images: bool = True):
         index = pd.read_parquet(workspace.features_index)
         rows = index[index["split"] == split].reset_index(drop=True)
         if rows.empty:
@@ -59,7 +60,7 @@ class Corpus:
             voiced = arrays["f0"] > 0
             pitch = np.where(voiced, (np.log(np.maximum(arrays["f0"], 1.0)) - s["log_f0_mean"]) / s["log_f0_std"], 0.0)
             image = None
-            if isinstance(row.image_features, str):
+            if images and isinstance(row.image_features, str):
                 if row.image_features not in images:
                     images[row.image_features] = np.load(workspace.features / row.image_features, allow_pickle=False)
                 image = images[row.image_features]

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from polyvox.config import Params
+from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fileio import atomic_path, atomic_write_text
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
+from polyvox.tracking import Run, git_commit
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
 
@@ -52,8 +53,58 @@ class TrainResult:
                 f"({self.seconds_per_step:.3f} s/step, stopped by {self.stopped_by}); best val loss {best}")
 
 
-def model_config(params: Params, vocab_size: int) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab_size, n_mels=params.audio.n_mels, **params.model.model_dump())
+def model_config(params: Params, vocab_size: int, member: MemberConfig | None = None) -> ModelConfig:
+    section = params.member_model(member) if member is not None else params.model
+    return ModelConfig(vocab_size=vocab_size, n_mels=params.audio.n_mels, **section.model_dump())
+
+
+def member_spec(params: Params, name: str) -> MemberConfig:
+    """The member listed under ``train.members``, or an ad-hoc one (params seed, all conditioning, no variant)."""
+    listed = {m.name: m for m in params.train.members}
+    return listed.get(name) or MemberConfig(name=name, seed=params.seed, conditioning="audio+image", variant={})
+
+
+def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[str, int]:
+    """Seed ``model`` with the weights of an earlier run (a member folder or a ``.pt`` in one).
+
+    Tensors of equal name and shape are copied (the mel normalisation too, so the pretrained decoder
+    keeps its output space); phoneme embeddings are copied row by row for the symbols both
+    vocabularies share. Returns counts of copied / skipped tensors and shared symbols."""
+    folder = source if source.is_dir() else source.parent
+    checkpoint = source if source.is_file() else next(
+        (folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
+    if checkpoint is None or not (folder / "model.json").is_file():
+        raise ConfigError(f"train.init_from: {source} holds no model.json with best.pt or last.pt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    old_symbols = json.loads((folder / "model.json").read_text(encoding="utf-8"))["symbols"]
+    own = model.state_dict()
+    copied, skipped, shared = 0, 0, 0
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if name == "text.embedding.weight":
+                old_index = {symbol: i for i, symbol in enumerate(old_symbols)}
+                rows = [(i, old_index[sym]) for i, sym in enumerate(symbols) if sym in old_index]
+                for new_row, old_row in rows:
+                    own[name][new_row] = tensor[old_row]
+                copied += 1
+                shared = len(rows)
+            elif name in own and own[name].shape == tensor.shape:
+                own[name].copy_(tensor)
+                copied += 1
+            else:
+                skipped += 1
+    model.load_state_dict(own)
+    counts = {"copied": copied, "skipped": skipped, "shared_symbols": shared, "symbols": len(symbols)}
+    log.info("warm start from %s: %d tensors copied, %d skipped; %d of %d phoneme symbols shared", checkpoint,
+             copied, skipped, shared, len(symbols))
+    return counts
+
+
+def data_version(workspace: Workspace) -> str:
+    """A short hash of the features index: which utterances, splits and feature files were trained on."""
+    import hashlib
+
+    return hashlib.sha256(workspace.features_index.read_bytes()).hexdigest()[:16]
 
 
 def warmup_inverse_sqrt(warmup: int):
@@ -114,24 +165,37 @@ def _save(path: Path, state: dict) -> None:
 
 
 def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
-          resume: bool = True) -> TrainResult:
+          resume: bool = True, init_from: str | Path | None = None) -> TrainResult:
     """Train one ensemble member into ``models/<member>/``."""
-    return fit(params, workspace, member, seed, resume)[0]
+    return fit(params, workspace, member, seed, resume, init_from)[0]
 
 
 def fit(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
-        resume: bool = True) -> tuple[TrainResult, AcousticModel]:
-    """:func:`train`, also returning the trained model (on its device)."""
+        resume: bool = True, init_from: str | Path | None = None) -> tuple[TrainResult, AcousticModel]:
+    """:func:`train`, also returning the trained model (on its device).
+
+    ``member``: a name under ``train.members`` (its seed, conditioning and variant apply) or any other
+    name (params seed, all conditioning, the plain ``model`` section). ``seed`` overrides the member's.
+    ``init_from`` (default ``train.init_from``) warm-starts a fresh run; a resumed run ignores it."""
     cfg = params.train
-    seed = params.seed if seed is None else seed
+    spec = member_spec(params, member)
+    seed = spec.seed if seed is None else seed
+    init_from = cfg.init_from if init_from is None else init_from
     rank, world = _distributed()
     device = _device(rank)
     torch.manual_seed(seed)
 
     vocab, speakers = vocabulary_and_speakers(workspace)
-    train_corpus = Corpus(workspace, "train", vocab, speakers)
-    val_corpus = Corpus(workspace, "val", vocab, speakers)
-    model = AcousticModel(model_config(params, len(vocab)), *mel_statistics(workspace)).to(device)
+    images = spec.conditioning == "audio+image"
+    train_corpus = Corpus(workspace, "train", vocab, speakers, images=images)
+    val_corpus = Corpus(workspace, "val", vocab, speakers, images=images)
+    model = AcousticModel(model_config(params, len(vocab), spec), *mel_statistics(workspace))
+    out = checkpoint_dir(workspace, member)
+    resuming = resume and (out / "last.pt").is_file()
+    warm = None
+    if init_from is not None and not resuming:
+        warm = warm_start(model, vocab.symbols, Path(init_from))
+    model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_inverse_sqrt(cfg.warmup_steps))
     amp = device.type == "cuda"
@@ -139,10 +203,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
-    out = checkpoint_dir(workspace, member)
     out.mkdir(parents=True, exist_ok=True)
     start, best = 0, None
-    if resume and (out / "last.pt").is_file():
+    if resuming:
         state = torch.load(out / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimizer"])
@@ -155,7 +218,8 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         log.info("resuming %s from step %d", member, start)
     if rank == 0:
         atomic_write_text(out / "model.json", json.dumps({
-            "member": member, "seed": seed, "model": asdict(model.cfg), "symbols": vocab.symbols,
+            "member": member, "seed": seed, "conditioning": spec.conditioning, "model": asdict(model.cfg),
+            "init_from": None if init_from is None else str(init_from), "symbols": vocab.symbols,
             "speakers": speakers, "audio": params.audio.model_dump(), "image_size": params.features.image_size,
             "text": {"language": params.clean.language, "phonemizer": params.clean.phonemizer}},
             indent=1, ensure_ascii=False) + "\n")
@@ -175,8 +239,13 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     if writer:
         writer.writerows([header, *kept])
 
+    tracker = Run(f"train-{member}", params.model_dump(by_alias=True),
+                  {"stage": "train", "member": member, "data_version": data_version(workspace),
+                   "git_commit": git_commit() or "unknown", "resumed_from_step": str(start),
+                   "warm_start": str(init_from) if warm else ""}) if rank == 0 else None
     began = time.monotonic()
     stopped_by, step = "steps", start
+    status = "FAILED"
     try:
         for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train {member}", log):
             if time.monotonic() - began > cfg.max_minutes * 60:
@@ -209,6 +278,11 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                                  "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
                                  f"{time.monotonic() - began:.2f}"])
                 metrics.flush()  # readable while training runs (DVC plots, tail -f)
+            if tracker:
+                tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES}
+                                | {"lr": scheduler.get_last_lr()[0]} | ({} if val is None else {"val_loss": val}), done)
+                if val is not None:
+                    tracker.flush()
             if val is not None and rank == 0:
                 log.info("%s step %d: train loss %.4f (mel %.4f), val loss %.4f, %.2f s/step", member, done,
                          float(losses["total"].detach()), float(losses["mel"].detach()), val,
@@ -216,9 +290,14 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             step = done
         if rank == 0 and stopped_by == "time":
             _save(out / "last.pt", checkpoint(step))
+        status = "FINISHED"
     finally:
         if metrics:
             metrics.close()
+        if tracker:
+            if status == "FINISHED":
+                tracker.artifacts([out / "model.json", metrics_path])
+            tracker.end(status)
     seconds = time.monotonic() - began
     if rank == 0:
         _save(out / "speakers.pt", speaker_embeddings(model, train_corpus, cfg.batch_size, device, seed, speakers))

@@ -1,0 +1,85 @@
+"""Train the default config on kathleen-a for a bounded time, then measure what it says.
+
+    .venv/bin/python benchmarks/quality_kathleen.py [--minutes 100] [--phase all|data|train|evaluate]
+
+Phases (each resumable; rerunning skips what is done):
+1. data: prepare → validate → clean → features of kathleen-a in ``--workspace``;
+2. train: the default ``params.yaml`` model, member ``kathleen``, bounded by ``--minutes`` of wall
+   time (resumes from ``last.pt`` when rerun);
+3. evaluate: synthesise the test split with ``speaker=kathleen-a`` and score it, next to the real
+   recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: pocketsphinx WER/CER,
+   resemblyzer speaker similarity, MCD with DTW, log-F0 RMSE, DNSMOS and real-time factor.
+
+Writes ``benchmarks/results/quality_kathleen.json`` and per-utterance ``quality_kathleen.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from polyvox.config import load_params
+from polyvox.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def run_data(params, ws: Workspace) -> None:
+    from polyvox.clean.stage import clean
+    from polyvox.corpus.prepare import prepare
+    from polyvox.features.stage import features
+    from polyvox.validate.stage import validate
+
+    for stage in (prepare, validate, clean, features):
+        stage(params, ws)
+
+
+def run_train(params, ws: Workspace, member: str) -> dict:
+    from polyvox.train.trainer import train
+
+    result = train(params, ws, member=member, resume=True)
+    return {"steps": result.steps, "best_val_loss": result.best_val_loss, "seconds_per_step": result.seconds_per_step,
+            "device": result.device, "stopped_by": result.stopped_by}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared/data/kathleen-a")
+    parser.add_argument("--workspace", type=Path, default=REPO / "benchmarks/work/quality_kathleen")
+    parser.add_argument("--minutes", type=float, default=100.0, help="training wall-time bound")
+    parser.add_argument("--phase", choices=("all", "data", "train", "evaluate"), default="all")
+    parser.add_argument("--member", default="kathleen")
+    parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a trained vocoder's folder")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="params override")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ws = Workspace(args.workspace)
+    params = load_params(REPO / "params.yaml", [f"prepare.corpus={args.corpus.resolve()}",
+                                                f"train.max_minutes={args.minutes}", *args.overrides])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report_path = RESULTS / "quality_kathleen.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report["machine"] = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads"
+    if args.phase in ("all", "data"):
+        run_data(params, ws)
+    if args.phase in ("all", "train"):
+        report["train"] = run_train(params, ws, args.member)
+        report_path.write_text(json.dumps(report, indent=1) + "\n")
+    if args.phase in ("all", "evaluate"):
+        from polyvox.evaluate.quality import evaluate_member
+
+        report["evaluate"] = evaluate_member(params, ws, args.member, vocoder=args.vocoder,
+                                             per_utterance_csv=RESULTS / "quality_kathleen.csv")
+        report_path.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["evaluate"]["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

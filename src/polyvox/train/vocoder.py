@@ -1,0 +1,303 @@
+"""Train the Vocos vocoder (:mod:`polyvox.models.neural_vocoder`) on the corpus's own mels and clean audio.
+
+Data: the ``features`` index (mels, kept in memory) joined by ``id`` with the ``clean`` manifest
+(16-bit WAVs, read a segment at a time). Step ``s`` trains on random segments drawn from
+(seed, s), so a resumed run sees the segments the uninterrupted one would have seen.
+
+Loss: multi-resolution STFT (spectral convergence + log-magnitude L1 at three resolutions) plus
+L1 between the log-mels of the output and of the real audio. There is no adversarial loss: a
+vocoder trained like this renders the right spectral envelope but a slightly buzzy, over-smoothed
+fine structure. A GAN discriminator (Vocos's multi-period + multi-resolution ones) is the next step
+for quality; this trainer and its checkpoints are where it would plug in.
+
+CUDA when present (with mixed precision), CPU otherwise. Bounded by ``max_steps`` and
+``max_minutes``; ``last.pt`` holds model, optimiser, scheduler, grad-scaler and RNG states and the
+step (exact resume), ``best.pt`` the lowest validation mel L1. Checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+import torch
+from torch import nn
+
+from polyvox.config import AudioConfig, Params
+from polyvox.features.extract import MEL_FLOOR, _mel_transform, load_arrays
+from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.models.neural_vocoder import VocoderConfig, Vocos
+from polyvox.progress import track
+from polyvox.train.data import _rng
+from polyvox.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+# (n_fft, hop) of the STFT loss, window = n_fft: the resolutions of Parallel WaveGAN's multi-resolution loss,
+# scaled to 22.05 kHz; short windows see transients, long ones harmonics.
+RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
+LR_FLOOR = 0.05  # the cosine decay ends at this share of the peak rate, not at zero
+VALIDATION_CLIPS = 32  # the first utterances of the val split, whole: a fixed set, comparable across validations
+LOSS_NAMES = ("total", "mel", "spectral_convergence", "log_magnitude")
+
+
+@dataclass(frozen=True)
+class VocoderTrainSettings:
+    """The ``vocoder:`` section of params.yaml (model size and training); defaults fit a 2-core CPU."""
+
+    channels: int = 128
+    layers: int = 6
+    intermediate: int = 384
+    segment_frames: int = 32  # 0.37 s of audio per training segment
+    batch_size: int = 8
+    lr: float = 1e-3
+    max_steps: int = 30000
+    max_minutes: float = 45.0
+    checkpoint_every: int = 200
+    validate_every: int = 200
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class VocoderResult:
+    name: str
+    steps: int
+    best_val_mel: float | None
+    last_checkpoint: str
+    best_checkpoint: str | None
+    device: str
+    seconds: float
+    stopped_by: str  # "steps" | "time"
+    seconds_per_step: float
+
+    def summary(self) -> str:
+        best = f"{self.best_val_mel:.4f}" if self.best_val_mel is not None else "-"
+        return (f"{self.name}: {self.steps} steps on {self.device} ({self.seconds_per_step:.3f} s/step, "
+                f"stopped by {self.stopped_by}); best val mel L1 {best}")
+
+
+def vocoder_config(audio: AudioConfig, settings: VocoderTrainSettings) -> VocoderConfig:
+    """The vocoder inverts the analysis STFT of ``features``: same n_fft, hop and window."""
+    return VocoderConfig(n_mels=audio.n_mels, n_fft=audio.n_fft, hop_length=audio.hop_length,
+                         win_length=audio.win_length, channels=settings.channels, layers=settings.layers,
+                         intermediate=settings.intermediate, sample_rate=audio.sample_rate)
+
+
+class Clips:
+    """One split's utterances: mels in memory (n_mels, frames), audio paths read per segment."""
+
+    def __init__(self, workspace: Workspace, split: str, audio: AudioConfig):
+        index = pd.read_parquet(workspace.features_index, columns=["id", "split", "features"])
+        rows = index[index["split"] == split]
+        if rows.empty:
+            raise ValueError(f"{workspace.features_index}: no utterances in split {split!r}")
+        manifest = pd.read_parquet(workspace.clean_manifest, columns=["id", "audio"])
+        duplicated = sorted(set(manifest["id"][manifest["id"].duplicated()]))
+        if duplicated:
+            raise ValueError(f"{workspace.clean_manifest}: id(s) listed more than once: {duplicated[:5]}")
+        paths = dict(zip(manifest["id"], manifest["audio"]))
+        self.hop = audio.hop_length
+        self.ids: list[str] = []
+        self.mels: list[np.ndarray] = []
+        self.audio: list[Path] = []
+        for row in rows.itertuples():
+            if row.id not in paths:
+                raise ValueError(f"{workspace.features_index}: id {row.id!r} has no row in {workspace.clean_manifest}")
+            path = workspace.clean / paths[row.id]
+            rate = sf.info(str(path)).samplerate
+            if rate != audio.sample_rate:
+                raise ValueError(f"{path}: sample rate {rate}, expected audio.sample_rate {audio.sample_rate}")
+            self.ids.append(row.id)
+            self.mels.append(load_arrays(workspace.features / row.features)["mel"])
+            self.audio.append(path)
+        self.floor = float(np.log(MEL_FLOOR))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def wave(self, item: int, start_frame: int, frames: int) -> np.ndarray:
+        """Samples ``[start_frame * hop, (start_frame + frames) * hop)``, zero past the file's end."""
+        return sf.read(str(self.audio[item]), frames=frames * self.hop, start=start_frame * self.hop,
+                       dtype="float32", fill_value=0.0)[0]
+
+    def segments(self, step: int, batch_size: int, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step``: mel (batch, n_mels, frames) and audio (batch, frames * hop), a pure function of
+        (seed, step). An utterance is drawn in proportion to its number of start frames (so every frame is
+        about equally likely); a shorter one is padded with silence (the mel floor, zero samples)."""
+        rng = _rng(seed, step)
+        starts_per_item = np.array([max(1, m.shape[1] - frames + 1) for m in self.mels], dtype=np.float64)
+        items = rng.choice(len(self.mels), size=batch_size, p=starts_per_item / starts_per_item.sum())
+        mels, waves = [], []
+        for item in items.tolist():
+            start = int(rng.integers(starts_per_item[item]))
+            mel = self.mels[item][:, start:start + frames]
+            mels.append(np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), constant_values=self.floor))
+            waves.append(self.wave(item, start, frames))
+        return torch.from_numpy(np.stack(mels)), torch.from_numpy(np.stack(waves))
+
+    def whole(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Utterance ``item``: mel (1, n_mels, frames) and audio (1, frames * hop)."""
+        frames = self.mels[item].shape[1]
+        return torch.from_numpy(self.mels[item])[None], torch.from_numpy(self.wave(item, 0, frames))[None]
+
+
+class VocoderLoss(nn.Module):
+    """Multi-resolution STFT loss + log-mel L1, between (batch, samples) waveforms; float32 throughout."""
+
+    def __init__(self, audio: AudioConfig):
+        super().__init__()
+        self.mel_transform = copy.deepcopy(_mel_transform(audio))  # a copy: it moves to the training device
+        for n_fft, _ in RESOLUTIONS:
+            self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) → (batch, n_mels, frames), as :func:`polyvox.features.extract.log_mel`."""
+        return torch.log(torch.clamp(self.mel_transform(wave.float()), min=MEL_FLOOR))
+
+    def _magnitude(self, wave: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+        spectrum = torch.stft(wave.float(), n_fft=n_fft, hop_length=hop, window=getattr(self, f"window_{n_fft}"),
+                              center=True, return_complex=True)
+        # sqrt with a floor rather than abs(): abs() has no usable gradient at an exactly silent bin.
+        return torch.sqrt(torch.clamp(spectrum.real**2 + spectrum.imag**2, min=1e-7))
+
+    def forward(self, predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        convergence, log_magnitude = [], []
+        for n_fft, hop in RESOLUTIONS:
+            p, t = self._magnitude(predicted, n_fft, hop), self._magnitude(target, n_fft, hop)
+            convergence.append(torch.linalg.norm(t - p) / torch.linalg.norm(t))
+            log_magnitude.append(torch.mean(torch.abs(torch.log(t) - torch.log(p))))
+        losses = {
+            "mel": torch.mean(torch.abs(self.log_mel(predicted) - self.log_mel(target))),
+            "spectral_convergence": torch.stack(convergence).mean(),
+            "log_magnitude": torch.stack(log_magnitude).mean(),
+        }
+        losses["total"] = losses["mel"] + losses["spectral_convergence"] + losses["log_magnitude"]
+        return losses
+
+
+def cosine_decay(max_steps: int):
+    return lambda step: LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(step, max_steps) / max_steps))
+
+
+@torch.no_grad()
+def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: torch.device) -> float:
+    """Mean log-mel L1 over the first :data:`VALIDATION_CLIPS` utterances, each rendered whole."""
+    model.eval()
+    total, frames = 0.0, 0
+    for item in range(min(len(clips), VALIDATION_CLIPS)):
+        mel, wave = clips.whole(item)
+        predicted = model(mel.to(device))
+        error = torch.abs(loss.log_mel(predicted) - loss.log_mel(wave.to(device)))
+        total += float(error.sum())
+        frames += error.shape[-1]
+    model.train()
+    return total / (frames * model.cfg.n_mels)
+
+
+def _save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
+                  cfg: VocoderTrainSettings = VocoderTrainSettings(), resume: bool = True) -> VocoderResult:
+    """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,
+    ``metrics.csv``); load it with :func:`polyvox.models.neural_vocoder.load_vocoder`."""
+    seed = params.seed
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+
+    train_clips = Clips(workspace, "train", params.audio)
+    val_clips = Clips(workspace, "val", params.audio)
+    model = Vocos(vocoder_config(params.audio, cfg)).to(device)
+    loss_fn = VocoderLoss(params.audio).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.9), weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_decay(cfg.max_steps))
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    out = workspace.models / name
+    out.mkdir(parents=True, exist_ok=True)
+    start, best = 0, None
+    if resume and (out / "last.pt").is_file():
+        state = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if amp and state.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        start, best = int(state["step"]), state["best_val_mel"]
+        log.info("resuming vocoder %s from step %d", name, start)
+    atomic_write_text(out / "vocoder.json", json.dumps({
+        "name": name, "seed": seed, "model": asdict(model.cfg), "audio": params.audio.model_dump(),
+        "train": asdict(cfg)}, indent=1) + "\n")
+
+    def checkpoint(step: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "best_val_mel": best, "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state() if amp else None}
+
+    metrics_path = out / "metrics.csv"
+    kept: list[list[str]] = []
+    if start > 0 and metrics_path.is_file():  # a killed run may have logged steps past its last checkpoint
+        with open(metrics_path, newline="") as handle:
+            kept = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= start]
+    began = time.monotonic()
+    stopped_by, step = "steps", start
+    with open(metrics_path, "w", newline="") as metrics:
+        writer = csv.writer(metrics)
+        writer.writerows([["step", *LOSS_NAMES, "val_mel", "lr", "seconds"], *kept])
+        for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train vocoder {name}", log):
+            if time.monotonic() - began > cfg.max_minutes * 60:
+                stopped_by = "time"
+                break
+            mel, wave = (t.to(device) for t in train_clips.segments(step, cfg.batch_size, cfg.segment_frames, seed))
+            with torch.autocast(device.type, enabled=amp):
+                predicted = model(mel)
+            losses = loss_fn(predicted, wave)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.unscale_(optimiser)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+
+            done = step + 1
+            val = None
+            if done % cfg.validate_every == 0 or done == cfg.max_steps:
+                val = validation_mel_l1(model, val_clips, loss_fn, device)
+                if best is None or val < best:
+                    best = val
+                    _save(out / "best.pt", checkpoint(done))
+                log.info("vocoder %s step %d: train loss %.4f (mel %.4f), val mel L1 %.4f, %.3f s/step", name, done,
+                         float(losses["total"].detach()), float(losses["mel"].detach()), val,
+                         (time.monotonic() - began) / (done - start))
+            if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+                _save(out / "last.pt", checkpoint(done))
+            writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
+                             "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
+                             f"{time.monotonic() - began:.2f}"])
+            metrics.flush()  # readable while training runs (DVC plots, tail -f)
+            step = done
+    if stopped_by == "time":
+        _save(out / "last.pt", checkpoint(step))
+    seconds = time.monotonic() - began
+    result = VocoderResult(
+        name=name, steps=step, best_val_mel=best, last_checkpoint=str(out / "last.pt"),
+        best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),
+        seconds=seconds, stopped_by=stopped_by, seconds_per_step=seconds / max(1, step - start),
+    )
+    log.info("train vocoder: %s", result.summary())
+    return result
