@@ -178,3 +178,34 @@ def test_gpu_training_steps(featured, tmp_path):
     result = train_vocoder(params, target, "g", replace(TINY, max_steps=4))
     assert result.device.startswith("cuda") and result.best_val_mel is not None
     assert load_vocoder(target.models / "g", "cuda").synthesize(torch.zeros(params.audio.n_mels, 5)).is_cuda
+
+
+def test_cli_and_synthesizer_use_the_trained_vocoder(featured, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from polyvox.cli import app
+    from polyvox.models.synthesis import Synthesizer
+    from polyvox.train.trainer import train
+
+    from conftest import REPO
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "cli")
+    monkeypatch.chdir(target.root)
+    shutil.copy(REPO / "params.yaml", target.root / "params.yaml")
+    tiny = [f"vocoder.{k}={v}" for k, v in {**vars(TINY), "max_steps": 3, "validate_every": 3}.items()]
+    result = CliRunner().invoke(app, ["train-vocoder", "--name", "voc", *sum((["-S", o] for o in tiny), [])])
+    assert result.exit_code == 0, result.output
+    assert "voc" in result.output and (target.models / "voc/best.pt").is_file()
+
+    small = params.model_copy(update={
+        "model": params.model.model_copy(update={"channels": 32, "text_layers": 1, "decoder_layers": 1}),
+        "train": params.train.model_copy(update={"max_steps": 1, "batch_size": 2})})
+    train(small, target, member="m")
+    plain = Synthesizer(target.models / "m")
+    neural = Synthesizer(target.models / "m", vocoder=target.models / "voc")
+    mel = plain.mel("A short test.", speaker=next(iter(plain.speakers)))
+    wave = neural.vocode(mel)
+    assert wave.shape == (mel.shape[1] * params.audio.hop_length,)
+    assert torch.equal(torch.from_numpy(wave), load_vocoder(target.models / "voc").synthesize(mel).reshape(-1))
+    assert plain.vocode(mel).shape != wave.shape or not (plain.vocode(mel) == wave).all()

@@ -153,6 +153,20 @@ def train(
         typer.echo(result.summary())
 
 
+@app.command("train-vocoder")
+def train_vocoder(
+    name: Annotated[str, typer.Option(help="Checkpoints go to models/<name>/.")] = "vocoder",
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing last.pt and start over.")] = False,
+    params: ParamsOption = DEFAULT_PARAMS_FILE,
+    set_: SetOption = None,
+) -> None:
+    """Train the neural vocoder (log-mel → waveform) on the clean corpus; settings in params `vocoder`."""
+    from polyvox.train.vocoder import train_vocoder as run_vocoder
+
+    result = _run_stage(lambda p, ws: run_vocoder(p, ws, name=name, resume=not fresh), params, set_)
+    typer.echo(result.summary())
+
+
 @app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""

@@ -180,6 +180,22 @@ class TrainConfig(_Section):
         raise ConfigError(f"train.members: no member named {name!r} (listed: {[m.name for m in self.members]})")
 
 
+class VocoderSection(_Section):
+    """The neural vocoder (polyvox.models.neural_vocoder) and its trainer (``polyvox train-vocoder``)."""
+
+    channels: int = Field(ge=8)
+    layers: int = Field(ge=1)
+    intermediate: int = Field(ge=8)
+    segment_frames: int = Field(ge=4)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    max_steps: int = Field(ge=1)
+    max_minutes: float = Field(gt=0)
+    checkpoint_every: int = Field(ge=1)
+    validate_every: int = Field(ge=1)
+    grad_clip: float = Field(gt=0)
+
+
 class Params(_Section):
     def member_model(self, member: MemberConfig) -> ModelSection:
         """The ``model`` section with the member's architecture variant applied (validated)."""
@@ -208,6 +224,7 @@ class Params(_Section):
     features: FeaturesConfig
     model: ModelSection
     train: TrainConfig
+    vocoder: VocoderSection
 
 
 def _set_key(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

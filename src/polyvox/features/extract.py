@@ -31,7 +31,7 @@ class FeatureTask:
 
 
 @lru_cache(maxsize=2)
-def _mel_transform(cfg: AudioConfig):
+def mel_transform(cfg: AudioConfig):
     import torchaudio
 
     return torchaudio.transforms.MelSpectrogram(
@@ -45,7 +45,7 @@ def log_mel(wave, cfg: AudioConfig):
     """(samples,) float tensor → (n_mels, frames) log-magnitude mel."""
     import torch
 
-    return torch.log(torch.clamp(_mel_transform(cfg)(wave), min=MEL_FLOOR))
+    return torch.log(torch.clamp(mel_transform(cfg)(wave), min=MEL_FLOOR))
 
 
 def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarray]:

@@ -23,7 +23,9 @@ from polyvox.text.phonemes import phonemize
 
 
 class Synthesizer:
-    def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu"):
+    """``vocoder``: None for Griffin-Lim, or a trained neural vocoder's folder (``polyvox train-vocoder``)."""
+
+    def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu", vocoder: Path | str | None = None):
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         path = folder / f"{checkpoint}.pt"
         if not path.is_file():
@@ -42,6 +44,14 @@ class Synthesizer:
         self.speakers: dict[str, torch.Tensor] = (
             torch.load(speakers_path, map_location=device, weights_only=True) if speakers_path.is_file() else {})
         self.device = torch.device(device)
+        self.vocoder = None
+        if vocoder is not None:
+            from polyvox.models.neural_vocoder import load_vocoder
+
+            self.vocoder = load_vocoder(Path(vocoder), device)
+            if self.vocoder.cfg.hop_length != self.audio.hop_length or self.vocoder.cfg.n_mels != self.audio.n_mels \
+                    or self.vocoder.cfg.sample_rate != self.audio.sample_rate:
+                raise ValueError(f"vocoder {vocoder} was trained on other audio settings than the model in {folder}")
 
     def tokens(self, text: str) -> torch.Tensor:
         phones, _ = phonemize([normalize_text(text)], self.text_frontend["language"], self.text_frontend["phonemizer"])
@@ -92,11 +102,17 @@ class Synthesizer:
         """Waveform (float32, mono) and its sample rate. ``reference_audio``: a path or (samples, rate);
         ``image``: a path or a (3, size, size) array in [0, 1]; ``speaker``: a training speaker's name."""
         mel = self.mel(text, speaker=speaker, reference_audio=reference_audio, image=image)
-        wave = griffin_lim(mel.cpu(), self.audio)
-        return wave.numpy().astype(np.float32), self.audio.sample_rate
+        return self.vocode(mel), self.audio.sample_rate
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor) -> np.ndarray:
+        """(n_mels, frames) log-mel → waveform, through the neural vocoder when one is loaded."""
+        wave = self.vocoder.synthesize(mel) if self.vocoder is not None else griffin_lim(mel.cpu(), self.audio)
+        return wave.reshape(-1).cpu().numpy().astype(np.float32)
 
 
 def synthesize(text: str, speaker: str | None = None, reference_audio=None, image=None,
-               model: Path | str = "models/default") -> tuple[np.ndarray, int]:
+               model: Path | str = "models/base", vocoder: Path | str | None = None) -> tuple[np.ndarray, int]:
     """Convenience wrapper: load ``model`` (a trained member folder) and synthesise once."""
-    return Synthesizer(Path(model)).synthesize(text, speaker=speaker, reference_audio=reference_audio, image=image)
+    return Synthesizer(Path(model), vocoder=vocoder).synthesize(text, speaker=speaker, reference_audio=reference_audio,
+                                                                image=image)

@@ -36,7 +36,7 @@ class Utterance:
 BUCKET_POOL = 8  # batches sorted by length together
 
 
-def _rng(seed: int, *parts: int) -> np.random.Generator:
+def seeded_rng(seed: int, *parts: int) -> np.random.Generator:
     digest = hashlib.sha256(json.dumps([seed, *parts]).encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
@@ -83,7 +83,7 @@ class Corpus:
         sorted by length and cut into batches (little padding), and the batches shuffled again."""
         per_epoch = max(1, len(self.items) // batch_size)
         epoch, position = divmod(step, per_epoch)
-        rng = _rng(seed, epoch)
+        rng = seeded_rng(seed, epoch)
         order = rng.permutation(len(self.items))[: per_epoch * batch_size] if len(self.items) >= batch_size \
             else rng.permutation(len(self.items))
         pool = batch_size * BUCKET_POOL
@@ -99,7 +99,7 @@ class Corpus:
         references = []
         for slot, (index, item) in enumerate(zip(indices, items)):
             others = [j for j in self.by_speaker[item.speaker] if j != index] or [index]
-            references.append(self.items[others[int(_rng(seed, step, slot).integers(len(others)))]])
+            references.append(self.items[others[int(seeded_rng(seed, step, slot).integers(len(others)))]])
         token_max = max(len(it.tokens) for it in items)
         frame_max = max(it.mel.shape[1] for it in items)
         ref_max = max(r.mel.shape[1] for r in references)

@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from polyvox.config import AudioConfig, Params
-from polyvox.features.extract import MEL_FLOOR, _mel_transform, load_arrays
+from polyvox.features.extract import MEL_FLOOR, mel_transform, load_arrays
 from polyvox.fileio import atomic_path, atomic_write_text
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 from polyvox.progress import track
-from polyvox.train.data import _rng
+from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,19 @@ LOSS_NAMES = ("total", "mel", "spectral_convergence", "log_magnitude")
 
 @dataclass(frozen=True)
 class VocoderTrainSettings:
-    """The ``vocoder:`` section of params.yaml (model size and training); defaults fit a 2-core CPU."""
+    """The ``vocoder:`` section of params.yaml (model size and training), as one value."""
 
-    channels: int = 128
-    layers: int = 6
-    intermediate: int = 384
-    segment_frames: int = 32  # 0.37 s of audio per training segment
-    batch_size: int = 8
-    lr: float = 1e-3
-    max_steps: int = 30000
-    max_minutes: float = 45.0
-    checkpoint_every: int = 200
-    validate_every: int = 200
-    grad_clip: float = 1.0
+    channels: int
+    layers: int
+    intermediate: int
+    segment_frames: int  # frames of mel (and their audio) per training segment
+    batch_size: int
+    lr: float
+    max_steps: int
+    max_minutes: float
+    checkpoint_every: int
+    validate_every: int
+    grad_clip: float
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class Clips:
         """Batch ``step``: mel (batch, n_mels, frames) and audio (batch, frames * hop), a pure function of
         (seed, step). An utterance is drawn in proportion to its number of start frames (so every frame is
         about equally likely); a shorter one is padded with silence (the mel floor, zero samples)."""
-        rng = _rng(seed, step)
+        rng = seeded_rng(seed, step)
         starts_per_item = np.array([max(1, m.shape[1] - frames + 1) for m in self.mels], dtype=np.float64)
         items = rng.choice(len(self.mels), size=batch_size, p=starts_per_item / starts_per_item.sum())
         mels, waves = [], []
@@ -155,7 +155,7 @@ class VocoderLoss(nn.Module):
 
     def __init__(self, audio: AudioConfig):
         super().__init__()
-        self.mel_transform = copy.deepcopy(_mel_transform(audio))  # a copy: it moves to the training device
+        self.mel_transform = copy.deepcopy(mel_transform(audio))  # a copy: it moves to the training device
         for n_fft, _ in RESOLUTIONS:
             self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
 
@@ -209,9 +209,11 @@ def _save(path: Path, state: dict) -> None:
 
 
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
-                  cfg: VocoderTrainSettings = VocoderTrainSettings(), resume: bool = True) -> VocoderResult:
+                  cfg: VocoderTrainSettings | None = None, resume: bool = True) -> VocoderResult:
     """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,
-    ``metrics.csv``); load it with :func:`polyvox.models.neural_vocoder.load_vocoder`."""
+    ``metrics.csv``); load it with :func:`polyvox.models.neural_vocoder.load_vocoder`. ``cfg`` defaults
+    to params.yaml's ``vocoder`` section."""
+    cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
     seed = params.seed
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
