@@ -10,7 +10,8 @@ Phases (each resumable; rerunning skips what is done):
    recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: pocketsphinx WER/CER,
    resemblyzer speaker similarity, MCD with DTW, log-F0 RMSE, DNSMOS and real-time factor.
 
-Writes ``benchmarks/results/quality_kathleen.json`` and per-utterance ``quality_kathleen.csv``.
+Writes ``benchmarks/results/quality_kathleen.json`` and per-utterance ``quality_kathleen_<vocoder>.csv``;
+the synthesised WAVs go to ``models/kathleen/samples-<vocoder>/`` in the workspace.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--phase", choices=("all", "data", "train", "evaluate"), default="all")
     parser.add_argument("--member", default="kathleen")
     parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a trained vocoder's folder")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N test sentences")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="params override")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -75,10 +77,12 @@ def main() -> None:
     if args.phase in ("all", "evaluate"):
         from polyvox.evaluate.quality import evaluate_member
 
-        report["evaluate"] = evaluate_member(params, ws, args.member, vocoder=args.vocoder,
-                                             per_utterance_csv=RESULTS / "quality_kathleen.csv")
+        tag = "griffin-lim" if args.vocoder == "griffin-lim" else Path(args.vocoder).name
+        report[f"evaluate_{tag}"] = evaluate_member(params, ws, args.member, vocoder=args.vocoder,
+                                                    per_utterance_csv=RESULTS / f"quality_kathleen_{tag}.csv",
+                                                    samples=ws.models / args.member / f"samples-{tag}", limit=args.limit)
         report_path.write_text(json.dumps(report, indent=1) + "\n")
-        print(json.dumps(report["evaluate"]["summary"], indent=1))
+        print(json.dumps(report[f"evaluate_{tag}"], indent=1))
 
 
 if __name__ == "__main__":
