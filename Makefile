@@ -29,11 +29,16 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@$(BIN)/dvc config --local core.analytics false >/dev/null 2>&1 || true
 	@touch $@
 
-# The whole pipeline on the demo corpus, through the Prefect flow. Later stages join the flow.
+# The whole pipeline on the demo corpus, through the Prefect flow, with training bounded in time
+# (each member DEMO_TRAIN_MINUTES, the vocoder DEMO_VOCODER_MINUTES) so it ends on a 2-core CPU.
+DEMO_TRAIN_MINUTES ?= 8
+DEMO_VOCODER_MINUTES ?= 4
 demo: setup
-	$(BIN)/polyvox run
+	$(BIN)/polyvox run -S train.max_minutes=$(DEMO_TRAIN_MINUTES) -S vocoder.max_minutes=$(DEMO_VOCODER_MINUTES) \
+		-S vocoder.max_steps=2400
 	@echo "Outputs: data/raw (manifest + audio), data/validated (accepted, quarantine, Data Docs),"
-	@echo "         data/clean (clean audio + phonemes), data/features (mel/F0/energy, splits, stats)"
+	@echo "         data/clean (clean audio + phonemes), data/features (mel/F0/energy, splits, stats),"
+	@echo "         models/<member>/ (acoustic model checkpoints, metrics.csv), models/vocoder/"
 
 test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

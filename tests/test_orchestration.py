@@ -29,16 +29,37 @@ def _flatten(tree: dict, prefix: str = "") -> set[str]:
     return keys
 
 
+def _expand(stages: dict, params: dict) -> dict:
+    """Stage name → definition, with ``foreach`` over a params list expanded (``${item.name}``)."""
+    expanded = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            expanded[name] = stage
+            continue
+        source = stage["foreach"].removeprefix("${").removesuffix("}")
+        items = params
+        for part in source.split("."):
+            items = items[part]
+        for item in items:
+            text = yaml.safe_dump(stage["do"]).replace("${item.name}", item["name"])
+            expanded[f"{name}@{item['name']}"] = yaml.safe_load(text)
+    return expanded
+
+
 def test_dvc_yaml_matches_cli_params_and_workspace():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = _expand(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"], params)
     commands = set(get_command(app).commands)
-    param_keys = _flatten(yaml.safe_load((REPO / "params.yaml").read_text()))
+    param_keys = _flatten(params)
     ws = Workspace(REPO)
     known_outs = {p.relative_to(REPO).as_posix() for p in (ws.raw, ws.validated, ws.clean, ws.features)}
+    models = ws.models.relative_to(REPO).as_posix()
     produced: list[str] = []
     for name, stage in stages.items():
         argv = shlex.split(stage["cmd"])
-        assert argv[0] == "polyvox" and argv[1] == name and argv[1] in commands, stage["cmd"]
+        assert argv[0] == "polyvox" and argv[1] == name.split("@")[0] and argv[1] in commands, stage["cmd"]
+        if "@" in name:
+            assert argv[2:] == ["--member", name.split("@")[1]], stage["cmd"]
         for key in stage.get("params", []):
             assert key in param_keys, f"dvc.yaml stage {name} lists unknown param {key}"
         for dep in stage.get("deps", []):
@@ -48,19 +69,29 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
                 assert (REPO / dep).exists(), f"dvc.yaml stage {name} depends on missing {dep}"
         for out in stage.get("outs", []):
             out = out if isinstance(out, str) else next(iter(out))
-            assert out in known_outs, f"dvc.yaml stage {name} writes {out}, which polyvox.workspace does not name"
+            assert out in known_outs or out.startswith(models + "/"), f"dvc.yaml stage {name} writes {out}"
             produced.append(out)
-    assert list(stages) == ["prepare", "validate", "clean", "features"]
+    members = [m["name"] for m in params["train"]["members"]]
+    assert list(stages) == ["prepare", "validate", "clean", "features", *[f"train@{m}" for m in members], "train-vocoder"]
 
 
-def test_flow_runs_the_data_stages_through_prefect(tmp_path, kathleen_files, workspace, prefect_server):
+def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, workspace, prefect_server):
     from polyvox.flow import pipeline
 
     corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
-    overrides = [f"prepare.corpus={corpus}", "validate.min_accepted_share=0.3", "parallel.workers=1"]
+    tiny = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
+            "train.max_steps=2", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
+            "vocoder.intermediate=32", "vocoder.max_steps=2", "vocoder.batch_size=2",
+            "train.members=[{name: a, seed: 1, conditioning: audio, variant: {}}, "
+            "{name: b, seed: 2, conditioning: audio+image, variant: {kernel_size: 3}}]"]
+    overrides = [f"prepare.corpus={corpus}", "validate.min_accepted_share=0.3", "parallel.workers=1", *tiny]
     state = pipeline(params_file="params.yaml", overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
+    assert summary["train a"].startswith("a: 2 steps") and summary["train b"].startswith("b: 2 steps")
+    assert "vocoder" in summary["train-vocoder"]
+    for out in ("models/a/last.pt", "models/b/speakers.pt", "models/vocoder/best.pt"):
+        assert (workspace / out).is_file(), out
     assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]
     assert summary["validate"].startswith("3/8 rows accepted")
     assert summary["features"].startswith("3 utterances")

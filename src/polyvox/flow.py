@@ -19,6 +19,8 @@ from polyvox.clean.stage import CleanResult, clean  # noqa: E402
 from polyvox.config import Params, load_params  # noqa: E402
 from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
 from polyvox.features.stage import FeaturesResult, features  # noqa: E402
+from polyvox.train.trainer import TrainResult, train  # noqa: E402
+from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
 from polyvox.validate.stage import ValidateResult, validate  # noqa: E402
 from polyvox.workspace import Workspace  # noqa: E402
 
@@ -60,6 +62,22 @@ def features_task(params: Params, cleaned: CleanResult) -> FeaturesResult:
     return features(params, Workspace.here())
 
 
+# Training resumes from its last checkpoint, so a retry after a crash or a kill picks up where it was.
+@task(name="train", task_run_name="train-{member}", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def train_task(params: Params, member: str, featured: FeaturesResult) -> TrainResult:
+    result = train(params, Workspace.here(), member=member)
+    create_markdown_artifact(_markdown_table(f"train {member}", {
+        "steps": result.steps, "best validation loss": result.best_val_loss, "device": f"{result.device} x{result.world_size}",
+        "seconds per step": f"{result.seconds_per_step:.3f}", "stopped by": result.stopped_by}),
+        key=f"train-{member}".lower().replace("_", "-").replace(".", "-"), description=result.summary())
+    return result
+
+
+@task(name="train-vocoder", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def vocoder_task(params: Params, featured: FeaturesResult) -> VocoderResult:
+    return train_vocoder(params, Workspace.here())
+
+
 @flow(name="polyvox-pipeline")
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
     """Run every stage; returns each stage's one-line summary."""
@@ -68,5 +86,9 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     validated = validate_task(params, wait_for=[prepared])
     cleaned = clean_task(params, validated)
     featured = features_task(params, cleaned)
+    # Members train one after another: each one uses every core (or the GPU) by itself.
+    trained = [(f"train {m.name}", train_task(params, m.name, featured)) for m in params.train.members]
+    vocoder = vocoder_task(params, featured)
     return {name: result.summary() for name, result in
-            (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured))}
+            (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *trained,
+             ("train-vocoder", vocoder))}

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 
@@ -188,7 +189,11 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     vocab, speakers = vocabulary_and_speakers(workspace)
     images = spec.conditioning == "audio+image"
     train_corpus = Corpus(workspace, "train", vocab, speakers, images=images)
-    val_corpus = Corpus(workspace, "val", vocab, speakers, images=images)
+    if (pd.read_parquet(workspace.features_index, columns=["split"])["split"] == "val").any():
+        val_corpus = Corpus(workspace, "val", vocab, speakers, images=images)
+    else:  # a corpus too small to hold out prompts (features.splits.val): say so, and select on training loss
+        log.warning("%s: no validation utterances; best.pt is chosen by the training-set loss", workspace.features_index)
+        val_corpus = train_corpus
     model = AcousticModel(model_config(params, len(vocab), spec), *mel_statistics(workspace))
     out = checkpoint_dir(workspace, member)
     resuming = resume and (out / "last.pt").is_file()

@@ -219,7 +219,11 @@ def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
     torch.manual_seed(seed)
 
     train_clips = Clips(workspace, "train", params.audio)
-    val_clips = Clips(workspace, "val", params.audio)
+    if (pd.read_parquet(workspace.features_index, columns=["split"])["split"] == "val").any():
+        val_clips = Clips(workspace, "val", params.audio)
+    else:
+        log.warning("%s: no validation utterances; best.pt is chosen on training clips", workspace.features_index)
+        val_clips = train_clips
     model = Vocos(vocoder_config(params.audio, cfg)).to(device)
     loss_fn = VocoderLoss(params.audio).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.9), weight_decay=0.01)
