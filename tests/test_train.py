@@ -173,8 +173,7 @@ def test_warm_start_copies_weights_and_maps_phonemes(featured, tmp_path):
     for i, symbol in enumerate(symbols):
         if symbol in old_symbols:
             assert torch.equal(state["text.embedding.weight"][i], pretrained["text.embedding.weight"][old_symbols.index(symbol)])
-    for name in ("decoder.to_mel.weight", "mel_mean", "image.head.weight" if "image.head.weight" in state else "mel_std"):
-        assert torch.equal(state[name], pretrained[name]), name
+    assert torch.equal(state["decoder.to_mel.weight"], pretrained["decoder.to_mel.weight"])
 
     # through train(): a fresh member warm-started from the pretrained one starts from its weights
     target = _copy_features(ws, tmp_path / "finetune")

@@ -68,9 +68,10 @@ def member_spec(params: Params, name: str) -> MemberConfig:
 def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[str, int]:
     """Seed ``model`` with the weights of an earlier run (a member folder or a ``.pt`` in one).
 
-    Tensors of equal name and shape are copied (the mel normalisation too, so the pretrained decoder
-    keeps its output space); phoneme embeddings are copied row by row for the symbols both
-    vocabularies share. Returns counts of copied / skipped tensors and shared symbols."""
+    Tensors of equal name and shape are copied, except the mel normalisation statistics, which stay
+    the new corpus's (the decoder adapts to the shift within a few steps, and validation losses
+    stay comparable with a run from scratch); phoneme embeddings are copied row by row for the
+    symbols both vocabularies share. Returns counts of copied / skipped tensors and shared symbols."""
     folder = source if source.is_dir() else source.parent
     checkpoint = source if source.is_file() else next(
         (folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
@@ -89,6 +90,8 @@ def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[s
                     own[name][new_row] = tensor[old_row]
                 copied += 1
                 shared = len(rows)
+            elif name in ("mel_mean", "mel_std"):
+                continue  # the new corpus's mel statistics stay: its losses are comparable with a fresh run's
             elif name in own and own[name].shape == tensor.shape:
                 own[name].copy_(tensor)
                 copied += 1
