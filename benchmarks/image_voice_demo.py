@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "image_voice_demo.json"
     report = json.loads(path.read_text()) if path.is_file() else {}
-    report["machine"] = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     if args.phase in ("all", "data"):
         from polyvox.clean.stage import clean
         from polyvox.corpus.prepare import prepare
@@ -104,10 +105,11 @@ def main() -> None:
 
         result = train(params, ws, member=args.member)
         report["train"] = {"steps": result.steps, "best_val_loss": result.best_val_loss,
-                           "seconds_per_step": result.seconds_per_step, "minutes": args.minutes}
+                           "seconds_per_step": result.seconds_per_step, "minutes": args.minutes, "machine": machine,
+                           "member": args.member, "model": params.model.model_dump()}
         path.write_text(json.dumps(report, indent=1) + "\n")
     if args.phase in ("all", "evaluate"):
-        report["evaluate"] = evaluate(params, ws, args.member)
+        report["evaluate"] = {"machine": machine, "member": args.member, **evaluate(params, ws, args.member)}
         path.write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report["evaluate"]["accuracy"], indent=1))
 

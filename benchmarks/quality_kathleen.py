@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -68,19 +69,19 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     report_path = RESULTS / "quality_kathleen.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    report["machine"] = f"{platform.node()} {platform.machine()}, {torch.get_num_threads()} torch threads"
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     if args.phase in ("all", "data"):
         run_data(params, ws)
     if args.phase in ("all", "train"):
-        report["train"] = run_train(params, ws, args.member)
+        report["train"] = {**run_train(params, ws, args.member), "machine": machine, "minutes": args.minutes}
         report_path.write_text(json.dumps(report, indent=1) + "\n")
     if args.phase in ("all", "evaluate"):
         from polyvox.evaluate.quality import evaluate_member
 
         tag = "griffin-lim" if args.vocoder == "griffin-lim" else Path(args.vocoder).name
-        report[f"evaluate_{tag}"] = evaluate_member(params, ws, args.member, vocoder=args.vocoder,
+        report[f"evaluate_{tag}"] = {"machine": machine, **evaluate_member(params, ws, args.member, vocoder=args.vocoder,
                                                     per_utterance_csv=RESULTS / f"quality_kathleen_{tag}.csv",
-                                                    samples=ws.models / args.member / f"samples-{tag}", limit=args.limit)
+                                                    samples=ws.models / args.member / f"samples-{tag}", limit=args.limit)}
         report_path.write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report[f"evaluate_{tag}"], indent=1))
 
