@@ -227,3 +227,32 @@ def test_synthesize_with_every_conditioning(featured, tmp_path, kathleen_files):
         assert rate == 22050 and wave.ndim == 1 and wave.size > 0.1 * rate and np.isfinite(wave).all(), kwargs
     with pytest.raises(ValueError, match="unknown speaker 'nobody'"):
         synthesizer.synthesize(text, speaker="nobody")
+
+
+def test_images_reach_the_batches_and_train_the_image_encoder(featured, tmp_path):
+    import pandas as pd
+
+    from polyvox.train.data import Corpus
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "imaged")
+    face = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    np.save(target.features / "face.npy", face, allow_pickle=False)
+    index = pd.read_parquet(target.features_index)
+    index["image_features"] = "face.npy"
+    index.to_parquet(target.features_index)
+
+    vocab, speakers = vocabulary_and_speakers(target)
+    with_images = Corpus(target, "train", vocab, speakers).collate([0, 1], 1, 0)
+    assert with_images.image is not None and bool(with_images.image_present.all())
+    assert torch.equal(with_images.image[0], torch.from_numpy(face))
+    assert Corpus(target, "train", vocab, speakers, images=False).collate([0, 1], 1, 0).image is None
+
+    p = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2}),
+                                  "model": params.model.model_copy(update={"modality_dropout": 0.0})})
+    torch.manual_seed(p.seed)
+    initial = AcousticModel(model_config(p, len(vocab)), *mel_statistics(target)).state_dict()
+    train(p, target, member="imaged")
+    trained = torch.load(target.models / "imaged/last.pt", weights_only=True)["model"]
+    image_weights = [n for n in initial if n.startswith("image.") and initial[n].dtype.is_floating_point]
+    assert any(not torch.equal(trained[n], initial[n]) for n in image_weights)

@@ -52,7 +52,7 @@ class Corpus:
             raise ValueError(f"{workspace.features_index}: no utterances in split {split!r}")
         stats = json.loads((workspace.features / "stats.json").read_text())
         self.speaker_ids = {name: i for i, name in enumerate(speakers)}
-        images: dict[str, np.ndarray] = {}
+        loaded: dict[str, np.ndarray] = {}
         self.items: list[Utterance] = []
         for row in rows.itertuples():
             arrays = load_arrays(workspace.features / row.features)
@@ -61,9 +61,9 @@ class Corpus:
             pitch = np.where(voiced, (np.log(np.maximum(arrays["f0"], 1.0)) - s["log_f0_mean"]) / s["log_f0_std"], 0.0)
             image = None
             if images and isinstance(row.image_features, str):
-                if row.image_features not in images:
-                    images[row.image_features] = np.load(workspace.features / row.image_features, allow_pickle=False)
-                image = images[row.image_features]
+                if row.image_features not in loaded:
+                    loaded[row.image_features] = np.load(workspace.features / row.image_features, allow_pickle=False)
+                image = loaded[row.image_features]
             self.items.append(Utterance(
                 tokens=np.asarray(vocab.encode(row.phonemes), dtype=np.int64),
                 mel=arrays["mel"], pitch=pitch.astype(np.float32), voiced=voiced.astype(np.float32),
