@@ -110,13 +110,18 @@ def test_flow_fails_when_validation_fails(tmp_path, kathleen_files, workspace, p
 
 @pytest.mark.slow
 def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
-    """`dvc repro` in a copy of the project builds a tiny demo corpus, then a rerun does nothing."""
+    """`dvc repro` in a copy of the project builds a tiny demo corpus and trains tiny members and a
+    vocoder on it, then a rerun does nothing."""
     dvc = Path(sys.executable).with_name("dvc")
     project = tmp_path / "project"
     shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", project)
-    params = (REPO / "params.yaml").read_text().replace("utterances_per_speaker: ", "utterances_per_speaker: 2 #", 1)
-    (project / "params.yaml").write_text(params)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo"]["utterances_per_speaker"] = 2
+    params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
+    params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
+    params["vocoder"].update(channels=16, layers=1, intermediate=32, max_steps=2, batch_size=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         "PATH": f"{dvc.parent}:/usr/bin:/bin",
         "DO_NOT_TRACK": "1",
@@ -132,6 +137,9 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 12
     assert len(pq.read_table(project / "data/features/index.parquet")) == 12
+    for member in params["train"]["members"]:
+        assert (project / "models" / member["name"] / "best.pt").is_file(), member
+    assert (project / "models/vocoder/vocoder.json").is_file()
     second = run(str(dvc), "repro")
     assert second.returncode == 0 and "didn't change, skipping" in second.stdout, second.stdout
     changed = run(str(dvc), "exp", "run", "-S", "demo.utterances_per_speaker=3")
