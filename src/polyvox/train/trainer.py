@@ -23,9 +23,10 @@ import torch
 import torch.distributed as dist
 
 from polyvox.config import ConfigError, MemberConfig, Params
-from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.fileio import atomic_write_text
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
+from polyvox.train.loop import optimise, save_checkpoint
 from polyvox.tracking import Run, git_commit
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
@@ -163,11 +164,6 @@ def speaker_embeddings(model: AcousticModel, corpus: Corpus, batch_size: int, de
     return {speakers[s]: sums[s] / counts[s] for s in sorted(sums) if s >= 0}
 
 
-def _save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
           resume: bool = True, init_from: str | Path | None = None) -> TrainResult:
     """Train one ensemble member into ``models/<member>/``."""
@@ -263,13 +259,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             batch = batch_to(train_corpus.collate(indices, seed, step), device)
             with torch.autocast(device.type, enabled=amp):
                 losses = wrapped(batch)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.unscale_(optimiser)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimiser)
-            scaler.update()
-            scheduler.step()
+            optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
 
             done = step + 1
             val = None
@@ -278,9 +268,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                 if best is None or val < best:
                     best = val
                     if rank == 0:
-                        _save(out / "best.pt", checkpoint(done))
+                        save_checkpoint(out / "best.pt", checkpoint(done))
             if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
-                _save(out / "last.pt", checkpoint(done))
+                save_checkpoint(out / "last.pt", checkpoint(done))
             if writer:
                 writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
                                  "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
@@ -297,7 +287,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                          (time.monotonic() - began) / (done - start))
             step = done
         if rank == 0 and stopped_by == "time":
-            _save(out / "last.pt", checkpoint(step))
+            save_checkpoint(out / "last.pt", checkpoint(step))
         status = "FINISHED"
     finally:
         if metrics:
@@ -308,7 +298,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             tracker.end(status)
     seconds = time.monotonic() - began
     if rank == 0:
-        _save(out / "speakers.pt", speaker_embeddings(model, train_corpus, cfg.batch_size, device, seed, speakers))
+        save_checkpoint(out / "speakers.pt", speaker_embeddings(model, train_corpus, cfg.batch_size, device, seed, speakers))
     result = TrainResult(
         member=member, steps=step, best_val_loss=best, last_checkpoint=str(out / "last.pt"),
         best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),

@@ -34,9 +34,10 @@ from torch import nn
 
 from polyvox.config import AudioConfig, Params
 from polyvox.features.extract import MEL_FLOOR, mel_transform, load_arrays
-from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.fileio import atomic_write_text
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 from polyvox.progress import track
+from polyvox.train.loop import optimise, save_checkpoint
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
 
@@ -203,11 +204,6 @@ def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: tor
     return total / (frames * model.cfg.n_mels)
 
 
-def _save(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
                   cfg: VocoderTrainSettings | None = None, resume: bool = True) -> VocoderResult:
     """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,
@@ -272,13 +268,7 @@ def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
             with torch.autocast(device.type, enabled=amp):
                 predicted = model(mel)
             losses = loss_fn(predicted, wave)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(losses["total"]).backward()
-            scaler.unscale_(optimiser)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimiser)
-            scaler.update()
-            scheduler.step()
+            optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
 
             done = step + 1
             val = None
@@ -286,19 +276,19 @@ def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
                 val = validation_mel_l1(model, val_clips, loss_fn, device)
                 if best is None or val < best:
                     best = val
-                    _save(out / "best.pt", checkpoint(done))
+                    save_checkpoint(out / "best.pt", checkpoint(done))
                 log.info("vocoder %s step %d: train loss %.4f (mel %.4f), val mel L1 %.4f, %.3f s/step", name, done,
                          float(losses["total"].detach()), float(losses["mel"].detach()), val,
                          (time.monotonic() - began) / (done - start))
             if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-                _save(out / "last.pt", checkpoint(done))
+                save_checkpoint(out / "last.pt", checkpoint(done))
             writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
                              "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
                              f"{time.monotonic() - began:.2f}"])
             metrics.flush()  # readable while training runs (DVC plots, tail -f)
             step = done
     if stopped_by == "time":
-        _save(out / "last.pt", checkpoint(step))
+        save_checkpoint(out / "last.pt", checkpoint(step))
     seconds = time.monotonic() - began
     result = VocoderResult(
         name=name, steps=step, best_val_mel=best, last_checkpoint=str(out / "last.pt"),
