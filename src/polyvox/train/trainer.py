@@ -26,7 +26,7 @@ from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fileio import atomic_write_text
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
-from polyvox.train.loop import optimise, save_checkpoint
+from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
 from polyvox.tracking import Run, git_commit
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
@@ -210,15 +210,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     out.mkdir(parents=True, exist_ok=True)
     start, best = 0, None
     if resuming:
-        state = torch.load(out / "last.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if amp and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        start, best = int(state["step"]), state["best_val_loss"]
+        start, best = restore_training_state(out / "last.pt", device, model, optimiser, scheduler, scaler, "best_val_loss", amp)
         log.info("resuming %s from step %d", member, start)
     if rank == 0:
         atomic_write_text(out / "model.json", json.dumps({
@@ -229,9 +221,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             indent=1, ensure_ascii=False) + "\n")
 
     def checkpoint(step: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "best_val_loss": best, "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state() if amp else None}
+        return training_state(model, optimiser, scheduler, scaler, step, best, "best_val_loss", amp)
 
     metrics_path = out / "metrics.csv"
     header = ["step", *LOSS_NAMES, "val_loss", "lr", "seconds"]

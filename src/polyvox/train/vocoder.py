@@ -37,7 +37,7 @@ from polyvox.features.extract import MEL_FLOOR, mel_transform, load_arrays
 from polyvox.fileio import atomic_write_text
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 from polyvox.progress import track
-from polyvox.train.loop import optimise, save_checkpoint
+from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
 
@@ -231,24 +231,14 @@ def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
     out.mkdir(parents=True, exist_ok=True)
     start, best = 0, None
     if resume and (out / "last.pt").is_file():
-        state = torch.load(out / "last.pt", map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if amp and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"])
-        start, best = int(state["step"]), state["best_val_mel"]
+        start, best = restore_training_state(out / "last.pt", device, model, optimiser, scheduler, scaler, "best_val_mel", amp)
         log.info("resuming vocoder %s from step %d", name, start)
     atomic_write_text(out / "vocoder.json", json.dumps({
         "name": name, "seed": seed, "model": asdict(model.cfg), "audio": params.audio.model_dump(),
         "train": asdict(cfg)}, indent=1) + "\n")
 
     def checkpoint(step: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "step": step, "best_val_mel": best, "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state() if amp else None}
+        return training_state(model, optimiser, scheduler, scaler, step, best, "best_val_mel", amp)
 
     metrics_path = out / "metrics.csv"
     kept: list[list[str]] = []
