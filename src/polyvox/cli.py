@@ -168,6 +168,15 @@ def train_vocoder(
 
 
 @app.command()
+def ensemble(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Combine the trained members into models/candidate (kept only if it beats its best member on validation)."""
+    from polyvox.ensemble.stage import ensemble as run_ensemble
+
+    result = _run_stage(run_ensemble, params, set_)
+    typer.echo(result.summary())
+
+
+@app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
     try:

@@ -196,6 +196,28 @@ class VocoderSection(_Section):
     grad_clip: float = Field(gt=0)
 
 
+class EnsembleSection(_Section):
+    """How trained members become one candidate (``polyvox ensemble``, polyvox.ensemble)."""
+
+    members: list[str] | None  # names from train.members; None = all of them
+    mode: Literal["weighted", "rerank"]
+    vocoder: Literal["neural", "griffin-lim"]
+    fit_utterances: int = Field(ge=1)
+    fit_steps: int = Field(ge=1)
+    similarity_weight: float = Field(ge=0)
+
+
+class EvaluateSection(_Section):
+    """``polyvox evaluate``: the test split, scored for the candidate, the champion and the real takes."""
+
+    max_utterances: int | None = Field(ge=1)
+    centroid_takes: int = Field(ge=1)
+    report_samples: int = Field(ge=0)
+    bootstrap_resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0, lt=1)
+    rtf_sentences: int = Field(ge=1)
+
+
 class Params(_Section):
     def member_model(self, member: MemberConfig) -> ModelSection:
         """The ``model`` section with the member's architecture variant applied (validated)."""
@@ -214,6 +236,16 @@ class Params(_Section):
             self.member_model(member)
         return self
 
+    @model_validator(mode="after")
+    def _ensemble_members_listed(self) -> "Params":
+        unknown = sorted(set(self.ensemble.members or []) - {m.name for m in self.train.members})
+        if unknown:
+            raise ValueError(f"ensemble.members: {unknown} not listed in train.members")
+        return self
+
+    def ensemble_members(self) -> list[str]:
+        return list(self.ensemble.members or [m.name for m in self.train.members])
+
     seed: int
     audio: AudioConfig
     parallel: ParallelConfig
@@ -225,6 +257,8 @@ class Params(_Section):
     model: ModelSection
     train: TrainConfig
     vocoder: VocoderSection
+    ensemble: EnsembleSection
+    evaluate: EvaluateSection
 
 
 def _set_key(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -67,6 +67,37 @@ class Workspace:
         """The demo corpus, built once and reused (a cache, not a pipeline output)."""
         return self.data / "demo-corpus"
 
+    @property
+    def vocoder(self) -> Path:
+        """Output of ``train-vocoder``."""
+        return self.models / "vocoder"
+
+    @property
+    def candidate(self) -> Path:
+        """Output of ``ensemble``: the voice to evaluate (an ensemble, or its best member), self-contained."""
+        return self.models / "candidate"
+
+    @property
+    def champion(self) -> Path:
+        """The voice currently promoted (written by ``promote``); evaluate scores it next to the candidate."""
+        return self.models / "champion"
+
+    @property
+    def reports(self) -> Path:
+        """Small outputs people read and DVC tracks as metrics and plots."""
+        return self.root / "reports"
+
+    @property
+    def evaluation(self) -> Path:
+        """Output of ``evaluate``: metrics.json, per_utterance.csv, plots, report.html, audio."""
+        return self.reports / "evaluate"
+
+    def data_version(self) -> str:
+        """A short hash of the features index: which utterances, splits and feature files a model saw."""
+        import hashlib
+
+        return hashlib.sha256(self.features_index.read_bytes()).hexdigest()[:16]
+
     def resolve(self, path: Path) -> Path:
         """A path from params, taken relative to the workspace root when not absolute."""
         return path if path.is_absolute() else self.root / path

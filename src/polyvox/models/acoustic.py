@@ -143,16 +143,29 @@ class AcousticModel(nn.Module):
         return -(torch.logsumexp(log_prob.masked_fill(positive == 0, -1e9), dim=1)).mean()
 
     @torch.no_grad()
-    def infer(self, tokens: torch.Tensor, reference_mel=None, reference_lengths=None, image=None,
-              audio_embedding=None, duration_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (batch, tokens) → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
-        size = tokens.shape[0]
+    def encode(self, tokens: torch.Tensor, reference_mel=None, reference_lengths=None, image=None,
+               audio_embedding=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (batch, tokens) → conditioned token states (batch, tokens, channels) and token mask."""
         lengths = (tokens != 0).sum(dim=1)
         hidden, _, token_mask = self.text(tokens, lengths)
-        _, _, _, fused = self.condition(size, reference_mel, reference_lengths, image, audio_embedding=audio_embedding)
-        hidden = (hidden + fused[:, None, :]) * token_mask[..., None]
-        log_durations = self.variance.duration(hidden, token_mask)
-        durations = torch.clamp(torch.round((torch.exp(log_durations) - 1) * duration_scale), min=1) * token_mask
+        _, _, _, fused = self.condition(tokens.shape[0], reference_mel, reference_lengths, image,
+                                        audio_embedding=audio_embedding)
+        return (hidden + fused[:, None, :]) * token_mask[..., None], token_mask
+
+    @torch.no_grad()
+    def log_durations(self, hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Predicted log(1 + frames) per token, (batch, tokens)."""
+        return self.variance.duration(hidden, token_mask)
+
+    @staticmethod
+    def durations(log_durations: torch.Tensor, token_mask: torch.Tensor, duration_scale: float = 1.0) -> torch.Tensor:
+        """Whole frames per token (at least one), (batch, tokens); 0 on padding."""
+        return torch.clamp(torch.round((torch.exp(log_durations) - 1) * duration_scale), min=1) * token_mask
+
+    @torch.no_grad()
+    def decode(self, hidden: torch.Tensor, token_mask: torch.Tensor,
+               durations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states + given durations → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
         pitch = self.variance.pitch(hidden, token_mask)
         energy = self.variance.energy(hidden, token_mask)
         frames = regulate_length(self.variance.embed(hidden, pitch, energy), durations)
@@ -160,3 +173,11 @@ class AcousticModel(nn.Module):
         frame_mask = sequence_mask(frame_lengths, frames.shape[1])
         _, post = self.decoder(frames, frame_mask)
         return self.denormalise(post) * frame_mask[:, None], frame_lengths
+
+    @torch.no_grad()
+    def infer(self, tokens: torch.Tensor, reference_mel=None, reference_lengths=None, image=None,
+              audio_embedding=None, duration_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (batch, tokens) → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
+        hidden, token_mask = self.encode(tokens, reference_mel, reference_lengths, image, audio_embedding)
+        durations = self.durations(self.log_durations(hidden, token_mask), token_mask, duration_scale)
+        return self.decode(hidden, token_mask, durations)

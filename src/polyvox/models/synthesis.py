@@ -30,6 +30,7 @@ class Synthesizer:
         path = folder / f"{checkpoint}.pt"
         if not path.is_file():
             path = folder / "last.pt"
+        self.checkpoint_path = path
         state = torch.load(path, map_location=device, weights_only=True)
         self.audio = AudioConfig(**meta["audio"])
         self.vocab = Vocabulary(meta["symbols"])
@@ -81,9 +82,8 @@ class Synthesizer:
         array = image_tensor(Path(image), self.image_size) if isinstance(image, (str, Path)) else np.asarray(image)
         return torch.tensor(array, dtype=torch.float32)[None].to(self.device)
 
-    @torch.no_grad()
-    def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> torch.Tensor:
-        """The acoustic model's log-mel (n_mels, frames) for ``text`` under the given conditioning."""
+    def conditioning_inputs(self, speaker: str | None = None, reference_audio=None, image=None) -> dict:
+        """The keyword arguments of :meth:`AcousticModel.encode` for the given conditioning."""
         embedding = None
         if speaker is not None:
             if speaker not in self.speakers:
@@ -91,10 +91,14 @@ class Synthesizer:
             embedding = self.speakers[speaker][None].to(self.device)
         if image is not None and self.conditioning != "audio+image":
             raise ValueError(f"this member was trained with {self.conditioning} conditioning; it takes no image")
-        reference = self._reference(reference_audio) if reference_audio is not None else (None, None)
-        mel, lengths = self.model.infer(self.tokens(text), *reference,
-                                        image=self._image(image) if image is not None else None,
-                                        audio_embedding=embedding)
+        reference, lengths = self._reference(reference_audio) if reference_audio is not None else (None, None)
+        return {"reference_mel": reference, "reference_lengths": lengths, "audio_embedding": embedding,
+                "image": self._image(image) if image is not None else None}
+
+    @torch.no_grad()
+    def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> torch.Tensor:
+        """The acoustic model's log-mel (n_mels, frames) for ``text`` under the given conditioning."""
+        mel, lengths = self.model.infer(self.tokens(text), **self.conditioning_inputs(speaker, reference_audio, image))
         return mel[0, :, : int(lengths[0])]
 
     @torch.no_grad()

@@ -107,9 +107,7 @@ def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[s
 
 def data_version(workspace: Workspace) -> str:
     """A short hash of the features index: which utterances, splits and feature files were trained on."""
-    import hashlib
-
-    return hashlib.sha256(workspace.features_index.read_bytes()).hexdigest()[:16]
+    return workspace.data_version()
 
 
 def warmup_inverse_sqrt(warmup: int):

@@ -1,0 +1,296 @@
+"""A voice: one or more trained members and a vocoder, saved as one self-contained folder, with the
+one synthesis API ``synthesize(text, speaker=None, reference_audio=None, image=None)``.
+
+A single member is the trivial voice (one member, weight 1). Folder layout (``models/candidate/``,
+what ``evaluate`` scores and ``promote`` bundles)::
+
+    voice.json        format, mode, members (name + weight), vocoder, how the weights were fitted
+    members/<name>/   model.json, the chosen checkpoint (as best.pt) and speakers.pt of each member
+    vocoder/          best.pt + vocoder.json of the neural vocoder (absent: Griffin-Lim)
+    centroids.npz     rerank only: speaker → resemblyzer centroid of its real training takes
+
+Modes:
+- ``weighted``: *shared durations* — the mean of the members' predicted log(1 + frames) per token —
+  then every member decodes on those durations and the log-mels are averaged with the weights.
+- ``rerank``: every member synthesises with its own durations; the utterance keeps the candidate
+  with the lowest ``ASR CER − similarity_weight · speaker similarity`` (similarity to the
+  reference audio's embedding, else to the named speaker's centroid, else left out).
+
+Everything loads through safe loaders (``torch.load(weights_only=True)``, ``np.load(allow_pickle=False)``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from polyvox.models.acoustic import AcousticModel
+from polyvox.models.synthesis import Synthesizer
+
+FORMAT = 1
+Mode = Literal["weighted", "rerank"]
+
+
+class VoiceError(ValueError):
+    """A voice folder that cannot be loaded, or members that cannot be combined."""
+
+
+@dataclass
+class Member:
+    name: str
+    weight: float
+    synthesizer: Synthesizer
+    source: Path  # the member folder it was loaded from (copied on save)
+
+
+@dataclass
+class Voice:
+    members: list[Member]
+    mode: Mode = "weighted"
+    vocoder_folder: Path | None = None
+    similarity_weight: float = 0.5
+    centroids: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # how it was built (fit, comparison); saved in voice.json
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise VoiceError("a voice needs at least one member")
+        first = self.members[0].synthesizer
+        for member in self.members[1:]:
+            s = member.synthesizer
+            if s.vocab.symbols != first.vocab.symbols or s.text_frontend != first.text_frontend:
+                raise VoiceError(f"member {member.name!r} uses another phoneme set or text front-end than "
+                                 f"{self.members[0].name!r}; members must be trained on the same features")
+            if s.audio != first.audio:
+                raise VoiceError(f"member {member.name!r} was trained on other audio settings than {self.members[0].name!r}")
+        weights = np.array([m.weight for m in self.members], dtype=np.float64)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise VoiceError(f"member weights must be non-negative and not all zero, got {weights.tolist()}")
+        self.vocoder = None
+        if self.vocoder_folder is not None:
+            from polyvox.models.neural_vocoder import load_vocoder
+
+            self.vocoder = load_vocoder(Path(self.vocoder_folder), "cpu")
+            cfg = self.vocoder.cfg
+            if (cfg.hop_length, cfg.n_mels, cfg.sample_rate) != (first.audio.hop_length, first.audio.n_mels,
+                                                                  first.audio.sample_rate):
+                raise VoiceError(f"vocoder {self.vocoder_folder} was trained on other audio settings than the members")
+        self._scorer = None
+
+    # ---- construction and storage ---------------------------------------------------------------
+
+    @classmethod
+    def from_members(cls, folders: dict[str, Path], weights: list[float] | None = None, mode: Mode = "weighted",
+                     vocoder: Path | None = None, **kwargs) -> "Voice":
+        weights = weights or [1.0 / len(folders)] * len(folders)
+        members = []
+        for (name, folder), weight in zip(folders.items(), weights, strict=True):
+            if not (folder / "model.json").is_file():
+                raise VoiceError(f"{folder}: no model.json — train member {name!r} first (polyvox train --member {name})")
+            members.append(Member(name, float(weight), Synthesizer(folder), folder))
+        return cls(members, mode=mode, vocoder_folder=vocoder, **kwargs)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Voice":
+        """A voice folder (``voice.json``), or a single trained member's folder (``model.json``)."""
+        folder = Path(folder)
+        if (folder / "model.json").is_file() and not (folder / "voice.json").is_file():
+            return cls.from_members({folder.name: folder})
+        path = folder / "voice.json"
+        if not path.is_file():
+            raise VoiceError(f"{folder}: neither voice.json nor model.json — not a voice or member folder")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise VoiceError(f"{path}: format {meta.get('format')!r}, this polyvox reads format {FORMAT}")
+        centroids = {}
+        if (folder / "centroids.npz").is_file():
+            with np.load(folder / "centroids.npz", allow_pickle=False) as data:
+                centroids = {name: data[name] for name in data.files}
+        return cls.from_members({m["name"]: folder / "members" / m["name"] for m in meta["members"]},
+                                [m["weight"] for m in meta["members"]], mode=meta["mode"],
+                                vocoder=folder / "vocoder" if meta.get("vocoder") else None,
+                                similarity_weight=meta.get("similarity_weight", 0.5), centroids=centroids,
+                                info=meta.get("info", {}))
+
+    def save(self, folder: Path) -> None:
+        """Write the voice as one self-contained folder, atomically (built aside, then renamed into place)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; the voice is an ordinary output
+        try:
+            for member in self.members:
+                target = staging / "members" / member.name
+                target.mkdir(parents=True)
+                # weights only: no optimiser state, so the size on disk is the model's
+                torch.save({"model": member.synthesizer.model.state_dict()}, target / "best.pt")
+                for name in ("model.json", "speakers.pt"):
+                    if (member.source / name).is_file():
+                        shutil.copy2(member.source / name, target / name)
+            if self.vocoder_folder is not None:
+                (staging / "vocoder").mkdir()
+                torch.save({"model": self.vocoder.state_dict()}, staging / "vocoder" / "best.pt")
+                shutil.copy2(Path(self.vocoder_folder) / "vocoder.json", staging / "vocoder" / "vocoder.json")
+            if self.centroids:
+                np.savez(staging / "centroids.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in self.centroids.items()})
+            (staging / "voice.json").write_text(json.dumps(self.describe(), indent=1) + "\n", encoding="utf-8")
+            previous = folder.with_name(f".{folder.name}-old")
+            if previous.exists():
+                shutil.rmtree(previous)
+            if folder.exists():
+                folder.rename(previous)
+            staging.rename(folder)
+            if previous.exists():
+                shutil.rmtree(previous)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+
+    def describe(self) -> dict:
+        return {"format": FORMAT, "mode": self.mode, "kind": "ensemble" if len(self.members) > 1 else "member",
+                "members": [{"name": m.name, "weight": m.weight, "conditioning": m.synthesizer.conditioning}
+                            for m in self.members],
+                "vocoder": "vocoder" if self.vocoder_folder is not None else None,
+                "similarity_weight": self.similarity_weight, "info": self.info}
+
+    # ---- facts ----------------------------------------------------------------------------------
+
+    @property
+    def audio(self):
+        return self.members[0].synthesizer.audio
+
+    @property
+    def sample_rate(self) -> int:
+        return self.audio.sample_rate
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speakers every member knows by name."""
+        names = set(self.members[0].synthesizer.speakers)
+        for member in self.members[1:]:
+            names &= set(member.synthesizer.speakers)
+        return sorted(names)
+
+    @property
+    def takes_images(self) -> bool:
+        return any(m.synthesizer.conditioning == "audio+image" for m in self.members)
+
+    def parameter_count(self) -> int:
+        count = sum(sum(p.numel() for p in m.synthesizer.model.parameters()) for m in self.members)
+        if self.vocoder is not None:
+            count += sum(p.numel() for p in self.vocoder.parameters())
+        return count
+
+    # ---- synthesis ------------------------------------------------------------------------------
+
+    def _encoded(self, text: str, speaker, reference_audio, image) -> list[tuple[Member, torch.Tensor, torch.Tensor]]:
+        """Each member that can take this conditioning, with its conditioned token states and mask."""
+        if speaker is not None and speaker not in self.speakers:
+            raise ValueError(f"unknown speaker {speaker!r}; known: {self.speakers}")
+        tokens = self.members[0].synthesizer.tokens(text)
+        encoded = []
+        for member in self.members:
+            s = member.synthesizer
+            member_image = image if s.conditioning == "audio+image" else None
+            if image is not None and member_image is None and speaker is None and reference_audio is None:
+                continue  # an audio-only member has nothing to go on when the image is all there is
+            hidden, mask = s.model.encode(tokens, **s.conditioning_inputs(speaker, reference_audio, member_image))
+            encoded.append((member, hidden, mask))
+        if not encoded:
+            raise ValueError("no member of this voice takes image conditioning; give a speaker or reference audio")
+        return encoded
+
+    @torch.no_grad()
+    def member_mels(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
+                    shared_durations: bool = True) -> dict[str, torch.Tensor]:
+        """Each participating member's log-mel (n_mels, frames): on the shared durations (all the same
+        length), or each on its own predicted durations."""
+        encoded = self._encoded(text, speaker, reference_audio, image)
+        mels = {}
+        if shared_durations:
+            mask = encoded[0][2]
+            log_durations = torch.stack([m.synthesizer.model.log_durations(h, k) for m, h, k in encoded]).mean(dim=0)
+            durations = AcousticModel.durations(log_durations, mask)
+        for member, hidden, token_mask in encoded:
+            model = member.synthesizer.model
+            own = durations if shared_durations else model.durations(model.log_durations(hidden, token_mask), token_mask)
+            mel, lengths = model.decode(hidden, token_mask, own)
+            mels[member.name] = mel[0, :, : int(lengths[0])]
+        return mels
+
+    def _weights(self, names) -> dict[str, float]:
+        chosen = {m.name: m.weight for m in self.members if m.name in names}
+        total = sum(chosen.values())
+        if total <= 0:
+            raise ValueError(f"members {sorted(names)} all have weight 0 in this voice")
+        return {name: weight / total for name, weight in chosen.items()}
+
+    @torch.no_grad()
+    def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> torch.Tensor:
+        """The weighted average of the members' log-mels on shared durations, (n_mels, frames)."""
+        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=True)
+        weights = self._weights(mels)
+        return sum(weights[name] * mel for name, mel in mels.items())
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor) -> np.ndarray:
+        """(n_mels, frames) log-mel → waveform (float32), through the neural vocoder when the voice has one."""
+        if self.vocoder is not None:
+            wave = self.vocoder.synthesize(mel)
+        else:
+            from polyvox.models.vocoder import griffin_lim
+
+            wave = griffin_lim(mel.cpu(), self.audio)
+        return wave.reshape(-1).cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def synthesize(self, text: str, speaker: str | None = None, reference_audio=None,
+                   image=None) -> tuple[np.ndarray, int]:
+        """Waveform (float32, mono) and its sample rate; arguments as :meth:`Synthesizer.synthesize`."""
+        if self.mode == "rerank" and len(self.members) > 1:
+            return self._rerank(text, speaker, reference_audio, image)[0], self.sample_rate
+        return self.vocode(self.mel(text, speaker, reference_audio, image)), self.sample_rate
+
+    def _target_embedding(self, speaker, reference_audio) -> np.ndarray | None:
+        scorer = self._rerank_scorer()
+        if reference_audio is not None:
+            import soundfile as sf
+
+            if isinstance(reference_audio, (str, Path)):
+                signal, rate = sf.read(str(reference_audio), dtype="float32", always_2d=True)
+                return scorer.embed(signal.mean(axis=1), rate)
+            return scorer.embed(*reference_audio)
+        if speaker is not None and speaker in self.centroids:
+            return self.centroids[speaker]
+        return None
+
+    def _rerank_scorer(self):
+        if self._scorer is None:
+            from polyvox.evaluate.metrics import SpeakerEncoder
+
+            self._scorer = SpeakerEncoder()
+        return self._scorer
+
+    def _rerank(self, text: str, speaker, reference_audio, image) -> tuple[np.ndarray, list[dict]]:
+        """Every member's synthesis scored; the best one and every candidate's scores."""
+        from polyvox.evaluate.metrics import SpeakerEncoder, asr_scores
+
+        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=False)
+        target = self._target_embedding(speaker, reference_audio)
+        scored = []
+        for name, mel in mels.items():
+            wave = self.vocode(mel)
+            cer = asr_scores(wave, self.sample_rate, text).cer
+            similarity = (SpeakerEncoder.similarity(self._rerank_scorer().embed(wave, self.sample_rate), target)
+                          if target is not None else None)
+            score = cer - self.similarity_weight * (similarity or 0.0)
+            scored.append({"member": name, "cer": cer, "similarity": similarity, "score": score, "wave": wave})
+        best = min(scored, key=lambda s: s["score"])
+        return best["wave"], [{k: v for k, v in s.items() if k != "wave"} for s in scored]
