@@ -177,6 +177,15 @@ def ensemble(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
 
 
 @app.command()
+def evaluate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Score the candidate, the champion (if any) and the real takes on the test split; write reports/evaluate/."""
+    from polyvox.evaluate.stage import evaluate as run_evaluate
+
+    result = _run_stage(run_evaluate, params, set_)
+    typer.echo(result.summary())
+
+
+@app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
     try:

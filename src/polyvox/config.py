@@ -205,6 +205,7 @@ class EnsembleSection(_Section):
     fit_utterances: int = Field(ge=1)
     fit_steps: int = Field(ge=1)
     similarity_weight: float = Field(ge=0)
+    min_gain: float = Field(ge=0, lt=1)
 
 
 class EvaluateSection(_Section):

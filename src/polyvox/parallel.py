@@ -23,7 +23,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Modules the local pool's fork server imports once, so each worker starts with torch & co loaded.
-PRELOAD = ["polyvox.validate.probes", "polyvox.clean.audio", "polyvox.features.extract"]
+PRELOAD = ["polyvox.validate.probes", "polyvox.clean.audio", "polyvox.features.extract", "polyvox.evaluate.scoring"]
 _context: multiprocessing.context.BaseContext | None = None
 
 

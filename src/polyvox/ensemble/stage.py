@@ -7,8 +7,8 @@
      ensemble and each member alone (its own durations) by aligned mel L1 to the real mel;
    - ``rerank``: every member synthesises; the score of an utterance is ASR CER − similarity_weight ·
      similarity to its speaker's centroid; the ensemble keeps each utterance's best member.
-3. The candidate (``models/candidate/``) is the ensemble when its score is lower than every
-   member's, else the best member alone. The comparison is recorded either way in
+3. The candidate (``models/candidate/``) is the ensemble when its score is lower than the best
+   member's by at least ``ensemble.min_gain`` of it, else the best member alone. The comparison is recorded either way in
    ``reports/ensemble.json`` (DVC metrics) and per utterance in ``reports/ensemble.csv``.
 """
 
@@ -173,10 +173,12 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
     member_scores = {n: float(table[n].mean()) for n in names}
     ensemble_score = float(table["ensemble"].mean())
     best = min(member_scores, key=member_scores.get)
-    kept = len(names) > 1 and ensemble_score < member_scores[best]
+    threshold = member_scores[best] - cfg.min_gain * abs(member_scores[best])
+    kept = len(names) > 1 and ensemble_score < threshold
 
     info = {"split": split, "utterances": len(table), "loss": loss, "member_scores": member_scores,
-            "ensemble_score": ensemble_score, "fit_loss": fit_loss, "kept": kept, "data_version": workspace.data_version()}
+            "ensemble_score": ensemble_score, "fit_loss": fit_loss, "kept": kept, "threshold": threshold,
+            "data_version": workspace.data_version()}
     if kept:
         candidate = Voice([m for m in voice.members], mode=cfg.mode, vocoder_folder=vocoder,
                           similarity_weight=cfg.similarity_weight, centroids=centroids, info=info)
