@@ -53,7 +53,7 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
     param_keys = _flatten(params)
     ws = Workspace(REPO)
     known_outs = {p.relative_to(REPO).as_posix() for p in (ws.raw, ws.validated, ws.clean, ws.features)}
-    models = ws.models.relative_to(REPO).as_posix()
+    models, reports = ws.models.relative_to(REPO).as_posix(), ws.reports.relative_to(REPO).as_posix()
     produced: list[str] = []
     for name, stage in stages.items():
         argv = shlex.split(stage["cmd"])
@@ -63,16 +63,23 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
         for key in stage.get("params", []):
             assert key in param_keys, f"dvc.yaml stage {name} lists unknown param {key}"
         for dep in stage.get("deps", []):
-            if dep.startswith("data/"):
+            if dep.startswith(("data/", "models/")):
                 assert any(dep == out or dep.startswith(out + "/") for out in produced), f"{name}: {dep} is no earlier output"
             else:
                 assert (REPO / dep).exists(), f"dvc.yaml stage {name} depends on missing {dep}"
-        for out in stage.get("outs", []):
+        for out in [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])]:
             out = out if isinstance(out, str) else next(iter(out))
-            assert out in known_outs or out.startswith(models + "/"), f"dvc.yaml stage {name} writes {out}"
+            assert out in known_outs or out.startswith((models + "/", reports + "/")), f"dvc.yaml stage {name} writes {out}"
             produced.append(out)
     members = [m["name"] for m in params["train"]["members"]]
-    assert list(stages) == ["prepare", "validate", "clean", "features", *[f"train@{m}" for m in members], "train-vocoder"]
+    assert list(stages) == ["prepare", "validate", "clean", "features", *[f"train@{m}" for m in members], "train-vocoder",
+                            "ensemble", "evaluate"]
+    # the ensemble reads every member it combines, and the candidate is where the workspace says
+    combined = params["ensemble"]["members"] or members
+    checkpoints = {d for d in stages["ensemble"]["deps"] if d.startswith(models + "/") and d.endswith("/best.pt")}
+    assert checkpoints == {f"{models}/{m}/best.pt" for m in [*combined, "vocoder"]}, checkpoints
+    candidate = ws.candidate.relative_to(REPO).as_posix()
+    assert candidate in stages["ensemble"]["outs"] and candidate in stages["evaluate"]["deps"]
 
 
 def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, workspace, prefect_server):
@@ -83,13 +90,17 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
             "train.max_steps=2", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
             "vocoder.intermediate=32", "vocoder.max_steps=2", "vocoder.batch_size=2",
             "train.members=[{name: a, seed: 1, conditioning: audio, variant: {}}, "
-            "{name: b, seed: 2, conditioning: audio+image, variant: {kernel_size: 3}}]"]
+            "{name: b, seed: 2, conditioning: audio+image, variant: {kernel_size: 3}}]",
+            "features.splits.test=0.34", "ensemble.fit_steps=20", "evaluate.rtf_sentences=1", "evaluate.centroid_takes=2",
+            "evaluate.report_samples=1", "evaluate.bootstrap_resamples=100"]
     overrides = [f"prepare.corpus={corpus}", "validate.min_accepted_share=0.3", "parallel.workers=1", *tiny]
     state = pipeline(params_file="params.yaml", overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["train a"].startswith("a: 2 steps") and summary["train b"].startswith("b: 2 steps")
     assert "vocoder" in summary["train-vocoder"]
+    assert summary["ensemble"].startswith("ensemble (weighted)") and "members a" in summary["ensemble"]
+    assert summary["evaluate"].startswith("candidate WER") and (workspace / "reports/evaluate/report.html").is_file()
     for out in ("models/a/last.pt", "models/b/speakers.pt", "models/vocoder/best.pt"):
         assert (workspace / out).is_file(), out
     assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]
@@ -121,6 +132,10 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
     params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
     params["vocoder"].update(channels=16, layers=1, intermediate=32, max_steps=2, batch_size=2)
+    params["features"]["splits"].update(val=0.25, test=0.25)
+    params["ensemble"].update(fit_utterances=2, fit_steps=20)
+    params["evaluate"].update(max_utterances=2, rtf_sentences=1, report_samples=1, centroid_takes=2,
+                              bootstrap_resamples=100)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         "PATH": f"{dvc.parent}:/usr/bin:/bin",
@@ -140,6 +155,9 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     for member in params["train"]["members"]:
         assert (project / "models" / member["name"] / "best.pt").is_file(), member
     assert (project / "models/vocoder/vocoder.json").is_file()
+    assert (project / "models/candidate/voice.json").is_file() and (project / "reports/evaluate/report.html").is_file()
+    shown = run(str(dvc), "metrics", "show", "--json")
+    assert shown.returncode == 0 and "mcd_db" in shown.stdout, shown.stdout + shown.stderr
     second = run(str(dvc), "repro")
     assert second.returncode == 0 and "didn't change, skipping" in second.stdout, second.stdout
     changed = run(str(dvc), "exp", "run", "-S", "demo.utterances_per_speaker=3")

@@ -18,6 +18,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from polyvox.clean.stage import CleanResult, clean  # noqa: E402
 from polyvox.config import Params, load_params  # noqa: E402
 from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
+from polyvox.ensemble.stage import EnsembleResult, ensemble  # noqa: E402
+from polyvox.evaluate.stage import EvaluateResult, evaluate  # noqa: E402
 from polyvox.features.stage import FeaturesResult, features  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402
 from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
@@ -78,6 +80,31 @@ def vocoder_task(params: Params, featured: FeaturesResult) -> VocoderResult:
     return train_vocoder(params, Workspace.here())
 
 
+@task(name="ensemble", cache_policy=NO_CACHE)
+def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderResult) -> EnsembleResult:
+    result = ensemble(params, Workspace.here())
+    figures = {f"member {name}": f"{score:.4f} (weight {result.weights[name]:.3f})"
+               for name, score in result.member_scores.items()}
+    create_markdown_artifact(_markdown_table("ensemble", {
+        "mode": result.mode, "score": result.loss, **figures, "ensemble": f"{result.ensemble_score:.4f}",
+        "candidate": result.candidate, "utterances": f"{result.utterances} ({result.split})"}),
+        key="ensemble-comparison", description=result.summary())
+    return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(params: Params, candidate: EnsembleResult) -> EvaluateResult:
+    result = evaluate(params, Workspace.here())
+    systems = result.metrics["systems"]
+    rows = {metric: " / ".join(f"{systems[s][metric]:.3f}" if isinstance(systems[s].get(metric), float) else "—"
+                               for s in ("candidate", "champion", "real") if s in systems)
+            for metric in ("wer", "cer", "mcd_db", "speaker_similarity", "mos_ovrl", "rtf_one_thread")}
+    create_markdown_artifact(_markdown_table(f"evaluate ({' / '.join(s for s in ('candidate', 'champion', 'real') if s in systems)})",
+                                             {**rows, "report": str(result.report)}),
+                             key="evaluation", description=result.summary())
+    return result
+
+
 @flow(name="polyvox-pipeline")
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
     """Run every stage; returns each stage's one-line summary."""
@@ -89,6 +116,8 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     # Members train one after another: each one uses every core (or the GPU) by itself.
     trained = [(f"train {m.name}", train_task(params, m.name, featured)) for m in params.train.members]
     vocoder = vocoder_task(params, featured)
+    candidate = ensemble_task(params, [result for _, result in trained], vocoder)
+    evaluated = evaluate_task(params, candidate)
     return {name: result.summary() for name, result in
             (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *trained,
-             ("train-vocoder", vocoder))}
+             ("train-vocoder", vocoder), ("ensemble", candidate), ("evaluate", evaluated))}
