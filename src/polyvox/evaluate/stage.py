@@ -120,22 +120,20 @@ def _systems(workspace: Workspace, speakers: list[str]) -> dict[str, tuple[Voice
     return systems
 
 
-def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
-    started = time.monotonic()
+def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple[Voice, Path]], rows: pd.DataFrame,
+                  audio: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Synthesise ``rows`` with every system (WAVs into ``audio[name]``), time them, and score them and
+    the real takes. Returns the per-utterance table (column ``system``: a system's name or ``real``)
+    and each system's summary (corpus WER/CER, means of the rest, RTF, parameters, size)."""
     cfg = params.evaluate
-    out = workspace.evaluation
-    rows = test_rows(params, workspace)
     speakers = sorted(rows["speaker"].unique())
-    systems = _systems(workspace, speakers)
-
     # 1. synthesis (all threads; the stage's own timing, not the RTF figure)
     for name, (voice, _) in systems.items():
-        folder = out / "audio" / name
-        folder.mkdir(parents=True, exist_ok=True)
+        audio[name].mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
             for row in track(list(rows.itertuples()), len(rows), f"evaluate: {name} synthesises", log):
                 wave, rate = voice.synthesize(row.clean_text, speaker=row.speaker)
-                with atomic_path(folder / f"{row.id}.wav") as tmp:
+                with atomic_path(audio[name] / f"{row.id}.wav") as tmp:
                     sf.write(tmp, wave, rate, format="WAV", subtype="PCM_16")
 
     # 2. speed and size
@@ -164,7 +162,7 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
         items.append(ScoreItem("real", real, row.clean_text, **f0))
         keys.append(("real", row.speaker, row.id))
         for name in systems:
-            items.append(ScoreItem("synthesis", str(out / "audio" / name / f"{row.id}.wav"), row.clean_text, real, **f0))
+            items.append(ScoreItem("synthesis", str(audio[name] / f"{row.id}.wav"), row.clean_text, real, **f0))
             keys.append((name, row.speaker, row.id))
     workers = ParallelConfig(backend=params.parallel.backend, workers=params.parallel.workers,
                              dask_address=params.parallel.dask_address)
@@ -186,7 +184,6 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
             table[column] = np.nan
     table[["mcd_db", "log_f0_rmse_cents"]] = table[["mcd_db", "log_f0_rmse_cents"]].astype(float)
 
-    # 4. summaries and the paired bootstrap
     summary = {}
     for system, part in table.groupby("system"):
         figures = {}
@@ -197,6 +194,19 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
             figures[metric] = float(values.sum() / part[den].sum()) if den else float(values.mean())
         figures.update({k: float(part[k].mean()) for k in ("mos_sig", "mos_bak", "mos_p808")})
         summary[system] = {**figures, **facts.get(system, {})}
+    return table, summary
+
+
+def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
+    started = time.monotonic()
+    cfg = params.evaluate
+    out = workspace.evaluation
+    rows = test_rows(params, workspace)
+    speakers = sorted(rows["speaker"].unique())
+    systems = _systems(workspace, speakers)
+    table, summary = score_systems(params, workspace, systems, rows, {name: out / "audio" / name for name in systems})
+
+    # paired bootstrap of candidate − champion
     difference = {}
     if "champion" in systems:
         a = table[table["system"] == "candidate"].set_index("id").loc[rows["id"]]
