@@ -41,6 +41,12 @@ def kathleen_files(kathleen: Path) -> list[Path]:
     return sorted((kathleen / "wavs").glob("*.flac"))[:8]
 
 
+@pytest.fixture(autouse=True)
+def no_tracking_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stages track to an embedded MLflow store by default; tests that check tracking set a URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "off")
+
+
 @pytest.fixture
 def params() -> Params:
     return load_params(REPO / "params.yaml")

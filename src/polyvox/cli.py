@@ -20,6 +20,8 @@ from rich.markup import escape
 from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.corpus.demo.voices import SynthesisError
 from polyvox.corpus.schema import CorpusError
+from polyvox.ensemble import VoiceError
+from polyvox.registry.store import RegistryError
 from polyvox.validate.errors import ValidationFailed
 from polyvox.workspace import Workspace
 
@@ -39,7 +41,7 @@ SetOption = Annotated[
     typer.Option("-S", "--set", help="Override a param: -S key.path=value (repeatable), as `dvc exp run -S`."),
 ]
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed)
+USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, VoiceError, RegistryError)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -182,6 +184,31 @@ def evaluate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
     from polyvox.evaluate.stage import evaluate as run_evaluate
 
     result = _run_stage(run_evaluate, params, set_)
+    typer.echo(result.summary())
+
+
+@app.command()
+def promote(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Register the evaluated candidate in MLflow and move the `champion` alias if every gate rule passes."""
+    from polyvox.registry.stage import promote as run_promote
+
+    result = _run_stage(run_promote, params, set_)
+    typer.echo(result.summary())
+    for rule in result.rules:
+        mark = "pass" if rule["passed"] else "FAIL"
+        typer.echo(f"  {mark:4} {rule['rule']}: {rule['value']} {rule['op']} {rule['threshold']} ({rule['detail']})")
+
+
+@app.command()
+def rollback(
+    to: Annotated[Optional[str], typer.Option(help="Version to make champion (default: the champion before this one).")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_FILE,
+    set_: SetOption = None,
+) -> None:
+    """Move the `champion` alias back and restore models/champion from the registry."""
+    from polyvox.registry.stage import rollback as run_rollback
+
+    result = _run_stage(lambda p, ws: run_rollback(p, ws, to=to), params, set_)
     typer.echo(result.summary())
 
 

@@ -219,6 +219,26 @@ class EvaluateSection(_Section):
     rtf_sentences: int = Field(ge=1)
 
 
+class RegistrySection(_Section):
+    """MLflow: the embedded default is a SQLite store + an artifact folder in the workspace;
+    ``MLFLOW_TRACKING_URI`` (a server, or another store) takes precedence."""
+
+    tracking_uri: str | None  # None = sqlite:///<workspace>/mlflow.db, artifacts in <workspace>/mlruns
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class PromoteSection(_Section):
+    """The promotion gate: the candidate becomes champion only when every rule passes. Rules about
+    the champion apply when there is one; the first candidate is judged on the absolute rules."""
+
+    max_wer_increase: float = Field(ge=0)  # upper bound of the bootstrap interval of WER(candidate − champion)
+    max_wer: float | None = Field(default=None, gt=0)  # absolute WER on the test split (None: no rule)
+    min_speaker_similarity: float = Field(ge=-1, le=1)
+    max_mcd_db: float = Field(gt=0)
+    max_rtf: float = Field(gt=0)  # one CPU thread
+    require_ensemble_gain: bool  # an ensemble candidate must have beaten its best member on validation
+
+
 class Params(_Section):
     def member_model(self, member: MemberConfig) -> ModelSection:
         """The ``model`` section with the member's architecture variant applied (validated)."""
@@ -260,6 +280,8 @@ class Params(_Section):
     vocoder: VocoderSection
     ensemble: EnsembleSection
     evaluate: EvaluateSection
+    registry: RegistrySection
+    promote: PromoteSection
 
 
 def _set_key(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

@@ -1,9 +1,13 @@
-"""MLflow tracking, opt-in: active when ``MLFLOW_TRACKING_URI`` is set (a server, or ``sqlite:///…``).
+"""MLflow tracking: every stage run is an MLflow run in experiment ``polyvox``.
 
-Without it nothing is sent anywhere and training writes only its own files (metrics.csv, the
-checkpoints); with it, each training run becomes an MLflow run in experiment ``polyvox`` with the
-params flattened to dotted keys, the data version, the git commit, the loss curves (logged in
-batches, so a SQLite store does not slow the steps) and the member's files as artifacts.
+Where it goes, first match wins:
+1. ``MLFLOW_TRACKING_URI`` (a server ``http://…``, or any store); ``MLFLOW_TRACKING_URI=off``
+   turns tracking off (nothing is sent; stages write only their own files);
+2. ``registry.tracking_uri`` in params.yaml;
+3. the embedded default: ``sqlite:///<workspace>/mlflow.db`` with artifacts in ``<workspace>/mlruns``.
+
+A run carries the params flattened to dotted keys, the data version, the git commit, metrics
+(logged in batches, so a SQLite store does not slow training steps) and the stage's files.
 """
 
 from __future__ import annotations
@@ -18,10 +22,35 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "polyvox"
+OFF = ("off", "none", "false", "0")
 
 
-def tracking_uri() -> str | None:
-    return os.environ.get("MLFLOW_TRACKING_URI") or None
+def tracking_uri(workspace=None, configured: str | None = None) -> str | None:
+    """The tracking URI to use, or None when tracking is off (see the module docstring)."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env is not None and from_env.strip():
+        return None if from_env.strip().lower() in OFF else from_env.strip()
+    if configured:
+        return configured
+    if workspace is None:
+        return None
+    return f"sqlite:///{(Path(workspace.root) / 'mlflow.db').resolve()}"
+
+
+def client_and_experiment(uri: str, workspace=None):
+    """An MlflowClient for ``uri`` and the id of experiment ``polyvox`` (created on first use, with
+    its artifacts in ``<workspace>/mlruns`` for a local store)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = None
+    if workspace is not None and not uri.startswith(("http://", "https://", "databricks")):
+        location = (Path(workspace.root) / "mlruns").resolve().as_uri()
+    return client, client.create_experiment(EXPERIMENT, artifact_location=location)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -47,18 +76,15 @@ def git_commit(repo: Path | None = None) -> str | None:
 class Run:
     """One MLflow run, or nothing when tracking is off. Metrics are buffered and flushed in batches."""
 
-    def __init__(self, name: str, params: dict[str, Any], tags: dict[str, str]):
-        self.uri = tracking_uri()
+    def __init__(self, name: str, params: dict[str, Any], tags: dict[str, str], workspace=None):
+        configured = (params.get("registry") or {}).get("tracking_uri") if isinstance(params, dict) else None
+        self.uri = tracking_uri(workspace, configured)
         self.client = None
         self.run_id: str | None = None
         self._pending: list = []
         if self.uri is None:
             return
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(self.uri)
-        experiment = self.client.get_experiment_by_name(EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(EXPERIMENT)
+        self.client, experiment_id = client_and_experiment(self.uri, workspace)
         self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         from mlflow.entities import Param
 

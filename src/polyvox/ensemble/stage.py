@@ -200,7 +200,7 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
 
     tracker = Run("ensemble", params.model_dump(by_alias=True),
                   {"stage": "ensemble", "data_version": info["data_version"], "git_commit": git_commit() or "unknown",
-                   "candidate": result.candidate})
+                   "candidate": result.candidate}, workspace)
     tracker.metrics({"ensemble_score": ensemble_score, **{f"member_score.{n}": v for n, v in member_scores.items()},
                      **{f"weight.{n}": v for n, v in weights.items()}, "kept": float(kept)}, step=0)
     tracker.artifacts([workspace.reports / "ensemble.json", workspace.reports / "ensemble.csv"])

@@ -31,15 +31,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from polyvox.ensemble import VoiceError
 from polyvox.models.acoustic import AcousticModel
 from polyvox.models.synthesis import Synthesizer
 
 FORMAT = 1
 Mode = Literal["weighted", "rerank"]
-
-
-class VoiceError(ValueError):
-    """A voice folder that cannot be loaded, or members that cannot be combined."""
 
 
 @dataclass

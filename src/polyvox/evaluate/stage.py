@@ -238,7 +238,7 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
 
     tracker = Run("evaluate", params.model_dump(by_alias=True),
                   {"stage": "evaluate", "data_version": metrics["data_version"], "git_commit": git_commit() or "unknown",
-                   "champion_scored": str("champion" in systems)})
+                   "champion_scored": str("champion" in systems)}, workspace)
     tracker.metrics({f"{system}.{k}": v for system, figures in summary.items() for k, v in figures.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0)
     tracker.artifacts([out / "metrics.json", out / "per_utterance.csv", report])

@@ -234,7 +234,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     tracker = Run(f"train-{member}", params.model_dump(by_alias=True),
                   {"stage": "train", "member": member, "data_version": data_version(workspace),
                    "git_commit": git_commit() or "unknown", "resumed_from_step": str(start),
-                   "warm_start": str(init_from) if warm else ""}) if rank == 0 else None
+                   "warm_start": str(init_from) if warm else ""}, workspace) if rank == 0 else None
     began = time.monotonic()
     stopped_by, step = "steps", start
     status = "FAILED"

@@ -1,0 +1,152 @@
+"""The promotion gate, the MLflow registry (promote, refuse, rollback) and the serving bundle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from polyvox.config import ConfigError, load_params
+from polyvox.registry.gate import judge, passed
+from polyvox.registry.stage import promote, rollback
+from polyvox.registry.store import Registry
+from polyvox.workspace import Workspace
+
+from conftest import REPO
+from voices import make_voice
+
+
+def evaluation(voice, wer=0.2, similarity=0.85, mcd=5.0, rtf=0.05, champion=None) -> dict:
+    """A crafted ``reports/evaluate/metrics.json`` for ``voice``; champion: (wer, low, high) of the difference."""
+    systems = {"candidate": {"wer": wer, "cer": wer / 2, "mcd_db": mcd, "speaker_similarity": similarity,
+                             "mos_ovrl": 3.0, "rtf_one_thread": rtf, "parameters": 1000, "size_mb": 1.0},
+               "real": {"wer": 0.1, "cer": 0.05, "speaker_similarity": 0.9, "mos_ovrl": 3.2}}
+    difference = {}
+    if champion is not None:
+        systems["champion"] = dict(systems["candidate"], wer=wer - champion[0])
+        difference["wer"] = {"difference": champion[0], "low": champion[1], "high": champion[2], "pairs": 30,
+                             "confidence": 0.95, "lower_is_better": True}
+    return {"utterances": 30, "speakers": ["alice", "bob"], "systems": systems, "difference": difference,
+            "seconds": 1.0, "data_version": "abc123", "candidate_voice": voice.describe()}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    ws = Workspace(tmp_path / "ws")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = load_params(REPO / "params.yaml")
+    return params, ws
+
+
+def _evaluate(ws, metrics):
+    ws.evaluation.mkdir(parents=True, exist_ok=True)
+    (ws.evaluation / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_gate_rules_pass_and_fail_on_crafted_evaluations(tmp_path, params):
+    voice = make_voice(tmp_path / "candidate")
+    good = judge(evaluation(voice), params.promote, has_champion=False)
+    assert passed(good) and {r.rule for r in good} == {"speaker_similarity", "mcd_db", "rtf_one_thread", "ensemble_gain"}
+    bad = {r.rule: r for r in judge(evaluation(voice, similarity=0.5, mcd=9.0), params.promote, has_champion=False)}
+    assert not bad["speaker_similarity"].passed and bad["speaker_similarity"].value == 0.5
+    assert bad["speaker_similarity"].threshold == params.promote.min_speaker_similarity
+    assert not bad["mcd_db"].passed and bad["rtf_one_thread"].passed
+    # with a champion: a WER difference whose interval reaches above the allowed increase fails
+    worse = {r.rule: r for r in judge(evaluation(voice, champion=(0.05, 0.01, 0.09)), params.promote, has_champion=True)}
+    assert not worse["wer_vs_champion"].passed and worse["wer_vs_champion"].value == 0.09
+    better = judge(evaluation(voice, champion=(-0.05, -0.09, -0.01)), params.promote, has_champion=True)
+    assert passed(better)
+    unscored = {r.rule: r for r in judge(evaluation(voice), params.promote, has_champion=True)}
+    assert not unscored["wer_vs_champion"].passed and "did not score" in unscored["wer_vs_champion"].detail
+    # an ensemble that did not beat its best member on validation is refused
+    ensemble_metrics = evaluation(voice)
+    ensemble_metrics["candidate_voice"] = dict(ensemble_metrics["candidate_voice"], kind="ensemble",
+                                               info={"member_scores": {"a": 0.70, "b": 0.72}, "ensemble_score": 0.71})
+    gain = {r.rule: r for r in judge(ensemble_metrics, params.promote, has_champion=False)}
+    assert not gain["ensemble_gain"].passed and gain["ensemble_gain"].threshold == 0.70
+
+
+def test_promote_refuse_and_rollback_through_the_registry(project):
+    from mlflow.tracking import MlflowClient
+
+    params, ws = project
+    first = make_voice(ws.candidate, seed=1)
+    _evaluate(ws, evaluation(first))
+    one = promote(params, ws)
+    assert one.promoted and one.version == "1" and one.champion_before is None
+    assert json.loads((ws.champion / "bundle.json").read_text())["version"] == "1"
+    assert (ws.champion / "MODEL_CARD.md").is_file() and (ws.reports / "promote.json").is_file()
+
+    second = make_voice(ws.candidate, seed=2)
+    _evaluate(ws, evaluation(second, mcd=9.5, champion=(0.0, -0.02, 0.02)))
+    refused = promote(params, ws)
+    assert not refused.promoted and refused.version == "2" and refused.champion_after == "1"
+    assert json.loads((ws.champion / "bundle.json").read_text())["version"] == "1"  # untouched
+    decision = json.loads((ws.reports / "promote.json").read_text())
+    assert [r["rule"] for r in decision["rules"] if not r["passed"]] == ["mcd_db"]
+
+    third = make_voice(ws.candidate, seed=3)
+    _evaluate(ws, evaluation(third, champion=(-0.03, -0.05, -0.01)))
+    assert promote(params, ws).promoted
+    registry = Registry(f"sqlite:///{ws.root.parent / 'mlflow.db'}", params.registry.model_name)
+    assert registry.champion() == "3"
+    client = MlflowClient(registry.uri)
+    refused_tags = client.get_model_version(params.registry.model_name, "2").tags
+    assert refused_tags["decision"] == "refused" and refused_tags["gate.mcd_db"].startswith("FAIL: 9.5 <= 7.5")
+    assert float(refused_tags["metric.mcd_db"]) == 9.5
+
+    back = rollback(params, ws)
+    assert (back.before, back.after) == ("3", "1") and registry.champion() == "1"
+    assert json.loads((ws.champion / "bundle.json").read_text())["version"] == "1"
+    assert [(m["action"], m["from"], m["to"]) for m in registry.history()] == [
+        ("promote", None, "1"), ("promote", "1", "3"), ("rollback", "3", "1")]
+    with pytest.raises(ConfigError, match="no earlier champion"):
+        rollback(params, ws)
+    assert rollback(params, ws, to="3").after == "3"
+    stages = {r.data.tags.get("stage") for r in client.search_runs([registry.experiment_id])}
+    assert {"promote", "rollback"} <= stages
+
+
+def test_promote_refuses_an_evaluation_of_another_candidate(project):
+    params, ws = project
+    old = make_voice(ws.candidate, seed=1)
+    _evaluate(ws, evaluation(old))
+    make_voice(ws.candidate, seed=2)  # a new candidate (member m2), still with m1's evaluation
+    with pytest.raises(ConfigError, match="scored another candidate"):
+        promote(params, ws)
+
+
+def test_bundle_loads_in_a_fresh_process_without_training_code_or_mlflow(project):
+    params, ws = project
+    voice = make_voice(ws.candidate, seed=1)
+    _evaluate(ws, evaluation(voice))
+    promote(params, ws)
+    script = f"""
+import sys
+from pathlib import Path
+from polyvox.registry.bundle import load_bundle
+voice, meta = load_bundle(Path({str(ws.champion)!r}))
+wave, rate = voice.synthesize("hello there", speaker="alice")
+assert wave.size > rate // 20 and meta["version"] == "1", (wave.size, meta)
+banned = [m for m in sys.modules if m.startswith(("polyvox.train", "mlflow", "prefect", "dvc", "great_expectations"))]
+assert not banned, banned
+print("ok", wave.size)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr
+
+
+def test_registry_unreachable_is_a_clear_error(tmp_path, params, monkeypatch):
+    from polyvox.registry.store import RegistryError
+
+    ws = Workspace(tmp_path)
+    make_voice(ws.candidate)
+    _evaluate(ws, evaluation(make_voice(ws.candidate)))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with pytest.raises(RegistryError, match="127.0.0.1:9"):
+        promote(params, ws)
+    assert not ws.champion.exists()

@@ -1,0 +1,49 @@
+"""Untrained tiny voices for tests that need a voice's plumbing, not its quality (registry, serving)."""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from polyvox.config import load_params
+from polyvox.ensemble.voice import Voice
+from polyvox.models.acoustic import AcousticModel, ModelConfig
+from polyvox.models.symbols import Vocabulary
+
+from conftest import REPO
+
+SPEAKERS = ("alice", "bob")
+
+
+def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: str = "audio+image") -> Path:
+    """A member folder (model.json, best.pt, speakers.pt) with random weights and a graphemes front-end."""
+    params = load_params(REPO / "params.yaml")
+    symbols = Vocabulary([*string.ascii_lowercase, "|", ",", ".", "?", "!", "'", "-"]).symbols
+    cfg = ModelConfig(vocab_size=len(symbols), n_mels=params.audio.n_mels, channels=channels, text_layers=1,
+                      decoder_layers=1, heads=2, kernel_size=3, variance_kernel_size=3, postnet_layers=2, dropout=0.0,
+                      modality_dropout=0.0, contrastive_temperature=0.1)
+    torch.manual_seed(seed)
+    model = AcousticModel(cfg, torch.full((cfg.n_mels,), -5.0), torch.full((cfg.n_mels,), 2.0))
+    with torch.no_grad():  # log(1 + 4): about 4 frames per token, so utterances have a sane length
+        model.variance.duration.out.weight.zero_()
+        model.variance.duration.out.bias.fill_(1.6)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, folder / "best.pt")
+    torch.save({name: torch.randn(channels) for name in SPEAKERS}, folder / "speakers.pt")
+    meta = {"member": folder.name, "seed": seed, "conditioning": conditioning, "model": asdict(cfg), "init_from": None,
+            "symbols": symbols, "speakers": list(SPEAKERS), "audio": params.audio.model_dump(),
+            "image_size": params.features.image_size, "text": {"language": "en-us", "phonemizer": "graphemes"}}
+    (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
+    return folder
+
+
+def make_voice(folder: Path, seed: int = 0) -> Voice:
+    """A one-member voice saved at ``folder`` (the layout of models/candidate)."""
+    member = make_member(folder.parent / f".member-{folder.name}-{seed}", seed)
+    voice = Voice.from_members({f"m{seed}": member})
+    voice.save(folder)
+    return Voice.load(folder)
