@@ -47,3 +47,27 @@ def make_voice(folder: Path, seed: int = 0) -> Voice:
     voice = Voice.from_members({f"m{seed}": member})
     voice.save(folder)
     return Voice.load(folder)
+
+
+def make_bundle(folder: Path, seed: int = 0, version: str = "1") -> Path:
+    """A serving bundle (as promote writes to models/champion) of an untrained voice, stamped ``version``."""
+    import shutil
+    import tempfile
+
+    from polyvox.registry.bundle import build_bundle
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".bundle-"))
+    voice = make_voice(staging / "voice", seed)
+    metrics = {"utterances": 1, "speakers": list(SPEAKERS), "data_version": "test", "difference": {},
+               "systems": {"candidate": {"wer": 0.5, "speaker_similarity": 0.8}, "real": {"wer": 0.1}},
+               "candidate_voice": voice.describe()}
+    built = build_bundle(staging / "voice", metrics, {"promoted": True, "rules": []}, "test", "none", "polyvox",
+                         staging / "bundle")
+    meta = json.loads((built / "bundle.json").read_text())
+    (built / "bundle.json").write_text(json.dumps({**meta, "version": version}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    built.rename(folder)
+    shutil.rmtree(staging)
+    return folder

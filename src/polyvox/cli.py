@@ -213,6 +213,64 @@ def rollback(
 
 
 @app.command()
+def serve(
+    bundle: Annotated[Optional[Path], typer.Option(help="Bundle to serve (default: serve.bundle, the champion).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Interface (default: serve.host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: serve.port).")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_FILE,
+    set_: SetOption = None,
+) -> None:
+    """Serve the champion over HTTP: POST /synthesize, GET /voices, /healthz, /metrics (token: POLYVOX_TOKEN)."""
+    from polyvox.serve.app import serve as run_serve
+
+    try:
+        loaded = _load(params, set_)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    folder = bundle or Workspace.here().resolve(loaded.serve.bundle)
+    if not (folder / "bundle.json").is_file():
+        _fail(ConfigError(f"{folder}: no serving bundle; run the pipeline and `polyvox promote` first"))
+    run_serve(folder, loaded.serve, host=host, port=port)
+
+
+@app.command()
+def synth(
+    text: Annotated[str, typer.Argument(help="What to say.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="WAV file to write.")] = Path("out.wav"),
+    speaker: Annotated[Optional[str], typer.Option(help="A training speaker's name.")] = None,
+    reference_audio: Annotated[Optional[Path], typer.Option(help="Audio of the voice to imitate.")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="An image of the speaker (PNG/JPEG).")] = None,
+    voice: Annotated[Optional[Path], typer.Option(help="Bundle, voice or member folder (default: the champion, "
+                                                       "else models/candidate).")] = None,
+    params: ParamsOption = DEFAULT_PARAMS_FILE,
+    set_: SetOption = None,
+) -> None:
+    """Synthesise one text to a WAV file from the command line."""
+    import soundfile as sf
+
+    from polyvox.ensemble.voice import Voice
+    from polyvox.fileio import atomic_path
+
+    try:
+        loaded = _load(params, set_)
+        ws = Workspace.here()
+        folder = voice or next((f for f in (ws.resolve(loaded.serve.bundle), ws.candidate)
+                                if (f / "voice.json").is_file()), None)
+        if folder is None:
+            raise ConfigError("no voice to speak with: no champion bundle and no models/candidate; pass --voice")
+        for path in (reference_audio, image):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{path}: no such file")
+        chosen = Voice.load(folder)
+        wave, rate = chosen.synthesize(text, speaker=speaker, reference_audio=reference_audio, image=image)
+    except (*USER_ERRORS, ValueError) as exc:
+        _fail(exc)
+    with atomic_path(output) as tmp:
+        sf.write(tmp, wave, rate, format="WAV", subtype="PCM_16")
+    typer.echo(f"{output}: {len(wave) / rate:.2f} s at {rate} Hz from {folder}")
+
+
+@app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
     try:

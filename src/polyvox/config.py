@@ -239,6 +239,18 @@ class PromoteSection(_Section):
     require_ensemble_gain: bool  # an ensemble candidate must have beaten its best member on validation
 
 
+class ServeSection(_Section):
+    """``polyvox serve``: the HTTP synthesis service over the champion's bundle."""
+
+    host: str
+    port: int = Field(ge=0, le=65535)
+    bundle: Path  # the bundle served (models/champion, kept current by promote and rollback)
+    max_text_chars: int = Field(ge=1)
+    max_upload_mb: float = Field(gt=0)
+    reload_seconds: float = Field(gt=0)
+    sentence_pause: float = Field(ge=0)  # seconds of silence between sentences
+
+
 class Params(_Section):
     def member_model(self, member: MemberConfig) -> ModelSection:
         """The ``model`` section with the member's architecture variant applied (validated)."""
@@ -282,6 +294,7 @@ class Params(_Section):
     evaluate: EvaluateSection
     registry: RegistrySection
     promote: PromoteSection
+    serve: ServeSection
 
 
 def _set_key(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:

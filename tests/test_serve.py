@@ -1,0 +1,182 @@
+"""The HTTP contract of `polyvox serve`, through a real uvicorn on loopback, and `polyvox synth`."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO
+from voices import make_bundle
+
+POLYVOX = Path(sys.executable).with_name("polyvox")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start(root: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    process = subprocess.Popen([str(POLYVOX), "serve", "--port", str(port), "--params", str(REPO / "params.yaml"),
+                                "-S", "serve.reload_seconds=0.3", *extra], cwd=root,
+                               env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    process.kill()
+    raise AssertionError("serve did not start")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    make_bundle(root / "models" / "champion", seed=1, version="1")
+    process, url = _start(root)
+    yield root, url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _wav(response: httpx.Response) -> tuple[np.ndarray, int]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav"
+    return sf.read(io.BytesIO(response.content))
+
+
+def test_health_voices_and_metrics(service):
+    _, url = service
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "version": "1"}
+    voices = httpx.get(f"{url}/voices").json()
+    assert voices["speakers"] == ["alice", "bob"] and voices["sample_rate"] == 22050 and voices["takes_image"]
+    httpx.post(f"{url}/synthesize", data={"text": "warm up", "speaker": "alice"}, timeout=60)
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'polyvox_requests_total{endpoint="synthesize",status="200"}' in metrics
+    assert 'polyvox_bundle_info{data_version="test",version="1"} 1.0' in metrics
+
+
+def test_synthesize_returns_wav_for_each_conditioning(service, kathleen_files):
+    _, url = service
+    short, rate = _wav(httpx.post(f"{url}/synthesize", data={"text": "Hello there.", "speaker": "alice"}, timeout=60))
+    assert rate == 22050 and len(short) > rate // 10
+    long, _ = _wav(httpx.post(f"{url}/synthesize", data={"text": "Hello there. How are you? Fine, thanks."}, timeout=60))
+    assert len(long) > 2 * len(short)  # three sentences and the pauses between them
+    png = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (80, 80), (200, 100, 50)).save(png, format="PNG")
+    reference = kathleen_files[0].read_bytes()
+    both, _ = _wav(httpx.post(f"{url}/synthesize", data={"text": "Hello there."}, timeout=60,
+                              files={"reference_audio": ("take.flac", reference, "audio/flac"),
+                                     "image": ("me.png", png.getvalue(), "image/png")}))
+    assert len(both) > rate // 10
+
+
+def test_streaming_sends_sentence_by_sentence(service):
+    _, url = service
+    with httpx.stream("POST", f"{url}/synthesize", data={"text": "One. Two. Three.", "stream": "true"}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers.get("transfer-encoding") == "chunked"
+        body = b"".join(r.iter_bytes())
+    assert body[:4] == b"RIFF" and body[36:40] == b"data"
+    samples = np.frombuffer(body[44:], dtype="<i2")
+    assert samples.size > 3 * 2205 and np.abs(samples).max() > 0
+
+
+@pytest.mark.parametrize("data, files, status, message", [
+    ({"text": ""}, None, 422, ""),
+    ({"text": "x" * 2001}, None, 413, "limit is 2000"),
+    ({"text": "Hello.", "speaker": "mallory"}, None, 422, "unknown speaker 'mallory'"),
+    ({"text": "Hello."}, {"image": ("a.png", b"not a picture", "image/png")}, 415, "not a picture"),
+    ({"text": "Hello."}, {"reference_audio": ("a.wav", b"RIFF....garbage", "audio/wav")}, 415, "not audio"),
+    ({"text": "Hello."}, {"reference_audio": ("a.wav", b"", "audio/wav")}, 422, "empty"),
+    ({"text": "Hello."}, {"reference_audio": ("big.wav", b"0" * (10 * 2**20 + 1), "audio/wav")}, 413, "larger than"),
+    ({}, None, 422, ""),
+])
+def test_bad_requests_get_4xx_with_a_reason(service, data, files, status, message):
+    _, url = service
+    response = httpx.post(f"{url}/synthesize", data=data, files=files, timeout=60)
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_reload_switches_version_without_failing_a_request(service):
+    root, url = service
+    failures, done = [], threading.Event()
+
+    def client():
+        while not done.is_set():
+            response = httpx.post(f"{url}/synthesize", data={"text": "Keep talking.", "speaker": "bob"}, timeout=60)
+            if response.status_code != 200:
+                failures.append(response.status_code)
+
+    workers = [threading.Thread(target=client) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        champion = root / "models" / "champion"
+        make_bundle(root / "models" / "next", seed=2, version="2")
+        aside = root / "models" / ".champion-old"
+        champion.rename(aside)  # the same swap promote makes (rename aside, rename into place)
+        (root / "models" / "next").rename(champion)
+        shutil.rmtree(aside)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/healthz").json()["version"] != "2":
+            assert time.monotonic() < deadline, "the service did not pick up version 2"
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+    assert failures == []
+    assert httpx.post(f"{url}/synthesize", data={"text": "New voice."}, timeout=60).headers["x-polyvox-version"] == "2"
+
+
+def test_bearer_token_guards_synthesis(tmp_path):
+    make_bundle(tmp_path / "models" / "champion", seed=1)
+    process, url = _start(tmp_path, env={"POLYVOX_TOKEN": "s3cret"})
+    try:
+        assert httpx.post(f"{url}/synthesize", data={"text": "Hi."}, timeout=60).status_code == 401
+        wrong = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, headers={"Authorization": "Bearer nope"}, timeout=60)
+        assert wrong.status_code == 401
+        right = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, headers={"Authorization": "Bearer s3cret"},
+                           timeout=60)
+        assert right.status_code == 200
+        assert httpx.get(f"{url}/healthz").status_code == 200  # health stays open for probes
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_synth_command_writes_a_wav(tmp_path):
+    make_bundle(tmp_path / "models" / "champion", seed=1)
+    out = subprocess.run([str(POLYVOX), "synth", "Hello from the command line.", "-o", "hello.wav", "--speaker", "bob",
+                          "--params", str(REPO / "params.yaml")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wave, rate = sf.read(tmp_path / "hello.wav")
+    assert rate == 22050 and len(wave) > rate // 4
+    bad = subprocess.run([str(POLYVOX), "synth", "Hi.", "--speaker", "nobody", "--params", str(REPO / "params.yaml")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "unknown speaker" in bad.stderr
