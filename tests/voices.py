@@ -49,7 +49,7 @@ def make_voice(folder: Path, seed: int = 0) -> Voice:
     return Voice.load(folder)
 
 
-def make_bundle(folder: Path, seed: int = 0, version: str = "1") -> Path:
+def make_bundle(folder: Path, seed: int = 0, version: str = "1", onnx: bool = False) -> Path:
     """A serving bundle (as promote writes to models/champion) of an untrained voice, stamped ``version``."""
     import shutil
     import tempfile
@@ -63,7 +63,7 @@ def make_bundle(folder: Path, seed: int = 0, version: str = "1") -> Path:
                "systems": {"candidate": {"wer": 0.5, "speaker_similarity": 0.8}, "real": {"wer": 0.1}},
                "candidate_voice": voice.describe()}
     built = build_bundle(staging / "voice", metrics, {"promoted": True, "rules": []}, "test", "none", "polyvox",
-                         staging / "bundle")
+                         staging / "bundle", export_onnx=onnx)
     meta = json.loads((built / "bundle.json").read_text())
     (built / "bundle.json").write_text(json.dumps({**meta, "version": version}))
     if folder.exists():

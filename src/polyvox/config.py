@@ -237,6 +237,7 @@ class PromoteSection(_Section):
     max_mcd_db: float = Field(gt=0)
     max_rtf: float = Field(gt=0)  # one CPU thread
     require_ensemble_gain: bool  # an ensemble candidate must have beaten its best member on validation
+    export_onnx: bool  # put the acoustic model in ONNX into the bundle (polyvox.serve.onnx)
 
 
 class ServeSection(_Section):
@@ -249,6 +250,7 @@ class ServeSection(_Section):
     max_upload_mb: float = Field(gt=0)
     reload_seconds: float = Field(gt=0)
     sentence_pause: float = Field(ge=0)  # seconds of silence between sentences
+    runtime: Literal["onnx", "torch"]  # onnx: the bundle's ONNX acoustic model for requests by speaker name
 
 
 class Params(_Section):

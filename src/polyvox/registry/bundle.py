@@ -77,16 +77,22 @@ consent. Objective metrics above are proxies; listen before deploying.
 
 
 def build_bundle(candidate: Path, metrics: dict, decision: dict, data_version: str, git_commit: str,
-                 model_name: str, target: Path) -> Path:
-    """Copy the candidate voice into ``target`` (a new folder) with bundle.json, metrics.json and MODEL_CARD.md."""
+                 model_name: str, target: Path, export_onnx: bool = False) -> Path:
+    """Copy the candidate voice into ``target`` (a new folder) with bundle.json, metrics.json and
+    MODEL_CARD.md, and with ``export_onnx`` its acoustic model in ONNX under ``onnx/``."""
     shutil.copytree(candidate, target)
+    if export_onnx:
+        from polyvox.ensemble.voice import Voice
+        from polyvox.serve.onnx import export_voice
+
+        export_voice(Voice.load(candidate), target / "onnx")
     voice = json.loads((candidate / "voice.json").read_text(encoding="utf-8"))
     first = next(iter(sorted((candidate / "members").iterdir())))
     member = json.loads((first / "model.json").read_text(encoding="utf-8"))
     meta = {"format": FORMAT, "registered_model": model_name, "version": None, "data_version": data_version,
             "git_commit": git_commit, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "text": member["text"], "audio": member["audio"], "speakers": metrics.get("speakers", []),
-            "summary": metrics["systems"]["candidate"], "decision": {"promoted": decision["promoted"],
+            "onnx": export_onnx, "summary": metrics["systems"]["candidate"], "decision": {"promoted": decision["promoted"],
                                                                      "rules": decision["rules"]}}
     (target / "bundle.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     (target / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")

@@ -90,7 +90,7 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
     staging = Path(tempfile.mkdtemp(prefix="bundle-"))
     try:
         bundle = build_bundle(workspace.candidate, metrics, decision, metrics["data_version"], commit,
-                              params.registry.model_name, staging / "bundle")
+                              params.registry.model_name, staging / "bundle", export_onnx=params.promote.export_onnx)
         tags = {"decision": "promoted" if ok else "refused", "data_version": metrics["data_version"],
                 "git_commit": commit, "kind": candidate["kind"], "members": ",".join(m["name"] for m in candidate["members"])}
         tags.update({f"metric.{k}": v for k, v in metrics["systems"]["candidate"].items() if isinstance(v, (int, float))})

@@ -70,13 +70,15 @@ class Loaded:
     voice: object
     meta: dict
     stamp: str  # bundle.json's content: a new version or rebuild changes it
+    onnx: object | None = None  # OnnxAcoustic when the bundle has ONNX graphs and the runtime is onnx
 
 
 class VoiceHolder:
     """The voice being served, swapped as one reference when the bundle changes."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, runtime: str = "torch"):
         self.folder = folder
+        self.runtime = runtime
         self._lock = threading.Lock()
         self.current: Loaded | None = None
         self.reloads = 0
@@ -93,10 +95,15 @@ class VoiceHolder:
         if stamp is None or (not force and self.current is not None and stamp == self.current.stamp):
             return False
         voice, meta = load_bundle(self.folder)  # fully loaded before anyone sees it
+        onnx = None
+        if self.runtime == "onnx" and meta.get("onnx") and voice.mode == "weighted":
+            from polyvox.serve.onnx import OnnxAcoustic
+
+            onnx = OnnxAcoustic(voice, self.folder / "onnx", threads=torch.get_num_threads())
         if self._stamp() != stamp:  # replaced while we read it: the next poll takes the newer one
             return False
         with self._lock:
-            self.current = Loaded(voice, meta, stamp)
+            self.current = Loaded(voice, meta, stamp, onnx)
             self.reloads += 1
         log.info("serving %s version %s", self.folder, meta.get("version"))
         return True
@@ -110,7 +117,7 @@ class VoiceHolder:
 
 def create_app(bundle: Path, settings: ServeSection, token: str | None = None, poll: bool = True) -> FastAPI:
     """The service over ``bundle``; ``token``: a bearer token required on POST (None: open)."""
-    holder = VoiceHolder(Path(bundle))
+    holder = VoiceHolder(Path(bundle), settings.runtime)
     holder.reload()
     metrics = CollectorRegistry()
     requests = Counter("polyvox_requests", "HTTP requests", ["endpoint", "status"], registry=metrics)
@@ -196,6 +203,7 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         loaded = holder.get()
         requests.labels("voices", "200").inc()
         return {"version": loaded.meta.get("version"), "data_version": loaded.meta.get("data_version"),
+                "runtime": "onnx" if loaded.onnx is not None else "torch",
                 "speakers": loaded.voice.speakers, "takes_image": loaded.voice.takes_images,
                 "takes_reference_audio": True, "sample_rate": loaded.voice.sample_rate,
                 "max_text_chars": settings.max_text_chars}
@@ -242,7 +250,10 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
             started = time.perf_counter()
             try:
                 with torch.no_grad():
-                    wave, _ = voice.synthesize(sentence, speaker=speaker, reference_audio=reference, image=picture)
+                    if loaded.onnx is not None and speaker is not None and reference is None and picture is None:
+                        wave, _ = loaded.onnx.synthesize(sentence, speaker)
+                    else:
+                        wave, _ = voice.synthesize(sentence, speaker=speaker, reference_audio=reference, image=picture)
             except ValueError as exc:  # e.g. nothing pronounceable in the sentence
                 raise HTTPException(422, str(exc)) from None
             latency.observe(time.perf_counter() - started)

@@ -1,0 +1,128 @@
+"""The acoustic model exported to ONNX and run with onnxruntime.
+
+Each member becomes two graphs (``torch.onnx.export`` with the dynamo exporter, dynamic lengths):
+
+    encoder.onnx   tokens (1, tokens) int64, speaker embedding (1, channels)
+                   → variance-adapted token states (1, tokens, channels), log-durations (1, tokens)
+    decoder.onnx   length-regulated frames (1, frames, channels) → log-mel (1, n_mels, frames)
+
+Between them, durations are rounded and tokens repeated in numpy — the same shared-duration
+ensemble as :class:`polyvox.ensemble.voice.Voice` (mean log-durations, weighted log-mels). The
+ONNX path covers conditioning by speaker name (the serving hot path); reference audio and images
+go through PyTorch. The vocoder stays in PyTorch (its iSTFT head has no ONNX export).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from polyvox.models.acoustic import AcousticModel
+
+log = logging.getLogger(__name__)
+
+OPSET_NOTE = "dynamo exporter, opset chosen by torch.onnx"
+
+
+class _Encoder(nn.Module):
+    def __init__(self, model: AcousticModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, mask = self.model.encode(tokens, audio_embedding=embedding)
+        variance = self.model.variance
+        adapted = variance.embed(hidden, variance.pitch(hidden, mask), variance.energy(hidden, mask))
+        return adapted, variance.duration(hidden, mask)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: AcousticModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(frames.shape[0], frames.shape[1], dtype=torch.bool, device=frames.device)
+        _, post = self.model.decoder(frames, mask)
+        return self.model.denormalise(post)
+
+
+def export_member(model: AcousticModel, target: Path) -> None:
+    """``encoder.onnx`` and ``decoder.onnx`` of one member into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    channels = model.cfg.channels
+    tokens = torch.randint(2, model.cfg.vocab_size, (1, 12))
+    embedding = torch.zeros(1, channels)
+    frames = torch.randn(1, 40, channels)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
+    try:
+        with torch.no_grad():
+            length = torch.export.Dim("tokens", min=2, max=4096)
+            torch.onnx.export(_Encoder(model), (tokens, embedding), str(target / "encoder.onnx"), dynamo=True,
+                              input_names=["tokens", "embedding"], output_names=["adapted", "log_durations"],
+                              dynamic_shapes={"tokens": {1: length}, "embedding": None}, verbose=False)
+            count = torch.export.Dim("frames", min=2, max=65536)
+            torch.onnx.export(_Decoder(model), (frames,), str(target / "decoder.onnx"), dynamo=True,
+                              input_names=["frames"], output_names=["mel"], dynamic_shapes={"frames": {1: count}},
+                              verbose=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def export_voice(voice, target: Path) -> Path:
+    """Every member of ``voice`` (a :class:`Voice`) into ``target/<member>/``, plus ``onnx.json``."""
+    for member in voice.members:
+        export_member(member.synthesizer.model, target / member.name)
+    (target / "onnx.json").write_text(json.dumps({"members": [m.name for m in voice.members],
+                                                  "exporter": OPSET_NOTE, "torch": torch.__version__}, indent=1) + "\n")
+    return target
+
+
+class OnnxAcoustic:
+    """The voice's acoustic model in onnxruntime: text + speaker name → log-mel, like ``Voice.mel``."""
+
+    def __init__(self, voice, folder: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.voice = voice
+        self.sessions = {}
+        for member in voice.members:
+            base = folder / member.name
+            if not (base / "encoder.onnx").is_file():
+                raise FileNotFoundError(f"{base}: no ONNX export of member {member.name!r}")
+            self.sessions[member.name] = (
+                ort.InferenceSession(str(base / "encoder.onnx"), options, providers=["CPUExecutionProvider"]),
+                ort.InferenceSession(str(base / "decoder.onnx"), options, providers=["CPUExecutionProvider"]))
+
+    def mel(self, text: str, speaker: str) -> np.ndarray:
+        """(n_mels, frames) log-mel on shared durations, weighted as the voice's members are."""
+        if speaker not in self.voice.speakers:
+            raise ValueError(f"unknown speaker {speaker!r}; known: {self.voice.speakers}")
+        tokens = self.voice.members[0].synthesizer.tokens(text).cpu().numpy().astype(np.int64)
+        encoded = {}
+        for member in self.voice.members:
+            embedding = member.synthesizer.speakers[speaker][None].cpu().numpy().astype(np.float32)
+            encoded[member.name] = self.sessions[member.name][0].run(None, {"tokens": tokens, "embedding": embedding})
+        log_durations = np.mean([log_d for _, log_d in encoded.values()], axis=0)[0]
+        durations = np.maximum(np.round(np.exp(log_durations) - 1.0), 1).astype(np.int64)
+        total = sum(m.weight for m in self.voice.members)
+        mel = None
+        for member in self.voice.members:
+            frames = np.repeat(encoded[member.name][0][0], durations, axis=0)[None].astype(np.float32)
+            part = self.sessions[member.name][1].run(None, {"frames": frames})[0][0] * (member.weight / total)
+            mel = part if mel is None else mel + part
+        return mel
+
+    def synthesize(self, text: str, speaker: str) -> tuple[np.ndarray, int]:
+        mel = torch.from_numpy(self.mel(text, speaker))
+        return self.voice.vocode(mel), self.voice.sample_rate
