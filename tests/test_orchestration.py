@@ -63,7 +63,7 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
         for key in stage.get("params", []):
             assert key in param_keys, f"dvc.yaml stage {name} lists unknown param {key}"
         for dep in stage.get("deps", []):
-            if dep.startswith(("data/", "models/")):
+            if dep.startswith(("data/", "models/", "reports/")):
                 assert any(dep == out or dep.startswith(out + "/") for out in produced), f"{name}: {dep} is no earlier output"
             else:
                 assert (REPO / dep).exists(), f"dvc.yaml stage {name} depends on missing {dep}"
@@ -73,7 +73,7 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
             produced.append(out)
     members = [m["name"] for m in params["train"]["members"]]
     assert list(stages) == ["prepare", "validate", "clean", "features", *[f"train@{m}" for m in members], "train-vocoder",
-                            "ensemble", "evaluate"]
+                            "ensemble", "evaluate", "promote"]
     # the ensemble reads every member it combines, and the candidate is where the workspace says
     combined = params["ensemble"]["members"] or members
     checkpoints = {d for d in stages["ensemble"]["deps"] if d.startswith(models + "/") and d.endswith("/best.pt")}
@@ -82,9 +82,10 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
     assert candidate in stages["ensemble"]["outs"] and candidate in stages["evaluate"]["deps"]
 
 
-def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, workspace, prefect_server):
+def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, workspace, prefect_server, monkeypatch):
     from polyvox.flow import pipeline
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
     tiny = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
             "train.max_steps=2", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
@@ -101,6 +102,7 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
     assert "vocoder" in summary["train-vocoder"]
     assert summary["ensemble"].startswith("ensemble (weighted)") and "members a" in summary["ensemble"]
     assert summary["evaluate"].startswith("candidate WER") and (workspace / "reports/evaluate/report.html").is_file()
+    assert summary["promote"].startswith("version 1 ") and (workspace / "reports/promote.json").is_file()
     for out in ("models/a/last.pt", "models/b/speakers.pt", "models/vocoder/best.pt"):
         assert (workspace / out).is_file(), out
     assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]
@@ -156,6 +158,7 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
         assert (project / "models" / member["name"] / "best.pt").is_file(), member
     assert (project / "models/vocoder/vocoder.json").is_file()
     assert (project / "models/candidate/voice.json").is_file() and (project / "reports/evaluate/report.html").is_file()
+    assert (project / "reports/promote.json").is_file() and (project / "mlflow.db").is_file()  # the embedded registry
     shown = run(str(dvc), "metrics", "show", "--json")
     assert shown.returncode == 0 and "mcd_db" in shown.stdout, shown.stdout + shown.stderr
     second = run(str(dvc), "repro")

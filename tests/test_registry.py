@@ -150,3 +150,23 @@ def test_registry_unreachable_is_a_clear_error(tmp_path, params, monkeypatch):
     with pytest.raises(RegistryError, match="127.0.0.1:9"):
         promote(params, ws)
     assert not ws.champion.exists()
+
+
+def test_every_data_stage_run_is_tracked(tmp_path, kathleen_files, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import corpora
+    from stages import params_for, run_stages
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files[:3], bad_rows=False)
+    run_stages(params_for(corpus, "validate.min_accepted_share=0.1"), tmp_path / "ws")
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("polyvox")
+    runs = {r.data.tags["stage"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"prepare", "validate", "clean", "features"}
+    for stage, run in runs.items():
+        assert run.info.status == "FINISHED" and len(run.data.tags["data_version"]) == 16, stage
+        assert run.data.tags["git_commit"] and run.data.params, stage
+    assert runs["prepare"].data.params["prepare.format"] == "auto" and runs["features"].data.metrics

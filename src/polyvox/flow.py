@@ -21,6 +21,7 @@ from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
 from polyvox.ensemble.stage import EnsembleResult, ensemble  # noqa: E402
 from polyvox.evaluate.stage import EvaluateResult, evaluate  # noqa: E402
 from polyvox.features.stage import FeaturesResult, features  # noqa: E402
+from polyvox.registry.stage import PromoteResult, promote  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402
 from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
 from polyvox.validate.stage import ValidateResult, validate  # noqa: E402
@@ -105,6 +106,19 @@ def evaluate_task(params: Params, candidate: EnsembleResult) -> EvaluateResult:
     return result
 
 
+# Registry writes are not idempotent (a retry would register a second version): no retries.
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(params: Params, evaluated: EvaluateResult) -> PromoteResult:
+    result = promote(params, Workspace.here())
+    rows = "\n".join(f"| {r['rule']} | {r['value']} | {r['op']} {r['threshold']} | {'pass' if r['passed'] else 'FAIL'} | "
+                     f"{r['detail']} |" for r in result.rules)
+    create_markdown_artifact(f"# gate: version {result.version} {'promoted' if result.promoted else 'refused'}\n\n"
+                             f"champion before: {result.champion_before or 'none'}, after: {result.champion_after or 'none'}"
+                             f"\n\n| rule | value | threshold | | why |\n|---|---|---|---|---|\n{rows}\n",
+                             key="gate-decision", description=result.summary())
+    return result
+
+
 @flow(name="polyvox-pipeline")
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
     """Run every stage; returns each stage's one-line summary."""
@@ -118,6 +132,7 @@ def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = Non
     vocoder = vocoder_task(params, featured)
     candidate = ensemble_task(params, [result for _, result in trained], vocoder)
     evaluated = evaluate_task(params, candidate)
+    promoted = promote_task(params, evaluated)
     return {name: result.summary() for name, result in
             (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *trained,
-             ("train-vocoder", vocoder), ("ensemble", candidate), ("evaluate", evaluated))}
+             ("train-vocoder", vocoder), ("ensemble", candidate), ("evaluate", evaluated), ("promote", promoted))}

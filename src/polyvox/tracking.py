@@ -12,8 +12,11 @@ A run carries the params flattened to dotted keys, the data version, the git com
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
+from collections.abc import Callable
 import subprocess
 import time
 from pathlib import Path
@@ -124,3 +127,42 @@ class Run:
             return
         self.flush()
         self.client.set_terminated(self.run_id, status)
+
+
+def tracked(stage: str, output: Callable[[Any], Path], sections: tuple[str, ...]):
+    """Decorate a stage function ``f(params, workspace, ...)`` so that each call is an MLflow run:
+    the params ``sections`` it reads, the data version (hash of ``output(workspace)``, the file the
+    stage writes last), the git commit, and the numeric fields of its result as metrics. A failed
+    call is recorded as a FAILED run and its exception propagates unchanged."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def run(params, workspace, *args, **kwargs):
+            dumped = params.model_dump(by_alias=True)
+            tracker = Run(stage, {k: dumped[k] for k in sections if k in dumped} | {"registry": dumped.get("registry")},
+                          {"stage": stage, "git_commit": git_commit() or "unknown"}, workspace)
+            try:
+                result = function(params, workspace, *args, **kwargs)
+            except BaseException:
+                tracker.end("FAILED")
+                raise
+            if tracker.active:
+                produced = output(workspace)
+                if produced.is_file():
+                    tracker.client.set_tag(tracker.run_id, "data_version", sha256_short(produced))
+                figures = (result.to_dict() if hasattr(result, "to_dict")
+                           else dataclasses.asdict(result) if dataclasses.is_dataclass(result) else {})
+                tracker.metrics({k: float(v) for k, v in figures.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0)
+            tracker.end()
+            return result
+
+        return run
+
+    return decorate
+
+
+def sha256_short(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -24,6 +24,7 @@ from polyvox.parallel import map_items
 from polyvox.text.normalize import normalize_text
 from polyvox.text.phonemes import phonemize
 from polyvox.workspace import Workspace
+from polyvox.tracking import tracked
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def _remove_unreferenced(folder: Path, keep: set[str]) -> None:
             path.unlink()
 
 
+@tracked("clean", lambda ws: ws.clean_manifest, ('audio', 'clean'))
 def clean(params: Params, workspace: Workspace) -> CleanResult:
     accepted = pq.read_table(workspace.accepted_manifest).to_pandas()
     out = workspace.clean

@@ -32,6 +32,7 @@ from polyvox.corpus.schema import CorpusRow, safe_name, write_manifest
 from polyvox.fileio import CHUNK, atomic_path, atomic_write_text, sha256_file
 from polyvox.progress import track
 from polyvox.workspace import Workspace
+from polyvox.tracking import tracked
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ def ingest(
     return records, copied, reused
 
 
+@tracked("prepare", lambda ws: ws.raw_manifest, ('seed', 'prepare', 'demo'))
 def prepare(params: Params, workspace: Workspace, build_demo: Callable[..., Path] | None = None) -> PrepareResult:
     """Read the configured corpus (or build the demo corpus) and write ``data/raw``."""
     cfg = params.prepare

@@ -33,6 +33,7 @@ from polyvox.features.splits import SPLITS, assign_splits
 from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from polyvox.parallel import map_items
 from polyvox.workspace import Workspace
+from polyvox.tracking import tracked
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def _remove_unreferenced(folder: Path, keep: set[str], suffix: str) -> None:
             path.unlink()
 
 
+@tracked("features", lambda ws: ws.features_index, ('seed', 'audio', 'features'))
 def features(params: Params, workspace: Workspace) -> FeaturesResult:
     manifest = pq.read_table(workspace.clean_manifest).to_pandas()
     out = workspace.features

@@ -36,6 +36,7 @@ from polyvox.validate.expectations import checks, run_suite
 from polyvox.validate.probes import FIELDS as PROBE_FIELDS
 from polyvox.validate.probes import ProbeTask, probe
 from polyvox.workspace import Workspace
+from polyvox.tracking import tracked
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def _probe_all(
     return [fresh[i] if i in fresh else {"row": tasks[i].row, **index[keys[i]]} for i in range(len(tasks))], probed
 
 
+@tracked("validate", lambda ws: ws.accepted_manifest, ('validate',))
 def validate(params: Params, workspace: Workspace) -> ValidateResult:
     cfg = params.validate_
     manifest = read_manifest(workspace.raw_manifest)
