@@ -170,3 +170,45 @@ def test_every_data_stage_run_is_tracked(tmp_path, kathleen_files, monkeypatch):
         assert run.info.status == "FINISHED" and len(run.data.tags["data_version"]) == 16, stage
         assert run.data.tags["git_commit"] and run.data.params, stage
     assert runs["prepare"].data.params["prepare.format"] == "auto" and runs["features"].data.metrics
+
+
+def test_promote_to_an_mlflow_server(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI pointing at a tracking server (started here on loopback) is honoured."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mlflow = REPO / ".venv" / "bin" / "mlflow"
+    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(tmp_path / "server-artifacts")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**__import__("os").environ,
+                                                                                          "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        ws = Workspace(tmp_path / "ws")
+        params = load_params(REPO / "params.yaml")
+        voice = make_voice(ws.candidate, seed=1)
+        _evaluate(ws, evaluation(voice))
+        result = promote(params, ws)
+        assert result.promoted and Registry(url, params.registry.model_name).champion() == result.version
+        assert json.loads((ws.champion / "bundle.json").read_text())["version"] == result.version
+        assert any((tmp_path / "server-artifacts").rglob("bundle.json"))  # the bundle went through the server
+        assert not (ws.root / "mlflow.db").exists()  # nothing fell back to the embedded store
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

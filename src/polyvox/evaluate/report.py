@@ -165,7 +165,7 @@ def write_report(metrics: dict, table: pd.DataFrame, rows: pd.DataFrame, out: Pa
         table_rows.append(entry)
 
     sample_entries = []
-    for row in rows.head(samples).itertuples():
+    for row in rows.drop_duplicates("clean_text").head(samples).itertuples():  # distinct sentences
         entries, waves = [], {}
         for system in shown:
             path = (out / "audio" / system / f"{row.id}.wav") if system != "real" else real_root / row.audio

@@ -65,11 +65,11 @@ def export_member(model: AcousticModel, target: Path) -> None:
     try:
         with torch.no_grad():
             length = torch.export.Dim("tokens", min=2, max=4096)
-            torch.onnx.export(_Encoder(model), (tokens, embedding), str(target / "encoder.onnx"), dynamo=True,
+            torch.onnx.export(_Encoder(model).eval(), (tokens, embedding), str(target / "encoder.onnx"), dynamo=True,
                               input_names=["tokens", "embedding"], output_names=["adapted", "log_durations"],
                               dynamic_shapes={"tokens": {1: length}, "embedding": None}, verbose=False)
             count = torch.export.Dim("frames", min=2, max=65536)
-            torch.onnx.export(_Decoder(model), (frames,), str(target / "decoder.onnx"), dynamo=True,
+            torch.onnx.export(_Decoder(model).eval(), (frames,), str(target / "decoder.onnx"), dynamo=True,
                               input_names=["frames"], output_names=["mel"], dynamic_shapes={"frames": {1: count}},
                               verbose=False)
     finally:
