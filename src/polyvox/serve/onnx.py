@@ -94,6 +94,8 @@ class OnnxAcoustic:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # no spin-waiting: the vocoder (PyTorch) runs between the graphs on the same cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.voice = voice
         self.sessions = {}
         for member in voice.members:
