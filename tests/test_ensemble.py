@@ -139,6 +139,9 @@ def test_ensemble_stage_records_the_comparison_and_keeps_only_a_winner(trained, 
     expected = ["a", "b"] if result.kept else [min(result.member_scores, key=result.member_scores.get)]
     assert [m.name for m in candidate.members] == expected
     assert candidate.vocoder is not None and candidate.info["member_scores"] == result.member_scores
+    stamp = (ws.candidate / "voice.json").stat().st_mtime_ns
+    assert ensemble(params, ws) == result  # nothing changed: a no-op
+    assert (ws.candidate / "voice.json").stat().st_mtime_ns == stamp
 
 
 def test_an_ensemble_of_identical_members_is_not_kept(trained, tmp_path):

@@ -147,8 +147,10 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     }
     run = lambda *args: subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)  # noqa: E731
     (project / ".gitignore").write_text("__pycache__/\n*.egg-info/\n")
-    for step in (("git", "init", "-q"), (str(dvc), "init", "-q"), (str(dvc), "config", "core.analytics", "false"),
-                 ("git", "add", "-A"), ("git", "commit", "-qm", "project")):
+    for step in (("git", "init", "-q"), (str(dvc), "init", "-q")):
+        assert run(*step).returncode == 0, step
+    shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")  # the project's own: analytics off, remote
+    for step in (("git", "add", "-A"), ("git", "commit", "-qm", "project")):
         assert run(*step).returncode == 0, step
     first = run(str(dvc), "repro")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -163,6 +165,16 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     assert shown.returncode == 0 and "mcd_db" in shown.stdout, shown.stdout + shown.stderr
     second = run(str(dvc), "repro")
     assert second.returncode == 0 and "didn't change, skipping" in second.stdout, second.stdout
+    # the configured local-folder remote (a sibling of the project): push, lose everything, pull back
+    pushed = run(str(dvc), "push")
+    assert pushed.returncode == 0 and (tmp_path / "polyvox-dvc-remote").is_dir(), pushed.stdout + pushed.stderr
+    manifest = (project / "data/raw/manifest.parquet").read_bytes()
+    shutil.rmtree(project / "data")
+    shutil.rmtree(project / ".dvc" / "cache")
+    pulled = run(str(dvc), "pull")
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert (project / "data/raw/manifest.parquet").read_bytes() == manifest
+    assert (project / "models/candidate/voice.json").is_file()
     changed = run(str(dvc), "exp", "run", "-S", "demo.utterances_per_speaker=3")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 18

@@ -76,6 +76,7 @@ def test_promote_refuse_and_rollback_through_the_registry(project):
     _evaluate(ws, evaluation(first))
     one = promote(params, ws)
     assert one.promoted and one.version == "1" and one.champion_before is None
+    assert promote(params, ws).version == "1"  # the same evaluation again: judged already, nothing registered
     assert json.loads((ws.champion / "bundle.json").read_text())["version"] == "1"
     assert (ws.champion / "MODEL_CARD.md").is_file() and (ws.reports / "promote.json").is_file()
 

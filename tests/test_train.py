@@ -62,6 +62,22 @@ def test_exact_resume(featured, tmp_path):
     assert (resumed.models / "m/best.pt").is_file() and (resumed.models / "m/model.json").is_file()
 
 
+def test_rerun_on_the_same_inputs_is_a_no_op_and_new_inputs_retrain(featured, tmp_path):
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "again")
+    p2 = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})})
+    first = train(p2, target, member="n")
+    stamp = (target.models / "n/last.pt").stat().st_mtime_ns
+    again = train(p2, target, member="n")
+    assert again == first and (target.models / "n/last.pt").stat().st_mtime_ns == stamp  # nothing trained
+    longer = train(params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 3})}), target,
+                   member="n")
+    assert longer.steps == 3 and len(list(csv.DictReader(open(target.models / "n/metrics.csv")))) == 3  # resumed
+    other = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2, "lr": 5e-4})})
+    fresh = train(other, target, member="n")  # another learning rate: the old run says nothing about this one
+    assert fresh.steps == 2 and [int(r["step"]) for r in csv.DictReader(open(target.models / "n/metrics.csv"))] == [1, 2]
+
+
 def test_time_bound_stops_and_checkpoints(featured, tmp_path):
     params, ws = featured
     target = _copy_features(ws, tmp_path / "timed")

@@ -31,6 +31,7 @@ from polyvox.ensemble.fit import aligned_l1, fit_weights
 from polyvox.ensemble.voice import Voice
 from polyvox.features.extract import load_arrays
 from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.fingerprint import fingerprint, read_stamp, source_digest, tree_digest
 from polyvox.progress import track
 from polyvox.tracking import Run, git_commit
 from polyvox.workspace import Workspace
@@ -51,6 +52,7 @@ class EnsembleResult:
     utterances: int
     split: str
     seconds: float
+    inputs: str = ""  # fingerprint of what it was computed from (a rerun on the same inputs is a no-op)
 
     def summary(self) -> str:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in self.member_scores.items())
@@ -153,6 +155,13 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
     cfg = params.ensemble
     folders = member_folders(params, workspace)
     vocoder = vocoder_folder(params, workspace)
+    inputs = fingerprint(workspace.data_version(), params.seed, cfg.model_dump(), params.evaluate.centroid_takes,
+                         {name: tree_digest(folder) for name, folder in folders.items()},
+                         tree_digest(vocoder) if vocoder else None, source_digest("ensemble", "models"))
+    previous = read_stamp(workspace.reports / "ensemble.json")
+    if previous and previous.get("inputs") == inputs and (workspace.candidate / "voice.json").is_file():
+        log.info("ensemble: members, data and settings unchanged; models/candidate stays as it is")
+        return EnsembleResult(**previous)
     rows, split = fit_rows(params, workspace)
     if rows.empty:
         raise ConfigError(f"{workspace.features_index}: no utterances to fit the ensemble on")
@@ -192,7 +201,7 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
 
     result = EnsembleResult(mode=cfg.mode, members=names, weights=weights, loss=loss, member_scores=member_scores,
                             ensemble_score=ensemble_score, kept=kept, candidate="ensemble" if kept else best,
-                            utterances=len(table), split=split, seconds=time.monotonic() - started)
+                            utterances=len(table), split=split, seconds=time.monotonic() - started, inputs=inputs)
     workspace.reports.mkdir(parents=True, exist_ok=True)
     atomic_write_text(workspace.reports / "ensemble.json", json.dumps(result.to_dict(), indent=1) + "\n")
     with atomic_path(workspace.reports / "ensemble.csv") as tmp:

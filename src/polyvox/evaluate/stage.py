@@ -34,6 +34,7 @@ from polyvox.ensemble.voice import Voice
 from polyvox.evaluate.scoring import ScoreItem, paired_bootstrap, score
 from polyvox.evaluate.metrics import SpeakerEncoder
 from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.fingerprint import fingerprint, read_stamp, source_digest, tree_digest
 from polyvox.parallel import map_items
 from polyvox.progress import track
 from polyvox.tracking import Run, git_commit
@@ -204,6 +205,13 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     rows = test_rows(params, workspace)
     speakers = sorted(rows["speaker"].unique())
     systems = _systems(workspace, speakers)
+    inputs = fingerprint(workspace.data_version(), params.seed, cfg.model_dump(), params.audio.f0_min, params.audio.f0_max,
+                         {name: tree_digest(folder) for name, (_, folder) in systems.items()},
+                         source_digest("evaluate", "ensemble", "models"))
+    previous = read_stamp(out / "metrics.json")
+    if previous and previous.get("inputs") == inputs and (out / "report.html").is_file():
+        log.info("evaluate: candidate, champion, data and settings unchanged; %s stands", out)
+        return EvaluateResult(metrics=previous, report=out / "report.html", seconds=previous["seconds"])
     table, summary = score_systems(params, workspace, systems, rows, {name: out / "audio" / name for name in systems})
 
     # paired bootstrap of candidate − champion
@@ -224,7 +232,7 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     metrics = {"utterances": len(rows), "speakers": speakers, "systems": summary, "difference": difference,
                "seconds": seconds, "data_version": workspace.data_version(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-               "candidate_voice": systems["candidate"][0].describe()}
+               "candidate_voice": systems["candidate"][0].describe(), "inputs": inputs}
 
     # 5. outputs
     from polyvox.evaluate.report import write_report

@@ -22,6 +22,7 @@ from pathlib import Path
 from polyvox.config import ConfigError, Params
 from polyvox.ensemble.voice import Voice
 from polyvox.fileio import atomic_write_text
+from polyvox.fingerprint import file_digest, fingerprint, read_stamp
 from polyvox.registry.bundle import build_bundle
 from polyvox.registry.gate import judge, passed
 from polyvox.registry.store import Registry
@@ -78,6 +79,14 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
 
     registry = registry_for(params, workspace)
     before = registry.champion()
+    inputs = fingerprint(file_digest(metrics_path), params.registry.model_dump(), params.promote.model_dump(), before,
+                         registry.uri)
+    previous = read_stamp(workspace.reports / "promote.json")
+    if previous and previous.get("inputs") == inputs:
+        log.info("promote: this evaluation was already judged (version %s); nothing to register", previous["version"])
+        return PromoteResult(version=previous["version"], promoted=previous["promoted"],
+                             champion_before=previous["champion_before"], champion_after=before,
+                             rules=previous["rules"])
     if before is not None and "champion" not in metrics["systems"]:
         log.warning("the registry's champion is version %s, but the evaluation scored no champion", before)
     rules = judge(metrics, params.promote, has_champion=before is not None)
@@ -97,6 +106,9 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
         tags.update({f"gate.{r.rule}": f"{'pass' if r.passed else 'FAIL'}: {r.value} {r.op} {r.threshold}" for r in rules})
         version = registry.register(bundle, run_id, tags)
         decision["version"] = version
+        # what was judged; a promote that moved the alias changes the champion, hence the next fingerprint
+        decision["inputs"] = inputs if not ok else fingerprint(file_digest(metrics_path), params.registry.model_dump(),
+                                                                params.promote.model_dump(), version, registry.uri)
         workspace.reports.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workspace.reports / "promote.json", json.dumps(decision, indent=1) + "\n")
         registry.client.log_artifact(run_id, str(workspace.reports / "promote.json"))

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fileio import atomic_write_text
+from polyvox.fingerprint import fingerprint, read_stamp, source_digest
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
 from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
@@ -162,10 +163,46 @@ def speaker_embeddings(model: AcousticModel, corpus: Corpus, batch_size: int, de
     return {speakers[s]: sums[s] / counts[s] for s in sorted(sums) if s >= 0}
 
 
+BOUNDS = {"max_steps", "max_minutes", "checkpoint_every", "validate_every"}  # how long, not what
+
+
+def training_fingerprint(params: Params, workspace: Workspace, member: str, seed: int | None,
+                         init_from: str | Path | None) -> tuple[str, str]:
+    """(what the run learns from — the data, the settings that shape the model but not the other
+    members', the warm start, the code —, how long it runs)."""
+    spec = member_spec(params, member)
+    init = init_from if init_from is not None else params.train.init_from
+    identity = fingerprint(workspace.data_version(), params.seed, params.audio.model_dump(), params.model.model_dump(),
+                           params.train.model_dump(exclude={"members", *BOUNDS}), spec.model_dump(), seed,
+                           str(init) if init else None, source_digest("models", "train"))
+    return identity, fingerprint(params.train.model_dump(include=BOUNDS))
+
+
 def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
           resume: bool = True, init_from: str | Path | None = None) -> TrainResult:
-    """Train one ensemble member into ``models/<member>/``."""
-    return fit(params, workspace, member, seed, resume, init_from)[0]
+    """Train one ensemble member into ``models/<member>/``.
+
+    ``done.json`` records the inputs of a run that finished (by steps or by time). Called again on
+    the same inputs it returns that run's result and trains nothing; with only the bounds changed
+    (``max_steps``, ``max_minutes``) it resumes and trains on; on other inputs (new data, other
+    settings, other code) it trains afresh. A run that did not finish resumes from last.pt."""
+    out = checkpoint_dir(workspace, member)
+    identity, bounds = training_fingerprint(params, workspace, member, seed, init_from)
+    done = read_stamp(out / "done.json")
+    if done is not None and resume:
+        complete = all((out / f).is_file() for f in ("last.pt", "model.json", "speakers.pt"))
+        if done.get("identity") == identity and done.get("bounds") == bounds and complete:
+            log.info("train %s: already trained on these inputs (data %s); nothing to do", member,
+                     workspace.data_version())
+            return TrainResult(**done["result"])
+        if done.get("identity") != identity:
+            log.info("train %s: the data, settings or code changed since the run in %s; training afresh", member, out)
+            resume = False
+    result = fit(params, workspace, member, seed, resume, init_from)[0]
+    if _distributed()[0] == 0:
+        atomic_write_text(out / "done.json", json.dumps({"identity": identity, "bounds": bounds,
+                                                         "result": asdict(result)}, indent=1))
+    return result
 
 
 def fit(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
