@@ -103,6 +103,11 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
     assert summary["ensemble"].startswith("ensemble (weighted)") and "members a" in summary["ensemble"]
     assert summary["evaluate"].startswith("candidate WER") and (workspace / "reports/evaluate/report.html").is_file()
     assert summary["promote"].startswith("version 1 ") and (workspace / "reports/promote.json").is_file()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        tags = client.read_flow_run(state.state_details.flow_run_id).tags
+    assert [t for t in tags if t.startswith("data:")] == [f"data:{Workspace(workspace).data_version()}"]
     for out in ("models/a/last.pt", "models/b/speakers.pt", "models/vocoder/best.pt"):
         assert (workspace / out).is_file(), out
     assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]
@@ -179,3 +184,55 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 18
     assert len(pq.read_table(project / "data/features/index.parquet")) == 18
+
+
+def test_deployment_runs_through_a_prefect_server_and_worker(tmp_path, kathleen_files, prefect_server):
+    """prefect.yaml deployed to a real server on loopback, a run triggered through the API, a process
+    worker picks it up, and the run completes."""
+    import os
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(REPO / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "prefect.yaml"):
+        shutil.copy(REPO / name, project / name)
+    corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "POLYVOX_PROJECT": str(project),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1"}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    run = lambda *args: subprocess.run([prefect, *args], cwd=project, env=env, capture_output=True, text=True,  # noqa: E731
+                                       timeout=300)
+    created = run("work-pool", "create", "polyvox-local", "--type", "process")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = run("--no-prompt", "deploy", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    tiny = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
+            "train.max_steps=2", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
+            "vocoder.intermediate=32", "vocoder.max_steps=2", "vocoder.batch_size=2", "features.splits.test=0.34",
+            "ensemble.fit_steps=20", "evaluate.rtf_sentences=1", "evaluate.centroid_takes=2",
+            "evaluate.report_samples=1", "evaluate.bootstrap_resamples=100", "parallel.workers=1",
+            f"prepare.corpus={corpus}", "validate.min_accepted_share=0.3"]
+    flow_run = run_deployment("polyvox-pipeline/nightly", parameters={"overrides": tiny}, timeout=0)
+    worker = run("worker", "start", "--pool", "polyvox-local", "--run-once")
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+    import asyncio
+
+    async def final_state():
+        async with get_client() as client:
+            deadline = asyncio.get_event_loop().time() + 300
+            while True:
+                state = (await client.read_flow_run(flow_run.id)).state
+                if state.is_final() or asyncio.get_event_loop().time() > deadline:
+                    return state
+                await asyncio.sleep(1)
+
+    state = asyncio.run(final_state())
+    assert state.is_completed(), f"{state.name}: {state.message}\n{worker.stdout[-3000:]}"
+    assert (project / "reports/evaluate/report.html").is_file() and (project / "reports/promote.json").is_file()

@@ -60,9 +60,25 @@ def clean_task(params: Params, validated: ValidateResult) -> CleanResult:
     return clean(params, Workspace.here())
 
 
+def _tag_flow_run(tag: str) -> None:
+    """Add ``tag`` to the flow run this task belongs to (shown and filterable in the Prefect UI)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if flow_run.id is None:
+        return
+    with get_client(sync_client=True) as client:
+        tags = client.read_flow_run(flow_run.id).tags
+        if tag not in tags:
+            client.update_flow_run(flow_run.id, tags=[*tags, tag])
+
+
 @task(name="features", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def features_task(params: Params, cleaned: CleanResult) -> FeaturesResult:
-    return features(params, Workspace.here())
+    workspace = Workspace.here()
+    result = features(params, workspace)
+    _tag_flow_run(f"data:{workspace.data_version()}")  # which data this run trained and scored on
+    return result
 
 
 # Training resumes from its last checkpoint, so a retry after a crash or a kill picks up where it was.
