@@ -8,18 +8,23 @@ PYTEST_ARGS ?=
 
 # Offline engines for the demo corpus and the text front-end.
 DEB_PACKAGES := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
+# Only the tests need these: a headless browser that loads the dashboard.
+TEST_DEB_PACKAGES := chromium chromium-driver
 
 # No telemetry from any tool (this machine reaches only the package registries).
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup system-deps venv demo test benchmarks clean
+.PHONY: setup system-deps test-deps venv demo test benchmarks clean
 
 setup: system-deps venv
 
 system-deps:
 	@scripts/install-system-deps.sh $(DEB_PACKAGES)
+
+test-deps:
+	@scripts/install-system-deps.sh $(TEST_DEB_PACKAGES)
 
 venv: $(VENV)/.installed
 
@@ -36,17 +41,20 @@ DEMO_VOCODER_MINUTES ?= 4
 demo: setup
 	$(BIN)/polyvox run -S train.max_minutes=$(DEMO_TRAIN_MINUTES) -S vocoder.max_minutes=$(DEMO_VOCODER_MINUTES) \
 		-S vocoder.max_steps=2400
-	@echo "Outputs: data/raw (manifest + audio), data/validated (accepted, quarantine, Data Docs),"
-	@echo "         data/clean (clean audio + phonemes), data/features (mel/F0/energy, splits, stats),"
-	@echo "         models/<member>/ (acoustic model checkpoints, metrics.csv), models/vocoder/"
+	@echo "Report:    reports/evaluate/report.html (candidate vs champion vs the real recordings, with audio)"
+	@echo "Champion:  models/champion/ ($$(cat reports/promote.json 2>/dev/null | $(BIN)/python -c 'import json,sys; d=json.load(sys.stdin); print(\"version\", d[\"version\"], \"promoted\" if d[\"promoted\"] else \"refused\")' 2>/dev/null))"
+	@echo "Serve it:  $(BIN)/polyvox serve        → http://127.0.0.1:8000 (POST /synthesize, GET /voices)"
+	@echo "Dashboard: $(BIN)/polyvox dashboard    → http://127.0.0.1:8050"
 
-test: setup
+test: setup test-deps
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; exit $$rc
 
 benchmarks: setup
 	$(BIN)/python benchmarks/prepare_kathleen.py
 	$(BIN)/python benchmarks/data_stages_kathleen.py
+	$(BIN)/python benchmarks/onnx_speed.py
+	$(BIN)/python benchmarks/serve_latency.py
 
 clean:
 	rm -rf $(VENV) data/raw

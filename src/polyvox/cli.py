@@ -271,6 +271,27 @@ def synth(
 
 
 @app.command()
+def dashboard(
+    host: Annotated[str, typer.Option(help="Interface; keep 127.0.0.1 unless you mean to share it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8050,
+    params: ParamsOption = DEFAULT_PARAMS_FILE,
+    set_: SetOption = None,
+) -> None:
+    """A read-only page of the run history (MLflow, and Prefect when PREFECT_API_URL is set)."""
+    from polyvox.dashboard.app import dashboard as run_dashboard
+    from polyvox.tracking import tracking_uri
+
+    try:
+        loaded = _load(params, set_)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    uri = tracking_uri(Workspace.here(), loaded.registry.tracking_uri)
+    if uri is None:
+        _fail(ConfigError("the dashboard reads MLflow, but MLFLOW_TRACKING_URI=off turns it off"))
+    run_dashboard(uri, loaded.registry.model_name, host=host, port=port)
+
+
+@app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
     try:

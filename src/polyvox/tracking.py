@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,26 @@ def tracking_uri(workspace=None, configured: str | None = None) -> str | None:
     if workspace is None:
         return None
     return f"sqlite:///{(Path(workspace.root) / 'mlflow.db').resolve()}"
+
+
+_PROCESS_RUN = uuid.uuid4().hex[:12]
+
+
+def pipeline_run() -> tuple[str, str]:
+    """(id, trigger) of the pipeline run this stage belongs to, so the dashboard can group stage runs:
+    the Prefect flow run when inside one (trigger: its deployment or `flow`), else ``POLYVOX_RUN_ID``
+    (e.g. ``POLYVOX_RUN_ID=$(date +%s) dvc repro``; trigger `dvc`/`cli`), else this process."""
+    import sys
+
+    if "prefect" in sys.modules:  # never import Prefect just to ask
+        from prefect.runtime import deployment, flow_run
+
+        if flow_run.id is not None:
+            trigger = f"deployment {deployment.name}" if deployment.id else "polyvox run"
+            return str(flow_run.id), trigger
+    if os.environ.get("POLYVOX_RUN_ID"):
+        return os.environ["POLYVOX_RUN_ID"], os.environ.get("POLYVOX_TRIGGER", "dvc")
+    return _PROCESS_RUN, "cli"
 
 
 def client_and_experiment(uri: str, workspace=None):
@@ -88,6 +109,8 @@ class Run:
         if self.uri is None:
             return
         self.client, experiment_id = client_and_experiment(self.uri, workspace)
+        group, trigger = pipeline_run()
+        tags = {"pipeline_run": group, "trigger": trigger, **tags}
         self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
         from mlflow.entities import Param
 

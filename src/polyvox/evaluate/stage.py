@@ -246,10 +246,12 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
 
     tracker = Run("evaluate", params.model_dump(by_alias=True),
                   {"stage": "evaluate", "data_version": metrics["data_version"], "git_commit": git_commit() or "unknown",
-                   "champion_scored": str("champion" in systems)}, workspace)
+                   "champion_scored": str("champion" in systems), "speakers": ",".join(speakers)[:5000]}, workspace)
     tracker.metrics({f"{system}.{k}": v for system, figures in summary.items() for k, v in figures.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0)
     tracker.artifacts([out / "metrics.json", out / "per_utterance.csv", report])
+    samples = rows.drop_duplicates("clean_text").head(cfg.report_samples)["id"]
+    tracker.artifacts([out / "audio" / "candidate" / f"{i}.wav" for i in samples], "samples")  # the dashboard plays them
     tracker.end()
     result = EvaluateResult(metrics=metrics, report=report, seconds=metrics["seconds"])
     log.info(result.summary())

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from polyvox.tracking import client_and_experiment, flatten
+from polyvox.tracking import client_and_experiment, flatten, pipeline_run
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ class Registry:
     # ---- writing ----------------------------------------------------------------------------------
 
     def start_run(self, stage: str, params: dict | None, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=stage, tags={"stage": stage, **tags})
+        group, trigger = pipeline_run()
+        run = self.client.create_run(self.experiment_id, run_name=stage,
+                                     tags={"stage": stage, "pipeline_run": group, "trigger": trigger, **tags})
         if params:
             from mlflow.entities import Param
 

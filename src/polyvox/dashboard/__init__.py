@@ -1,0 +1,1 @@
+"""The run-history dashboard (``polyvox dashboard``)."""
