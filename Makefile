@@ -38,9 +38,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # (each member DEMO_TRAIN_MINUTES, the vocoder DEMO_VOCODER_MINUTES) so it ends on a 2-core CPU.
 DEMO_TRAIN_MINUTES ?= 8
 DEMO_VOCODER_MINUTES ?= 4
+DEMO_EVAL_UTTERANCES ?= 36
 demo: setup
 	$(BIN)/polyvox run -S train.max_minutes=$(DEMO_TRAIN_MINUTES) -S vocoder.max_minutes=$(DEMO_VOCODER_MINUTES) \
-		-S vocoder.max_steps=2400
+		-S vocoder.max_steps=2400 -S evaluate.max_utterances=$(DEMO_EVAL_UTTERANCES)
 	@echo "Report:    reports/evaluate/report.html (candidate vs champion vs the real recordings, with audio)"
 	@echo "Champion:  models/champion/ ($$(cat reports/promote.json 2>/dev/null | $(BIN)/python -c 'import json,sys; d=json.load(sys.stdin); print(\"version\", d[\"version\"], \"promoted\" if d[\"promoted\"] else \"refused\")' 2>/dev/null))"
 	@echo "Serve it:  $(BIN)/polyvox serve        → http://127.0.0.1:8000 (POST /synthesize, GET /voices)"

@@ -141,7 +141,7 @@ def _weighted(params: Params, workspace: Workspace, voice: Voice, rows: pd.DataF
 def _rerank(params: Params, workspace: Workspace, voice: Voice, rows: pd.DataFrame) -> list[dict]:
     records = []
     for row in track(list(rows.itertuples()), len(rows), "ensemble: members synthesise and are scored", log):
-        _, scored = voice._rerank(row.clean_text, row.speaker, None, None)
+        _, scored = voice.rerank(row.clean_text, speaker=row.speaker)
         record = {"id": row.id, "speaker": row.speaker}
         record.update({s["member"]: s["score"] for s in scored})
         record["ensemble"] = min(s["score"] for s in scored)

@@ -252,7 +252,7 @@ class Voice:
                    image=None) -> tuple[np.ndarray, int]:
         """Waveform (float32, mono) and its sample rate; arguments as :meth:`Synthesizer.synthesize`."""
         if self.mode == "rerank" and len(self.members) > 1:
-            return self._rerank(text, speaker, reference_audio, image)[0], self.sample_rate
+            return self.rerank(text, speaker, reference_audio, image)[0], self.sample_rate
         return self.vocode(self.mel(text, speaker, reference_audio, image)), self.sample_rate
 
     def _target_embedding(self, speaker, reference_audio) -> np.ndarray | None:
@@ -275,7 +275,7 @@ class Voice:
             self._scorer = SpeakerEncoder()
         return self._scorer
 
-    def _rerank(self, text: str, speaker, reference_audio, image) -> tuple[np.ndarray, list[dict]]:
+    def rerank(self, text: str, speaker=None, reference_audio=None, image=None) -> tuple[np.ndarray, list[dict]]:
         """Every member's synthesis scored; the best one and every candidate's scores."""
         from polyvox.evaluate.metrics import SpeakerEncoder, asr_scores
 
