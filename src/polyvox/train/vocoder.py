@@ -40,6 +40,7 @@ from polyvox.progress import track
 from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
+from polyvox.tracking import tracked
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: tor
     return total / (frames * model.cfg.n_mels)
 
 
+@tracked("train-vocoder", lambda ws: ws.features_index, ("seed", "audio", "vocoder"))
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
                   cfg: VocoderTrainSettings | None = None, resume: bool = True) -> VocoderResult:
     """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,
