@@ -53,7 +53,8 @@ def _setup_logging(verbose: bool) -> None:
         force=True,
     )
     # Prefect's client logs every HTTP request at INFO; that is noise here.
-    for noisy in ("httpx", "httpcore", "great_expectations", "distributed"):
+    for noisy in ("httpx", "httpcore", "great_expectations", "distributed", "onnxscript", "onnx_ir", "torch.onnx",
+                  "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -65,6 +65,7 @@ def client_and_experiment(uri: str, workspace=None):
     """An MlflowClient for ``uri`` and the id of experiment ``polyvox`` (created on first use, with
     its artifacts in ``<workspace>/mlruns`` for a local store)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files; a bar per file is noise
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri, registry_uri=uri)
