@@ -84,6 +84,8 @@ def collect(uri: str, model_name: str) -> dict:
                                         "version": None, "failed": [], "samples": [], "speakers": "", "prefect": None})
         group["start"] = min(group["start"], run.info.start_time)
         stage = tags.get("stage", run.info.run_name)
+        if stage == "train" and tags.get("member"):
+            stage = f"train:{tags['member']}"
         if run.info.end_time:
             group["stages"][stage] = group["stages"].get(stage, 0.0) + (run.info.end_time - run.info.start_time) / 1000
         group["data_version"] = group["data_version"] or tags.get("data_version", "")
@@ -119,7 +121,7 @@ def collect(uri: str, model_name: str) -> dict:
     for group in ordered:
         group["started"] = datetime.fromtimestamp(group["start"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         group["stages"] = [(s, group["stages"][s]) for s in sorted(group["stages"], key=lambda s: (
-            STAGES.index(s.split("-")[0]) if s.split("-")[0] in STAGES else 99, s))]
+            STAGES.index(s.split(":")[0]) if s.split(":")[0] in STAGES else len(STAGES), s))]
     return {"runs": ordered, "champion": champion, "history": history}
 
 
