@@ -43,7 +43,7 @@ demo: setup
 	$(BIN)/polyvox run -S train.max_minutes=$(DEMO_TRAIN_MINUTES) -S vocoder.max_minutes=$(DEMO_VOCODER_MINUTES) \
 		-S vocoder.max_steps=2400 -S evaluate.max_utterances=$(DEMO_EVAL_UTTERANCES)
 	@echo "Report:    reports/evaluate/report.html (candidate vs champion vs the real recordings, with audio)"
-	@echo "Champion:  models/champion/ ($$(cat reports/promote.json 2>/dev/null | $(BIN)/python -c 'import json,sys; d=json.load(sys.stdin); print(\"version\", d[\"version\"], \"promoted\" if d[\"promoted\"] else \"refused\")' 2>/dev/null))"
+	@$(BIN)/python -c "import json; d = json.load(open('reports/promote.json')); print('Champion: ', 'version', d['version'], 'promoted to models/champion/' if d['promoted'] else 'refused by the gate (reasons: reports/promote.json)')"
 	@echo "Serve it:  $(BIN)/polyvox serve        → http://127.0.0.1:8000 (POST /synthesize, GET /voices)"
 	@echo "Dashboard: $(BIN)/polyvox dashboard    → http://127.0.0.1:8050"
 

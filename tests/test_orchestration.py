@@ -108,6 +108,17 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
     with get_client(sync_client=True) as client:
         tags = client.read_flow_run(state.state_details.flow_run_id).tags
     assert [t for t in tags if t.startswith("data:")] == [f"data:{Workspace(workspace).data_version()}"]
+
+    # the nightly case: nothing new arrived, so the rerun trains, scores and registers nothing
+    stamps = {p: p.stat().st_mtime_ns for p in (workspace / "models").rglob("*.pt")}
+    report = (workspace / "reports/evaluate/report.html").stat().st_mtime_ns
+    again = pipeline(params_file="params.yaml", overrides=overrides, return_state=True)
+    assert again.is_completed(), again.message
+    rerun = again.result()
+    assert rerun["train a"] == summary["train a"] and rerun["train-vocoder"] == summary["train-vocoder"]
+    assert rerun["promote"].startswith("version 1 ")  # nothing new registered
+    assert {p: p.stat().st_mtime_ns for p in (workspace / "models").rglob("*.pt")} == stamps
+    assert (workspace / "reports/evaluate/report.html").stat().st_mtime_ns == report
     for out in ("models/a/last.pt", "models/b/speakers.pt", "models/vocoder/best.pt"):
         assert (workspace / out).is_file(), out
     assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]
@@ -151,7 +162,7 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
     }
     run = lambda *args: subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)  # noqa: E731
-    (project / ".gitignore").write_text("__pycache__/\n*.egg-info/\n")
+    (project / ".gitignore").write_text("__pycache__/\n*.egg-info/\n/mlflow.db\n/mlruns/\n")
     for step in (("git", "init", "-q"), (str(dvc), "init", "-q")):
         assert run(*step).returncode == 0, step
     shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")  # the project's own: analytics off, remote
@@ -174,12 +185,15 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     pushed = run(str(dvc), "push")
     assert pushed.returncode == 0 and (tmp_path / "polyvox-dvc-remote").is_dir(), pushed.stdout + pushed.stderr
     manifest = (project / "data/raw/manifest.parquet").read_bytes()
-    shutil.rmtree(project / "data")
+    shutil.rmtree(project / "data" / "raw")  # (data/.gitignore, which DVC wrote, stays)
+    shutil.rmtree(project / "models" / "candidate")
     shutil.rmtree(project / ".dvc" / "cache")
     pulled = run(str(dvc), "pull")
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     assert (project / "data/raw/manifest.parquet").read_bytes() == manifest
     assert (project / "models/candidate/voice.json").is_file()
+    for step in (("git", "add", "-A"), ("git", "commit", "-qm", "reproduced")):  # dvc.lock, as a user would
+        assert run(*step).returncode == 0, step
     changed = run(str(dvc), "exp", "run", "-S", "demo.utterances_per_speaker=3")
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 18

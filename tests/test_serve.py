@@ -112,6 +112,7 @@ def test_streaming_sends_sentence_by_sentence(service):
     ({"text": "Hello."}, {"reference_audio": ("a.wav", b"", "audio/wav")}, 422, "empty"),
     ({"text": "Hello."}, {"reference_audio": ("big.wav", b"0" * (10 * 2**20 + 1), "audio/wav")}, 413, "larger than"),
     ({}, None, 422, ""),
+    ({"text": "Fine. ~~~", "stream": "true"}, None, 422, "nothing pronounceable"),
 ])
 def test_bad_requests_get_4xx_with_a_reason(service, data, files, status, message):
     _, url = service

@@ -34,6 +34,21 @@ def tree_digest(folder: Path) -> str:
                         for p in sorted(folder.rglob("*")) if p.is_file()])
 
 
+VOICE_PARTS = ("voice.json", "members", "vocoder", "centroids.npz")
+
+
+def voice_digest(folder: Path) -> str:
+    """Digest of what makes a voice speak as it does (voice.json, members, vocoder, centroids) —
+    the same for a candidate folder and the bundle made from it; '' when there is no voice."""
+    if not (folder / "voice.json").is_file():
+        return ""
+    files = []
+    for part in VOICE_PARTS:
+        target = folder / part
+        files += sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target] * target.is_file()
+    return fingerprint([(p.relative_to(folder).as_posix(), file_digest(p)) for p in files])
+
+
 def source_digest(*subpackages: str) -> str:
     """Digest of polyvox's own source under the given subpackages/modules (code changes redo work)."""
     files = []

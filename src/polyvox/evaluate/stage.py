@@ -34,7 +34,7 @@ from polyvox.ensemble.voice import Voice
 from polyvox.evaluate.scoring import ScoreItem, paired_bootstrap, score
 from polyvox.evaluate.metrics import SpeakerEncoder
 from polyvox.fileio import atomic_path, atomic_write_text
-from polyvox.fingerprint import fingerprint, read_stamp, source_digest, tree_digest
+from polyvox.fingerprint import fingerprint, read_stamp, source_digest, voice_digest
 from polyvox.parallel import map_items
 from polyvox.progress import track
 from polyvox.tracking import Run, git_commit
@@ -205,8 +205,12 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     rows = test_rows(params, workspace)
     speakers = sorted(rows["speaker"].unique())
     systems = _systems(workspace, speakers)
+    # A champion that is the candidate itself (just promoted) adds nothing to compare: it does not
+    # change the inputs, so the nightly run after a promotion is a no-op too.
+    candidate_voice = voice_digest(workspace.candidate)
+    champion_voice = voice_digest(systems["champion"][1]) if "champion" in systems else ""
     inputs = fingerprint(workspace.data_version(), params.seed, cfg.model_dump(), params.audio.f0_min, params.audio.f0_max,
-                         {name: tree_digest(folder) for name, (_, folder) in systems.items()},
+                         candidate_voice, None if champion_voice in ("", candidate_voice) else champion_voice,
                          source_digest("evaluate", "ensemble", "models"))
     previous = read_stamp(out / "metrics.json")
     if previous and previous.get("inputs") == inputs and (out / "report.html").is_file():

@@ -22,7 +22,7 @@ from pathlib import Path
 from polyvox.config import ConfigError, Params
 from polyvox.ensemble.voice import Voice
 from polyvox.fileio import atomic_write_text
-from polyvox.fingerprint import file_digest, fingerprint, read_stamp
+from polyvox.fingerprint import file_digest, fingerprint, read_stamp, voice_digest
 from polyvox.registry.bundle import build_bundle
 from polyvox.registry.gate import judge, passed
 from polyvox.registry.store import Registry
@@ -79,6 +79,12 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
 
     registry = registry_for(params, workspace)
     before = registry.champion()
+    if before is not None and voice_digest(workspace.champion) == voice_digest(workspace.candidate):
+        previous = read_stamp(workspace.reports / "promote.json") or {}
+        log.info("promote: the candidate is the champion (version %s) already; nothing to register", before)
+        return PromoteResult(version=before, promoted=bool(previous.get("promoted", True)),
+                             champion_before=previous.get("champion_before"), champion_after=before,
+                             rules=previous.get("rules", []))
     inputs = fingerprint(file_digest(metrics_path), params.registry.model_dump(), params.promote.model_dump(), before,
                          registry.uri)
     previous = read_stamp(workspace.reports / "promote.json")
@@ -135,6 +141,12 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
 def rollback(params: Params, workspace: Workspace, to: str | None = None) -> RollbackResult:
     registry = registry_for(params, workspace)
     before = registry.champion()
+    if before is not None and voice_digest(workspace.champion) == voice_digest(workspace.candidate):
+        previous = read_stamp(workspace.reports / "promote.json") or {}
+        log.info("promote: the candidate is the champion (version %s) already; nothing to register", before)
+        return PromoteResult(version=before, promoted=bool(previous.get("promoted", True)),
+                             champion_before=previous.get("champion_before"), champion_after=before,
+                             rules=previous.get("rules", []))
     if to is None:
         # the champion promoted before the current one (rollbacks do not count as promotions)
         promoted = [m["to"] for m in registry.history() if m["action"] == "promote"]

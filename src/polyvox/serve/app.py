@@ -233,6 +233,11 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         sentences = split_sentences(text)
         if not sentences:
             raise HTTPException(422, "text holds nothing to say")
+        for sentence in sentences:  # refuse before a stream starts, when a 4xx can still be sent
+            try:
+                voice.members[0].synthesizer.tokens(sentence)
+            except ValueError:
+                raise HTTPException(422, f"nothing pronounceable in the sentence {sentence[:80]!r}") from None
         speaker = speaker or None
         if speaker is not None and speaker not in voice.speakers:
             requests.labels("synthesize", "422").inc()

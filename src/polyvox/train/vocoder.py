@@ -40,6 +40,7 @@ from polyvox.progress import track
 from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
+from polyvox.fingerprint import fingerprint, read_stamp, source_digest
 from polyvox.tracking import tracked
 
 log = logging.getLogger(__name__)
@@ -205,13 +206,40 @@ def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: tor
     return total / (frames * model.cfg.n_mels)
 
 
+BOUNDS = {"max_steps", "max_minutes", "checkpoint_every", "validate_every"}  # how long, not what
+
+
 @tracked("train-vocoder", lambda ws: ws.features_index, ("seed", "audio", "vocoder"))
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
                   cfg: VocoderTrainSettings | None = None, resume: bool = True) -> VocoderResult:
     """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,
     ``metrics.csv``); load it with :func:`polyvox.models.neural_vocoder.load_vocoder`. ``cfg`` defaults
-    to params.yaml's ``vocoder`` section."""
+    to params.yaml's ``vocoder`` section.
+
+    Like the acoustic trainer: ``done.json`` makes a rerun on the same inputs a no-op, a change of
+    bounds only resumes, any other change (data, settings, code) trains afresh."""
     cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
+    out = workspace.models / name
+    settings = asdict(cfg)
+    identity = fingerprint(workspace.data_version(), params.seed, params.audio.model_dump(),
+                           {k: v for k, v in settings.items() if k not in BOUNDS}, source_digest("models", "train"))
+    bounds = fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
+    done = read_stamp(out / "done.json")
+    if done is not None and resume:
+        complete = all((out / f).is_file() for f in ("last.pt", "vocoder.json"))
+        if done.get("identity") == identity and done.get("bounds") == bounds and complete:
+            log.info("vocoder %s: already trained on these inputs; nothing to do", name)
+            return VocoderResult(**done["result"])
+        if done.get("identity") != identity:
+            log.info("vocoder %s: the data, settings or code changed since the run in %s; training afresh", name, out)
+            resume = False
+    result = _fit(params, workspace, name, cfg, resume)
+    atomic_write_text(out / "done.json", json.dumps({"identity": identity, "bounds": bounds,
+                                                     "result": asdict(result)}, indent=1))
+    return result
+
+
+def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderTrainSettings, resume: bool) -> VocoderResult:
     seed = params.seed
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
