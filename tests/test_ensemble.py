@@ -190,6 +190,8 @@ def test_evaluate_scores_candidate_champion_and_real_and_renders_the_report(trai
     assert set(first.metrics["systems"]) == {"candidate", "real"} and first.metrics["difference"] == {}
 
     shutil.copytree(ws.candidate, ws.champion, dirs_exist_ok=True)  # champion = the same voice
+    assert evaluate(params, ws).metrics == first.metrics  # a champion identical to the candidate changes nothing
+    (ws.evaluation / "metrics.json").unlink()  # so force the comparison, to check it on identical audio
     result = evaluate(params, ws)
     systems = result.metrics["systems"]
     assert set(systems) == {"candidate", "champion", "real"}
