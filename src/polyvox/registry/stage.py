@@ -141,12 +141,6 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
 def rollback(params: Params, workspace: Workspace, to: str | None = None) -> RollbackResult:
     registry = registry_for(params, workspace)
     before = registry.champion()
-    if before is not None and voice_digest(workspace.champion) == voice_digest(workspace.candidate):
-        previous = read_stamp(workspace.reports / "promote.json") or {}
-        log.info("promote: the candidate is the champion (version %s) already; nothing to register", before)
-        return PromoteResult(version=before, promoted=bool(previous.get("promoted", True)),
-                             champion_before=previous.get("champion_before"), champion_after=before,
-                             rules=previous.get("rules", []))
     if to is None:
         # the champion promoted before the current one (rollbacks do not count as promotions)
         promoted = [m["to"] for m in registry.history() if m["action"] == "promote"]
