@@ -53,3 +53,17 @@ def atomic_write_text(target: Path, text: str) -> None:
 def atomic_copy(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the fully written folder ``staging`` in place of ``target``: the old one is renamed aside
+    first and removed last, so a reader finds the old folder or the new one, never a mix; a crash
+    in between leaves ``.<name>-old`` beside it, removed by the next replacement."""
+    previous = target.with_name(f".{target.name}-old")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if target.exists():
+        target.rename(previous)
+    staging.rename(target)
+    if previous.exists():
+        shutil.rmtree(previous)

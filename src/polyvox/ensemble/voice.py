@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from polyvox.ensemble import VoiceError
+from polyvox.fileio import replace_folder
 from polyvox.models.acoustic import AcousticModel
 from polyvox.models.synthesis import Synthesizer
 
@@ -138,14 +139,7 @@ class Voice:
             if self.centroids:
                 np.savez(staging / "centroids.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in self.centroids.items()})
             (staging / "voice.json").write_text(json.dumps(self.describe(), indent=1) + "\n", encoding="utf-8")
-            previous = folder.with_name(f".{folder.name}-old")
-            if previous.exists():
-                shutil.rmtree(previous)
-            if folder.exists():
-                folder.rename(previous)
-            staging.rename(folder)
-            if previous.exists():
-                shutil.rmtree(previous)
+            replace_folder(staging, folder)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from polyvox.fileio import replace_folder
 from polyvox.tracking import client_and_experiment, flatten, pipeline_run
 
 log = logging.getLogger(__name__)
@@ -85,14 +86,7 @@ class Registry:
             meta["version"] = str(version)
             stamp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
             fetched.chmod(0o755)
-            previous = target.with_name(f".{target.name}-old")
-            if previous.exists():
-                shutil.rmtree(previous)
-            if target.exists():
-                target.rename(previous)
-            fetched.rename(target)
-            if previous.exists():
-                shutil.rmtree(previous)
+            replace_folder(fetched, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
