@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -82,6 +83,16 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
     assert candidate in stages["ensemble"]["outs"] and candidate in stages["evaluate"]["deps"]
 
 
+def _task_states(flow_run_id) -> dict[str, str]:
+    """Task run name → state name for one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {re.sub(r"-[0-9a-f]{3}$", "", run.name): run.state.name for run in runs}  # Prefect's default names end in -xyz
+
+
 def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, workspace, prefect_server, monkeypatch):
     from polyvox.flow import pipeline
 
@@ -117,8 +128,18 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
     rerun = again.result()
     assert rerun["train a"] == summary["train a"] and rerun["train-vocoder"] == summary["train-vocoder"]
     assert rerun["promote"].startswith("version 1 ")  # nothing new registered
+    # Prefect's cache by inputs: the expensive tasks were not even run; a cheap stage (promote) ran
+    states = _task_states(again.state_details.flow_run_id)
+    assert all(states.get(name) == "Cached" for name in ("train-a", "train-b", "train-vocoder", "ensemble", "evaluate")), states
+    assert states["promote"] == "Completed" and _task_states(state.state_details.flow_run_id)["train-a"] == "Completed"
     assert {p: p.stat().st_mtime_ns for p in (workspace / "models").rglob("*.pt")} == stamps
     assert (workspace / "reports/evaluate/report.html").stat().st_mtime_ns == report
+    # an output gone from disk is never hidden behind a cached result: that stage runs again
+    (workspace / "reports/evaluate/report.html").unlink()
+    third = pipeline(params_file="params.yaml", overrides=overrides, return_state=True)
+    states = _task_states(third.state_details.flow_run_id)
+    assert states["evaluate"] == "Completed" and states["train-a"] == "Cached", states
+    assert (workspace / "reports/evaluate/report.html").is_file()
     for out in ("models/a/last.pt", "models/b/speakers.pt", "models/vocoder/best.pt"):
         assert (workspace / out).is_file(), out
     assert summary["prepare"].startswith("8 rows, 1 speakers") and "5 rows with parse errors" in summary["prepare"]

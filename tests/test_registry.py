@@ -140,7 +140,7 @@ print("ok", wave.size)
 
 
 def test_registry_unreachable_is_a_clear_error(tmp_path, params, monkeypatch):
-    from polyvox.registry.store import RegistryError
+    from polyvox.tracking import TrackingUnavailable
 
     ws = Workspace(tmp_path)
     make_voice(ws.candidate)
@@ -148,9 +148,22 @@ def test_registry_unreachable_is_a_clear_error(tmp_path, params, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    with pytest.raises(RegistryError, match="127.0.0.1:9"):
+    with pytest.raises(TrackingUnavailable, match="127.0.0.1:9.*MLFLOW_TRACKING_URI=off"):
         promote(params, ws)
     assert not ws.champion.exists()
+
+
+def test_tracking_server_unreachable_stops_a_stage_before_it_works(tmp_path, kathleen_files, monkeypatch):
+    import corpora
+    from polyvox.corpus.prepare import prepare
+    from polyvox.tracking import TrackingUnavailable
+    from stages import params_for
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files[:2], bad_rows=False)
+    with pytest.raises(TrackingUnavailable, match="unreachable"):
+        prepare(params_for(corpus), Workspace(tmp_path / "ws"))
+    assert not (tmp_path / "ws" / "data" / "raw" / "manifest.parquet").exists()
 
 
 def test_every_data_stage_run_is_tracked(tmp_path, kathleen_files, monkeypatch):
@@ -210,6 +223,21 @@ def test_promote_to_an_mlflow_server(tmp_path, monkeypatch):
         assert json.loads((ws.champion / "bundle.json").read_text())["version"] == result.version
         assert any((tmp_path / "server-artifacts").rglob("bundle.json"))  # the bundle went through the server
         assert not (ws.root / "mlflow.db").exists()  # nothing fell back to the embedded store
+
+        # The server goes away in the middle of a run: logging warns, keeps the metrics, and never
+        # stops the stage (its results are in its own files).
+        from polyvox.tracking import Run
+
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+        run = Run("server-lost", {"seed": 1}, {"stage": "test"}, ws)
+        server.terminate()
+        server.wait(timeout=30)
+        run.metrics({"loss": 1.0}, 1)
+        run.flush()
+        run.artifacts([ws.champion / "bundle.json"])
+        run.end()
+        assert run._pending and run._pending[0].key == "loss"  # kept for a later flush
     finally:
         server.terminate()
         server.wait(timeout=30)

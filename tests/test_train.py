@@ -272,3 +272,16 @@ def test_images_reach_the_batches_and_train_the_image_encoder(featured, tmp_path
     trained = torch.load(target.models / "imaged/last.pt", weights_only=True)["model"]
     image_weights = [n for n in initial if n.startswith("image.") and initial[n].dtype.is_floating_point]
     assert any(not torch.equal(trained[n], initial[n]) for n in image_weights)
+
+
+def test_lr_schedules_warm_up_then_decay(params):
+    from polyvox.train.trainer import LR_FLOOR, lr_factor
+
+    cosine = params.train.model_copy(update={"lr_schedule": "cosine", "warmup_steps": 10, "max_steps": 110})
+    factor = lr_factor(cosine)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(59) == pytest.approx(LR_FLOOR + (1 - LR_FLOOR) * 0.5)  # half way through the decay
+    assert factor(109) == pytest.approx(LR_FLOOR) and factor(500) == pytest.approx(LR_FLOOR)
+    assert all(factor(s) >= factor(s + 1) for s in range(9, 120))
+    inverse = lr_factor(params.train.model_copy(update={"lr_schedule": "inverse_sqrt", "warmup_steps": 100}))
+    assert inverse(99) == pytest.approx(1.0) and inverse(399) == pytest.approx(0.5)

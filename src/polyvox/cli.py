@@ -21,7 +21,9 @@ from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.corpus.demo.voices import SynthesisError
 from polyvox.corpus.schema import CorpusError
 from polyvox.ensemble import VoiceError
+from polyvox.lock import WorkspaceBusy, workspace_lock
 from polyvox.registry.store import RegistryError
+from polyvox.tracking import TrackingUnavailable
 from polyvox.validate.errors import ValidationFailed
 from polyvox.workspace import Workspace
 
@@ -41,7 +43,8 @@ SetOption = Annotated[
     typer.Option("-S", "--set", help="Override a param: -S key.path=value (repeatable), as `dvc exp run -S`."),
 ]
 # Errors a user can fix; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, VoiceError, RegistryError)
+USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, VoiceError, RegistryError, WorkspaceBusy,
+               TrackingUnavailable)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -63,9 +66,14 @@ def _load(params: Path, overrides: list[str] | None) -> Params:
 
 
 def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides: list[str] | None) -> T:
-    """Load params, run one stage function in the current directory; user errors exit cleanly."""
+    """Load params, run one stage function in the current directory, holding it (one writer per
+    workspace); user errors exit cleanly."""
+    command = "polyvox " + sys._getframe(1).f_code.co_name.replace("_", "-")  # the command function calling
     try:
-        return stage(_load(params, overrides), Workspace.here())
+        loaded = _load(params, overrides)
+        workspace = Workspace.here()
+        with workspace_lock(workspace.root, command):
+            return stage(loaded, workspace)
     except USER_ERRORS as exc:
         _fail(exc)
 
@@ -99,7 +107,8 @@ def prepare(
         loaded = _load(params, overrides)
         if corpus is not None:
             loaded = loaded.model_copy(update={"prepare": loaded.prepare.model_copy(update={"corpus": corpus})})
-        result = run_prepare(loaded, Workspace.here())
+        with workspace_lock(Path.cwd(), "polyvox prepare"):
+            result = run_prepare(loaded, Workspace.here())
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(result.summary())

@@ -132,6 +132,7 @@ class ModelSection(_Section):
     dropout: float = Field(ge=0, lt=1)
     modality_dropout: float = Field(ge=0, lt=1)
     contrastive_temperature: float = Field(gt=0)
+    alignment_prior: float = Field(ge=0)
 
     @model_validator(mode="after")
     def _heads_divide_channels(self) -> "ModelSection":
@@ -155,6 +156,9 @@ class TrainConfig(_Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     warmup_steps: int = Field(ge=0)
+    # After the warm-up: inverse_sqrt (open-ended runs) or cosine (decays to 5 % at max_steps; for runs
+    # whose length is known, where the final decay is worth a lot).
+    lr_schedule: Literal["inverse_sqrt", "cosine"]
     max_steps: int = Field(ge=1)
     max_minutes: float = Field(gt=0)
     grad_clip: float = Field(gt=0)

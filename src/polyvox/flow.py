@@ -7,21 +7,29 @@ deployments. The flow body only wires tasks; stage logic lives in the stage func
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 # Route the library's own log records into Prefect's run logs (must be set before Prefect loads).
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "polyvox")
 
 from prefect import flow, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.cache_policies import NO_CACHE, CachePolicy  # noqa: E402
 
 from polyvox.clean.stage import CleanResult, clean  # noqa: E402
 from polyvox.config import Params, load_params  # noqa: E402
 from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
+from polyvox.ensemble import stage as ensemble_stage  # noqa: E402
+from polyvox.lock import workspace_lock  # noqa: E402
 from polyvox.ensemble.stage import EnsembleResult, ensemble  # noqa: E402
+from polyvox.evaluate import stage as evaluate_stage  # noqa: E402
 from polyvox.evaluate.stage import EvaluateResult, evaluate  # noqa: E402
+from polyvox.fingerprint import fingerprint  # noqa: E402
 from polyvox.features.stage import FeaturesResult, features  # noqa: E402
 from polyvox.registry.stage import PromoteResult, promote  # noqa: E402
+from polyvox.train import trainer, vocoder as vocoder_stage  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402
 from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
 from polyvox.validate.stage import ValidateResult, validate  # noqa: E402
@@ -31,6 +39,30 @@ from polyvox.workspace import Workspace  # noqa: E402
 def _markdown_table(title: str, figures: dict) -> str:
     rows = "\n".join(f"| {key} | {value} |" for key, value in figures.items())
     return f"# {title}\n\n| | |\n|---|---|\n{rows}\n"
+
+
+@dataclass
+class StageInputs(CachePolicy):
+    """Prefect's cache by inputs, keyed on the stage's own fingerprint of what it reads (data
+    version, settings, upstream models, code) — the same fingerprint that makes the stage a no-op
+    from the CLI and DVC — in this workspace. Task arguments (upstream results) are not part of it:
+    the files they describe are.
+
+    A cache hit skips the task (state ``Cached``), so the flow calls each cached task through
+    :func:`_cached`, which refreshes the cache unless the stage's outputs on disk are complete for
+    its inputs: deleted or half-written outputs are never hidden behind a cached result."""
+
+    inputs_of: Callable[[Params, Workspace, dict[str, Any]], object] | None = None
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
+        workspace = Workspace.here()
+        return fingerprint(task_ctx.task.name, str(workspace.root),
+                           self.inputs_of(inputs["params"], workspace, inputs))
+
+
+def _cached(stage_task, done: bool):
+    """``stage_task`` that may answer from Prefect's cache only when the stage's outputs are done."""
+    return stage_task.with_options(refresh_cache=not done)
 
 
 # The stage is incremental itself (content hashes), so Prefect's input cache adds nothing here;
@@ -82,7 +114,8 @@ def features_task(params: Params, cleaned: CleanResult) -> FeaturesResult:
 
 
 # Training resumes from its last checkpoint, so a retry after a crash or a kill picks up where it was.
-@task(name="train", task_run_name="train-{member}", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="train", task_run_name="train-{member}", retries=1, retry_delay_seconds=5,
+      cache_policy=StageInputs(inputs_of=lambda params, ws, args: trainer.training_fingerprint(params, ws, args["member"], None, None)))
 def train_task(params: Params, member: str, featured: FeaturesResult) -> TrainResult:
     result = train(params, Workspace.here(), member=member)
     create_markdown_artifact(_markdown_table(f"train {member}", {
@@ -92,12 +125,13 @@ def train_task(params: Params, member: str, featured: FeaturesResult) -> TrainRe
     return result
 
 
-@task(name="train-vocoder", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="train-vocoder", retries=1, retry_delay_seconds=5,
+      cache_policy=StageInputs(inputs_of=lambda params, ws, args: vocoder_stage.vocoder_fingerprints(params, ws)))
 def vocoder_task(params: Params, featured: FeaturesResult) -> VocoderResult:
     return train_vocoder(params, Workspace.here())
 
 
-@task(name="ensemble", cache_policy=NO_CACHE)
+@task(name="ensemble", cache_policy=StageInputs(inputs_of=lambda params, ws, args: ensemble_stage.input_fingerprint(params, ws)))
 def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderResult) -> EnsembleResult:
     result = ensemble(params, Workspace.here())
     figures = {f"member {name}": f"{score:.4f} (weight {result.weights[name]:.3f})"
@@ -109,7 +143,7 @@ def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderRe
     return result
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=StageInputs(inputs_of=lambda params, ws, args: evaluate_stage.input_fingerprint(params, ws)))
 def evaluate_task(params: Params, candidate: EnsembleResult) -> EvaluateResult:
     result = evaluate(params, Workspace.here())
     systems = result.metrics["systems"]
@@ -139,15 +173,23 @@ def promote_task(params: Params, evaluated: EvaluateResult) -> PromoteResult:
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
     """Run every stage; returns each stage's one-line summary."""
     params = load_params(params_file, overrides or [])
+    with workspace_lock(Workspace.here().root, "polyvox run (Prefect flow)"):
+        return _stages(params)
+
+
+def _stages(params: Params) -> dict[str, str]:
     prepared = prepare_task(params)
     validated = validate_task(params, wait_for=[prepared])
     cleaned = clean_task(params, validated)
     featured = features_task(params, cleaned)
     # Members train one after another: each one uses every core (or the GPU) by itself.
-    trained = [(f"train {m.name}", train_task(params, m.name, featured)) for m in params.train.members]
-    vocoder = vocoder_task(params, featured)
-    candidate = ensemble_task(params, [result for _, result in trained], vocoder)
-    evaluated = evaluate_task(params, candidate)
+    workspace = Workspace.here()
+    trained = [(f"train {m.name}", _cached(train_task, trainer.completed(params, workspace, m.name) is not None)(
+        params, m.name, featured)) for m in params.train.members]
+    vocoder = _cached(vocoder_task, vocoder_stage.vocoder_completed(params, workspace) is not None)(params, featured)
+    candidate = _cached(ensemble_task, ensemble_stage.completed(params, workspace) is not None)(
+        params, [result for _, result in trained], vocoder)
+    evaluated = _cached(evaluate_task, evaluate_stage.completed(params, workspace) is not None)(params, candidate)
     promoted = promote_task(params, evaluated)
     return {name: result.summary() for name, result in
             (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *trained,

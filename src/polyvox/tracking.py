@@ -27,6 +27,26 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "polyvox"
 OFF = ("off", "none", "false", "0")
+PROBE_SECONDS = 5.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached; nothing has run yet."""
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, before a stage does any work, when an HTTP tracking server does not answer (MLflow's
+    own client would retry for minutes and then raise deep inside the stage)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}: {exc}); start it, point "
+            f"MLFLOW_TRACKING_URI elsewhere, or set MLFLOW_TRACKING_URI=off to run without tracking") from None
 
 
 def tracking_uri(workspace=None, configured: str | None = None) -> str | None:
@@ -107,8 +127,11 @@ class Run:
         self.client = None
         self.run_id: str | None = None
         self._pending: list = []
+        self.name = name
+        self._warned = False
         if self.uri is None:
             return
+        check_reachable(self.uri)
         self.client, experiment_id = client_and_experiment(self.uri, workspace)
         group, trigger = pipeline_run()
         tags = {"pipeline_run": group, "trigger": trigger, **tags}
@@ -132,25 +155,52 @@ class Run:
         now = int(time.time() * 1000)
         self._pending += [Metric(k, float(v), now, step) for k, v in values.items()]
 
+    def _lost_server(self, exc: Exception, what: str) -> None:
+        """The server went away mid-run: the stage carries on (its own files hold every result), the
+        unsent metrics stay buffered and go with the next flush that succeeds."""
+        if not self._warned:
+            log.warning("MLflow at %s failed while logging %s for run %s (%s: %s); the stage goes on, its "
+                        "outputs are on disk, and tracking retries at the next flush", self.uri, what, self.name,
+                        type(exc).__name__, str(exc)[:200])
+            self._warned = True
+
     def flush(self) -> None:
         if not self.active or not self._pending:
             return
-        for start in range(0, len(self._pending), 1000):  # MLflow's per-batch metric limit
-            self.client.log_batch(self.run_id, metrics=self._pending[start:start + 1000])
-        self._pending = []
+        from mlflow.exceptions import MlflowException
+        from requests import RequestException
+
+        try:
+            while self._pending:
+                self.client.log_batch(self.run_id, metrics=self._pending[:1000])  # MLflow's per-batch limit
+                self._pending = self._pending[1000:]
+        except (MlflowException, RequestException, OSError) as exc:
+            self._lost_server(exc, f"{len(self._pending)} metrics")
 
     def artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         if not self.active:
             return
+        from mlflow.exceptions import MlflowException
+        from requests import RequestException
+
         for path in paths:
             if path.is_file():
-                self.client.log_artifact(self.run_id, str(path), folder)
+                try:
+                    self.client.log_artifact(self.run_id, str(path), folder)
+                except (MlflowException, RequestException, OSError) as exc:
+                    self._lost_server(exc, f"artifact {path}")
 
     def end(self, status: str = "FINISHED") -> None:
         if not self.active:
             return
+        from mlflow.exceptions import MlflowException
+        from requests import RequestException
+
         self.flush()
-        self.client.set_terminated(self.run_id, status)
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except (MlflowException, RequestException, OSError) as exc:
+            self._lost_server(exc, f"the end of the run ({status})")
 
 
 def tracked(stage: str, output: Callable[[Any], Path], sections: tuple[str, ...]):

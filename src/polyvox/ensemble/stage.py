@@ -150,18 +150,33 @@ def _rerank(params: Params, workspace: Workspace, voice: Voice, rows: pd.DataFra
     return records
 
 
+def input_fingerprint(params: Params, workspace: Workspace) -> str:
+    folders = member_folders(params, workspace)
+    vocoder = vocoder_folder(params, workspace)
+    return fingerprint(workspace.data_version(), params.seed, params.ensemble.model_dump(),
+                       params.evaluate.centroid_takes, {name: tree_digest(folder) for name, folder in folders.items()},
+                       tree_digest(vocoder) if vocoder else None, source_digest("ensemble", "models"))
+
+
+def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
+    """``reports/ensemble.json`` when models/candidate was made from exactly these inputs; None when
+    :func:`ensemble` would work."""
+    previous = read_stamp(workspace.reports / "ensemble.json")
+    if not previous or not (workspace.candidate / "voice.json").is_file():
+        return None
+    return previous if previous.get("inputs") == (inputs or input_fingerprint(params, workspace)) else None
+
+
 def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
     started = time.monotonic()
     cfg = params.ensemble
-    folders = member_folders(params, workspace)
-    vocoder = vocoder_folder(params, workspace)
-    inputs = fingerprint(workspace.data_version(), params.seed, cfg.model_dump(), params.evaluate.centroid_takes,
-                         {name: tree_digest(folder) for name, folder in folders.items()},
-                         tree_digest(vocoder) if vocoder else None, source_digest("ensemble", "models"))
-    previous = read_stamp(workspace.reports / "ensemble.json")
-    if previous and previous.get("inputs") == inputs and (workspace.candidate / "voice.json").is_file():
+    inputs = input_fingerprint(params, workspace)
+    previous = completed(params, workspace, inputs)
+    if previous is not None:
         log.info("ensemble: members, data and settings unchanged; models/candidate stays as it is")
         return EnsembleResult(**previous)
+    folders = member_folders(params, workspace)
+    vocoder = vocoder_folder(params, workspace)
     rows, split = fit_rows(params, workspace)
     if rows.empty:
         raise ConfigError(f"{workspace.features_index}: no utterances to fit the ensemble on")

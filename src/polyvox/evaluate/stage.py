@@ -198,6 +198,26 @@ def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple
     return table, summary
 
 
+def input_fingerprint(params: Params, workspace: Workspace) -> str:
+    # A champion that is the candidate itself (just promoted) adds nothing to compare: it does not
+    # change the inputs, so the nightly run after a promotion is a no-op too.
+    candidate_voice = voice_digest(workspace.candidate)
+    champion_voice = voice_digest(workspace.champion)
+    return fingerprint(workspace.data_version(), params.seed, params.evaluate.model_dump(), params.audio.f0_min,
+                       params.audio.f0_max, candidate_voice,
+                       None if champion_voice in ("", candidate_voice) else champion_voice,
+                       source_digest("evaluate", "ensemble", "models"))
+
+
+def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
+    """``metrics.json`` of an evaluation of exactly these inputs, with its report in place; None when
+    :func:`evaluate` would score."""
+    previous = read_stamp(workspace.evaluation / "metrics.json")
+    if not previous or not (workspace.evaluation / "report.html").is_file():
+        return None
+    return previous if previous.get("inputs") == (inputs or input_fingerprint(params, workspace)) else None
+
+
 def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     started = time.monotonic()
     cfg = params.evaluate
@@ -205,15 +225,9 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     rows = test_rows(params, workspace)
     speakers = sorted(rows["speaker"].unique())
     systems = _systems(workspace, speakers)
-    # A champion that is the candidate itself (just promoted) adds nothing to compare: it does not
-    # change the inputs, so the nightly run after a promotion is a no-op too.
-    candidate_voice = voice_digest(workspace.candidate)
-    champion_voice = voice_digest(systems["champion"][1]) if "champion" in systems else ""
-    inputs = fingerprint(workspace.data_version(), params.seed, cfg.model_dump(), params.audio.f0_min, params.audio.f0_max,
-                         candidate_voice, None if champion_voice in ("", candidate_voice) else champion_voice,
-                         source_digest("evaluate", "ensemble", "models"))
-    previous = read_stamp(out / "metrics.json")
-    if previous and previous.get("inputs") == inputs and (out / "report.html").is_file():
+    inputs = input_fingerprint(params, workspace)
+    previous = completed(params, workspace, inputs)
+    if previous is not None:
         log.info("evaluate: candidate, champion, data and settings unchanged; %s stands", out)
         return EvaluateResult(metrics=previous, report=out / "report.html", seconds=previous["seconds"])
     table, summary = score_systems(params, workspace, systems, rows, {name: out / "audio" / name for name in systems})

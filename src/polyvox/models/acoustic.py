@@ -17,7 +17,7 @@ from torch import nn
 from polyvox.models.decoder import MelDecoder
 from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
 from polyvox.models.layers import sequence_mask
-from polyvox.models.mas import monotonic_alignment
+from polyvox.models.mas import beta_binomial_log_prior, monotonic_alignment
 from polyvox.models.variance import VarianceAdaptor, regulate_length, token_average
 
 
@@ -35,6 +35,7 @@ class ModelConfig:
     dropout: float
     modality_dropout: float
     contrastive_temperature: float
+    alignment_prior: float = 0.0  # weight of the beta-binomial prior in the alignment search (0: none)
 
 
 @dataclass
@@ -101,6 +102,9 @@ class AcousticModel(nn.Module):
 
         # Alignment: Gaussian log-likelihood of each frame under each token's mean, best monotonic path.
         log_likelihood = -0.5 * torch.cdist(mu, target.transpose(1, 2)) ** 2
+        if self.cfg.alignment_prior > 0:
+            log_likelihood = log_likelihood + self.cfg.alignment_prior * beta_binomial_log_prior(
+                b.token_lengths, b.mel_lengths, b.tokens.shape[1], b.mel.shape[2]).to(log_likelihood.device)
         log_likelihood = log_likelihood.masked_fill(~(token_mask[:, :, None] & frame_mask[:, None, :]), -1e9)
         alignment = monotonic_alignment(log_likelihood, b.token_lengths, b.mel_lengths)
         durations = alignment.sum(dim=2)

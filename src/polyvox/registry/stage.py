@@ -26,7 +26,7 @@ from polyvox.fingerprint import file_digest, fingerprint, read_stamp, voice_dige
 from polyvox.registry.bundle import build_bundle
 from polyvox.registry.gate import judge, passed
 from polyvox.registry.store import Registry
-from polyvox.tracking import git_commit, tracking_uri
+from polyvox.tracking import check_reachable, git_commit, tracking_uri
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def registry_for(params: Params, workspace: Workspace) -> Registry:
     uri = tracking_uri(workspace, params.registry.tracking_uri)
     if uri is None:
         raise ConfigError("promote and rollback need the MLflow registry, but MLFLOW_TRACKING_URI=off turns it off")
+    check_reachable(uri)
     return Registry(uri, params.registry.model_name, workspace)
 
 

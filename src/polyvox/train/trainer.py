@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,7 @@ from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+LR_FLOOR = 0.05  # the cosine schedule ends at this share of the peak rate, not at zero
 LOSS_NAMES = ("total", "mel", "prior", "duration", "pitch", "energy", "cross_modal")
 
 
@@ -116,6 +118,25 @@ def warmup_inverse_sqrt(warmup: int):
     return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
 
 
+def warmup_cosine(warmup: int, max_steps: int):
+    """Linear warm-up, then a cosine from the peak down to ``LR_FLOOR`` of it at ``max_steps``."""
+    warmup = max(1, min(warmup, max_steps - 1))
+
+    def factor(step: int) -> float:
+        if step + 1 < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
+        return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def lr_factor(cfg) -> Callable[[int], float]:
+    """The multiplier of ``train.lr`` at each step, for ``train.lr_schedule``."""
+    if cfg.lr_schedule == "cosine":
+        return warmup_cosine(cfg.warmup_steps, cfg.max_steps)
+    return warmup_inverse_sqrt(cfg.warmup_steps)
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -178,6 +199,18 @@ def training_fingerprint(params: Params, workspace: Workspace, member: str, seed
     return identity, fingerprint(params.train.model_dump(include=BOUNDS))
 
 
+def completed(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
+              init_from: str | Path | None = None) -> dict | None:
+    """``done.json`` of a finished run on exactly these inputs and bounds, with its outputs in place;
+    None when :func:`train` would train."""
+    out = checkpoint_dir(workspace, member)
+    done = read_stamp(out / "done.json")
+    if done is None or not all((out / f).is_file() for f in ("last.pt", "model.json", "speakers.pt")):
+        return None
+    identity, bounds = training_fingerprint(params, workspace, member, seed, init_from)
+    return done if (done.get("identity"), done.get("bounds")) == (identity, bounds) else None
+
+
 def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
           resume: bool = True, init_from: str | Path | None = None) -> TrainResult:
     """Train one ensemble member into ``models/<member>/``.
@@ -190,8 +223,7 @@ def train(params: Params, workspace: Workspace, member: str = "default", seed: i
     identity, bounds = training_fingerprint(params, workspace, member, seed, init_from)
     done = read_stamp(out / "done.json")
     if done is not None and resume:
-        complete = all((out / f).is_file() for f in ("last.pt", "model.json", "speakers.pt"))
-        if done.get("identity") == identity and done.get("bounds") == bounds and complete:
+        if completed(params, workspace, member, seed, init_from) is not None:
             log.info("train %s: already trained on these inputs (data %s); nothing to do", member,
                      workspace.data_version())
             return TrainResult(**done["result"])
@@ -236,7 +268,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         warm = warm_start(model, vocab.symbols, Path(init_from))
     model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_inverse_sqrt(cfg.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(cfg))
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.

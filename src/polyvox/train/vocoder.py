@@ -209,6 +209,28 @@ def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: tor
 BOUNDS = {"max_steps", "max_minutes", "checkpoint_every", "validate_every"}  # how long, not what
 
 
+def vocoder_fingerprints(params: Params, workspace: Workspace,
+                         cfg: VocoderTrainSettings | None = None) -> tuple[str, str]:
+    """(what the vocoder learns from, how long it trains); ``cfg`` defaults to params.yaml's ``vocoder``."""
+    cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
+    settings = asdict(cfg)
+    identity = fingerprint(workspace.data_version(), params.seed, params.audio.model_dump(),
+                           {k: v for k, v in settings.items() if k not in BOUNDS}, source_digest("models", "train"))
+    return identity, fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
+
+
+def vocoder_completed(params: Params, workspace: Workspace, name: str = "vocoder",
+                      cfg: VocoderTrainSettings | None = None) -> dict | None:
+    """``done.json`` of a finished vocoder run on exactly these inputs and bounds, with its outputs in
+    place; None when :func:`train_vocoder` would train."""
+    cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
+    out = workspace.models / name
+    done = read_stamp(out / "done.json")
+    if done is None or not all((out / f).is_file() for f in ("last.pt", "vocoder.json")):
+        return None
+    return done if (done.get("identity"), done.get("bounds")) == vocoder_fingerprints(params, workspace, cfg) else None
+
+
 @tracked("train-vocoder", lambda ws: ws.features_index, ("seed", "audio", "vocoder"))
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
                   cfg: VocoderTrainSettings | None = None, resume: bool = True) -> VocoderResult:
@@ -220,14 +242,10 @@ def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
     bounds only resumes, any other change (data, settings, code) trains afresh."""
     cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
     out = workspace.models / name
-    settings = asdict(cfg)
-    identity = fingerprint(workspace.data_version(), params.seed, params.audio.model_dump(),
-                           {k: v for k, v in settings.items() if k not in BOUNDS}, source_digest("models", "train"))
-    bounds = fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
+    identity, bounds = vocoder_fingerprints(params, workspace, cfg)
     done = read_stamp(out / "done.json")
     if done is not None and resume:
-        complete = all((out / f).is_file() for f in ("last.pt", "vocoder.json"))
-        if done.get("identity") == identity and done.get("bounds") == bounds and complete:
+        if vocoder_completed(params, workspace, name, cfg) is not None:
             log.info("vocoder %s: already trained on these inputs; nothing to do", name)
             return VocoderResult(**done["result"])
         if done.get("identity") != identity:
