@@ -40,8 +40,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # DEMO_TRAIN_STEPS steps on a cosine schedule (bounded by DEMO_TRAIN_MINUTES), the neural vocoder for
 # DEMO_VOCODER_MINUTES, and DEMO_EVAL_UTTERANCES held-out sentences scored. A real corpus uses
 # params.yaml's own members (two, for the ensemble).
-DEMO_TRAIN_STEPS ?= 1100
-DEMO_TRAIN_MINUTES ?= 15
+DEMO_TRAIN_STEPS ?= 950
+DEMO_TRAIN_MINUTES ?= 13
 DEMO_VOCODER_MINUTES ?= 4
 DEMO_EVAL_UTTERANCES ?= 36
 DEMO_MEMBER := train.members=[{name: demo, seed: 1234, conditioning: audio+image, variant: {channels: 128, kernel_size: 3, text_layers: 3, decoder_layers: 3, postnet_layers: 3, dropout: 0.0}}]

@@ -117,3 +117,19 @@ def test_text_normalisation(raw, spoken):
 def test_scoring_words_agree_across_spellings():
     assert words_for_scoring("Forty-two, Dr. Who!") == words_for_scoring("forty two doctor who")
     assert words_for_scoring("42 doctor who") == ["forty", "two", "doctor", "who"]
+
+
+def test_phonemize_is_safe_from_many_threads():
+    """The HTTP service phonemises in worker threads; espeak-ng is one library with global state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from polyvox.text.phonemes import espeak_available, phonemize
+
+    if not espeak_available("en-us"):
+        pytest.skip("espeak-ng is not installed")
+    texts = ["Not yet.", "The meeting starts at half past nine, in room twelve.", "Please call Stella.",
+             "What would you like for dinner on Friday?"] * 25
+    expected = {text: phonemize([text], "en-us", "espeak")[0][0] for text in set(texts)}
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda text: phonemize([text], "en-us", "espeak")[0][0], texts))
+    assert got == [expected[text] for text in texts]

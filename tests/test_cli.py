@@ -44,3 +44,11 @@ def test_corpus_errors_exit_1(tmp_path, workspace):
 def test_help_lists_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "prepare" in result.output and "run" in result.output
+
+
+def test_run_with_an_unreachable_prefect_server_says_so_and_runs_nothing(workspace, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens on the discard port
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 1
+    assert "Prefect server http://127.0.0.1:9/api is unreachable" in result.output and "PREFECT_API_URL" in result.output
+    assert not (workspace / "data").exists()

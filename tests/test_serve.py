@@ -121,6 +121,38 @@ def test_bad_requests_get_4xx_with_a_reason(service, data, files, status, messag
     assert message in response.text
 
 
+def _outside_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel only picks a route
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_service_listens_on_loopback_only(service):
+    _, url = service
+    address = _outside_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to try")
+    port = int(url.rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection((address, port), timeout=5).close()
+
+
+def test_oversized_body_is_refused_before_it_is_read(service):
+    """A client declaring a 10 GB body gets 413 at once: the service never waits for (or spools) it."""
+    _, url = service
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 10000000000\r\n\r\n--b\r\n")  # the headers and a first few bytes only
+        reply = conn.recv(4096).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 413") and "over the" in reply
+
+
 def test_reload_switches_version_without_failing_a_request(service):
     root, url = service
     failures, done = [], threading.Event()

@@ -7,6 +7,7 @@ its knobs from there and nowhere else, and works in the current directory's ``da
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -42,9 +43,15 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("-S", "--set", help="Override a param: -S key.path=value (repeatable), as `dvc exp run -S`."),
 ]
+
+
+class PrefectUnavailable(RuntimeError):
+    """PREFECT_API_URL names a Prefect server that does not answer."""
+
+
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, VoiceError, RegistryError, WorkspaceBusy,
-               TrackingUnavailable)
+               TrackingUnavailable, PrefectUnavailable)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -301,11 +308,28 @@ def dashboard(
     run_dashboard(uri, loaded.registry.model_name, host=host, port=port)
 
 
+def _check_prefect_server() -> None:
+    """With PREFECT_API_URL set, the server must answer before the flow starts (Prefect's client
+    would otherwise retry, then fail with a long traceback); without it the embedded server is used."""
+    url = os.environ.get("PREFECT_API_URL", "").strip()
+    if not url:
+        return
+    import httpx
+
+    try:
+        httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise PrefectUnavailable(f"Prefect server {url} is unreachable ({type(exc).__name__}: {exc}); start it "
+                                 f"(`prefect server start`), or unset PREFECT_API_URL to run on the embedded "
+                                 f"server. Nothing has run.") from None
+
+
 @app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
     try:
         _load(params, set_)  # fail fast, before Prefect starts, on a bad params file
+        _check_prefect_server()
     except USER_ERRORS as exc:
         _fail(exc)
     from polyvox.flow import pipeline

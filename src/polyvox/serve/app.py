@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, UploadFile
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from polyvox.config import ServeSection
@@ -153,6 +153,18 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         stop.set()
 
     app = FastAPI(title="polyvox", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan)
+    # Two uploads at their limit, the text at its limit (4 bytes a character at most) and form overhead:
+    # a request declaring more is refused before its body is read (Starlette would spool it all first).
+    body_limit = int(2 * settings.max_upload_mb * 2**20 + 4 * settings.max_text_chars + 2**16)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > body_limit):
+            requests.labels(request.url.path.strip("/") or "root", "413").inc()
+            return JSONResponse({"detail": f"request body of {declared} bytes is over the {body_limit}-byte limit "
+                                           f"(serve.max_upload_mb, serve.max_text_chars)"}, status_code=413)
+        return await call_next(request)
 
     def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:

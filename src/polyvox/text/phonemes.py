@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
 WORD_SEPARATOR = " | "
+# espeak-ng is one C library with global state: concurrent calls (the HTTP service's worker threads)
+# mix up each other's lines ("number of lines in input and output must be equal"). One at a time.
+_ESPEAK_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=4)
@@ -49,7 +53,8 @@ def phonemize(texts: list[str], language: str, backend: str) -> tuple[list[str],
             from phonemizer.separator import Separator
 
             separator = Separator(phone=" ", word=WORD_SEPARATOR, syllable="")
-            phones = _espeak(language).phonemize(texts, separator=separator, strip=True, njobs=1)
+            with _ESPEAK_LOCK:
+                phones = _espeak(language).phonemize(texts, separator=separator, strip=True, njobs=1)
             return [re.sub(r"\s+", " ", p).strip() for p in phones], "espeak"
         log.warning("espeak-ng is not installed: falling back to graphemes (install the Debian package espeak-ng)")
     return [graphemes(text) for text in texts], "graphemes"
