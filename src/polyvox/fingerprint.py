@@ -63,3 +63,12 @@ def read_stamp(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def current_stamp(stamp: Path, outputs: list[Path], inputs) -> dict | None:
+    """The stamp a stage wrote at ``stamp`` when every one of its ``outputs`` exists and it records
+    exactly these ``inputs`` (a fingerprint, or a callable computing it only when needed); else None."""
+    previous = read_stamp(stamp)
+    if not previous or not all(path.is_file() for path in outputs):
+        return None
+    return previous if previous.get("inputs") == (inputs() if callable(inputs) else inputs) else None

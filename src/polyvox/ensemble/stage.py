@@ -31,7 +31,7 @@ from polyvox.ensemble.fit import aligned_l1, fit_weights
 from polyvox.ensemble.voice import Voice
 from polyvox.features.extract import load_arrays
 from polyvox.fileio import atomic_path, atomic_write_text
-from polyvox.fingerprint import fingerprint, read_stamp, source_digest, tree_digest
+from polyvox.fingerprint import current_stamp, fingerprint, source_digest, tree_digest
 from polyvox.progress import track
 from polyvox.tracking import Run, git_commit
 from polyvox.workspace import Workspace
@@ -161,10 +161,8 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
     """``reports/ensemble.json`` when models/candidate was made from exactly these inputs; None when
     :func:`ensemble` would work."""
-    previous = read_stamp(workspace.reports / "ensemble.json")
-    if not previous or not (workspace.candidate / "voice.json").is_file():
-        return None
-    return previous if previous.get("inputs") == (inputs or input_fingerprint(params, workspace)) else None
+    return current_stamp(workspace.reports / "ensemble.json", [workspace.candidate / "voice.json"],
+                         inputs or (lambda: input_fingerprint(params, workspace)))
 
 
 def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:

@@ -34,7 +34,7 @@ from polyvox.ensemble.voice import Voice
 from polyvox.evaluate.scoring import ScoreItem, paired_bootstrap, score
 from polyvox.evaluate.metrics import SpeakerEncoder
 from polyvox.fileio import atomic_path, atomic_write_text
-from polyvox.fingerprint import fingerprint, read_stamp, source_digest, voice_digest
+from polyvox.fingerprint import current_stamp, fingerprint, source_digest, voice_digest
 from polyvox.parallel import map_items
 from polyvox.progress import track
 from polyvox.tracking import Run, git_commit
@@ -212,10 +212,8 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
     """``metrics.json`` of an evaluation of exactly these inputs, with its report in place; None when
     :func:`evaluate` would score."""
-    previous = read_stamp(workspace.evaluation / "metrics.json")
-    if not previous or not (workspace.evaluation / "report.html").is_file():
-        return None
-    return previous if previous.get("inputs") == (inputs or input_fingerprint(params, workspace)) else None
+    return current_stamp(workspace.evaluation / "metrics.json", [workspace.evaluation / "report.html"],
+                         inputs or (lambda: input_fingerprint(params, workspace)))
 
 
 def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
