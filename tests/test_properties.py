@@ -87,7 +87,7 @@ def test_manifest_reader_keeps_every_record(records, encoding_bom):
         rows = read_manifest_corpus(root / "manifest.csv")
         assert len(rows) == len(kept)
         for row, record in zip(rows, kept):
-            assert row.id == (record[0].strip() or row.id)
+            assert row.id == (record[0].strip() or f"manifest.csv:{row.source_line}")
             assert row.text == record[2].strip()
             assert row.parse_error  # no audio file exists for any of them
     finally:

@@ -22,12 +22,12 @@ from polyvox.clean.stage import CleanResult, clean  # noqa: E402
 from polyvox.config import Params, load_params  # noqa: E402
 from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
 from polyvox.ensemble import stage as ensemble_stage  # noqa: E402
-from polyvox.lock import workspace_lock  # noqa: E402
 from polyvox.ensemble.stage import EnsembleResult, ensemble  # noqa: E402
 from polyvox.evaluate import stage as evaluate_stage  # noqa: E402
 from polyvox.evaluate.stage import EvaluateResult, evaluate  # noqa: E402
 from polyvox.fingerprint import fingerprint  # noqa: E402
 from polyvox.features.stage import FeaturesResult, features  # noqa: E402
+from polyvox.lock import workspace_lock  # noqa: E402
 from polyvox.registry.stage import PromoteResult, promote  # noqa: E402
 from polyvox.train import trainer, vocoder as vocoder_stage  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402

@@ -30,6 +30,14 @@ OFF = ("off", "none", "false", "0")
 PROBE_SECONDS = 5.0
 
 
+def _tracking_errors() -> tuple[type[Exception], ...]:
+    """What a lost tracking server raises (imported late: MLflow is slow to import)."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    return MlflowException, RequestException, OSError
+
+
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached; nothing has run yet."""
 
@@ -167,39 +175,30 @@ class Run:
     def flush(self) -> None:
         if not self.active or not self._pending:
             return
-        from mlflow.exceptions import MlflowException
-        from requests import RequestException
-
         try:
             while self._pending:
                 self.client.log_batch(self.run_id, metrics=self._pending[:1000])  # MLflow's per-batch limit
                 self._pending = self._pending[1000:]
-        except (MlflowException, RequestException, OSError) as exc:
+        except _tracking_errors() as exc:
             self._lost_server(exc, f"{len(self._pending)} metrics")
 
     def artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         if not self.active:
             return
-        from mlflow.exceptions import MlflowException
-        from requests import RequestException
-
         for path in paths:
             if path.is_file():
                 try:
                     self.client.log_artifact(self.run_id, str(path), folder)
-                except (MlflowException, RequestException, OSError) as exc:
+                except _tracking_errors() as exc:
                     self._lost_server(exc, f"artifact {path}")
 
     def end(self, status: str = "FINISHED") -> None:
         if not self.active:
             return
-        from mlflow.exceptions import MlflowException
-        from requests import RequestException
-
         self.flush()
         try:
             self.client.set_terminated(self.run_id, status)
-        except (MlflowException, RequestException, OSError) as exc:
+        except _tracking_errors() as exc:
             self._lost_server(exc, f"the end of the run ({status})")
 
 

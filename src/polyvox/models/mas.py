@@ -8,6 +8,8 @@ gets at least one frame, so it needs ``frames >= tokens``.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numba
 import numpy as np
 import torch
@@ -55,13 +57,22 @@ def beta_binomial_log_prior(token_lengths: torch.Tensor, frame_lengths: torch.Te
     0 on padding."""
     out = torch.zeros(len(token_lengths), tokens, frames)
     for b, (p, m) in enumerate(zip(token_lengths.tolist(), frame_lengths.tolist())):
-        k = torch.arange(p, dtype=torch.float64)[:, None]  # (p, 1)
-        j = torch.arange(1, m + 1, dtype=torch.float64)[None, :]  # (1, m)
-        a, c, n = scaling * j, scaling * (m + 1 - j), float(p - 1)
-        log_choose = torch.lgamma(torch.tensor(n + 1)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
-        log_beta = lambda x, y: torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)  # noqa: E731
-        out[b, :p, :m] = (log_choose + log_beta(k + a, n - k + c) - log_beta(a, c)).float()
+        out[b, :p, :m] = _beta_binomial(p, m, scaling)
     return out
+
+
+@lru_cache(maxsize=4096)  # batches repeat (tokens, frames) pairs every epoch: computed once each
+def _beta_binomial(p: int, m: int, scaling: float) -> torch.Tensor:
+    """(p, m) log-pmf table of :func:`beta_binomial_log_prior` for one utterance."""
+    k = torch.arange(p, dtype=torch.float64)[:, None]  # (p, 1)
+    j = torch.arange(1, m + 1, dtype=torch.float64)[None, :]  # (1, m)
+    a, c, n = scaling * j, scaling * (m + 1 - j), float(p - 1)
+
+    def log_beta(x, y):
+        return torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)
+
+    log_choose = torch.lgamma(torch.tensor(n + 1)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+    return (log_choose + log_beta(k + a, n - k + c) - log_beta(a, c)).float()
 
 
 def monotonic_alignment(log_likelihood: torch.Tensor, token_lengths: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
