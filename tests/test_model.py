@@ -10,7 +10,7 @@ from polyvox.features.extract import compute_features
 from polyvox.models.acoustic import AcousticModel, Batch, ModelConfig
 from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
 from polyvox.models.symbols import Vocabulary, tokenize
-from polyvox.models.variance import regulate_length, token_average
+from polyvox.models.variance import EDGE_FRAMES, phone_positions, regulate_length, token_average
 from polyvox.text.normalize import normalize_text
 from polyvox.text.phonemes import phonemize
 
@@ -82,6 +82,18 @@ def test_module_shapes():
     assert expanded[0, :, 0].tolist() == [0, 0, 4, 4, 4]
     alignment = torch.tensor([[[1.0, 1, 0], [0, 0, 1]]])
     assert token_average(torch.tensor([[1.0, 3, 5]]), alignment).tolist() == [[2.0, 5.0]]
+
+
+def test_phone_positions_place_each_frame_in_its_token():
+    durations = torch.tensor([[2, 0, 3], [1, 1, 0]])
+    places = phone_positions(durations, 6)
+    assert places.shape == (2, 6, 6)
+    # relative position inside the token, mapped to [-1, 1]: frame centres at 1/4, 3/4 and 1/6, 1/2, 5/6
+    assert torch.allclose(places[0, :5, 0], torch.tensor([-0.5, 0.5, -2 / 3, 0.0, 2 / 3]))
+    assert torch.allclose(places[0, :5, 3] * EDGE_FRAMES, torch.tensor([0.0, 1, 0, 1, 2]))  # frames since start
+    assert torch.allclose(places[0, :5, 4] * EDGE_FRAMES, torch.tensor([1.0, 0, 2, 1, 0]))  # frames until end
+    assert torch.allclose(places[1, :2, 5], torch.log1p(torch.tensor([1.0, 1.0])) / 4)  # the token's log length
+    assert not places[0, 5:].any() and not places[1, 2:].any()  # nothing past each sequence's end
 
 
 def test_tiny_model_overfits_one_batch(real_batch):

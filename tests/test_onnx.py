@@ -12,8 +12,9 @@ from voices import make_bundle, make_member
 
 
 def test_onnx_matches_pytorch_for_a_weighted_ensemble(tmp_path):
-    voice = Voice.from_members({"a": make_member(tmp_path / "a", seed=1), "b": make_member(tmp_path / "b", seed=2)},
-                               weights=[0.3, 0.7])
+    # member b places each frame in its phone (model.phone_positions): the decoder graph takes them too
+    voice = Voice.from_members({"a": make_member(tmp_path / "a", seed=1),
+                                "b": make_member(tmp_path / "b", seed=2, phone_positions=True)}, weights=[0.3, 0.7])
     export_voice(voice, tmp_path / "onnx")
     onnx = OnnxAcoustic(voice, tmp_path / "onnx")
     for text in ("Hi.", "A longer sentence, with a comma, to move the dynamic lengths well past the export's."):

@@ -19,13 +19,14 @@ from conftest import REPO
 SPEAKERS = ("alice", "bob")
 
 
-def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: str = "audio+image") -> Path:
+def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: str = "audio+image",
+                phone_positions: bool = False) -> Path:
     """A member folder (model.json, best.pt, speakers.pt) with random weights and a graphemes front-end."""
     params = load_params(REPO / "params.yaml")
     symbols = Vocabulary([*string.ascii_lowercase, "|", ",", ".", "?", "!", "'", "-"]).symbols
     cfg = ModelConfig(vocab_size=len(symbols), n_mels=params.audio.n_mels, channels=channels, text_layers=1,
                       decoder_layers=1, heads=2, kernel_size=3, variance_kernel_size=3, postnet_layers=2, dropout=0.0,
-                      modality_dropout=0.0, contrastive_temperature=0.1)
+                      modality_dropout=0.0, contrastive_temperature=0.1, phone_positions=phone_positions)
     torch.manual_seed(seed)
     model = AcousticModel(cfg, torch.full((cfg.n_mels,), -5.0), torch.full((cfg.n_mels,), 2.0))
     with torch.no_grad():  # log(1 + 4): about 4 frames per token, so utterances have a sane length

@@ -133,6 +133,7 @@ class ModelSection(_Section):
     modality_dropout: float = Field(ge=0, lt=1)
     contrastive_temperature: float = Field(gt=0)
     alignment_prior: float = Field(ge=0)
+    phone_positions: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_channels(self) -> "ModelSection":

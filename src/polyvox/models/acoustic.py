@@ -18,7 +18,8 @@ from polyvox.models.decoder import MelDecoder
 from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
 from polyvox.models.layers import sequence_mask
 from polyvox.models.mas import beta_binomial_log_prior, monotonic_alignment
-from polyvox.models.variance import VarianceAdaptor, regulate_length, token_average
+from polyvox.models.variance import (POSITION_FEATURES, VarianceAdaptor, phone_positions, regulate_length,
+                                     token_average)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ModelConfig:
     modality_dropout: float
     contrastive_temperature: float
     alignment_prior: float = 0.0  # weight of the beta-binomial prior in the alignment search (0: none)
+    phone_positions: bool = False  # decoder input gets each frame's position inside its phone
 
 
 @dataclass
@@ -70,12 +72,24 @@ class AcousticModel(nn.Module):
         self.variance = VarianceAdaptor(c.channels, c.variance_kernel_size, c.dropout)
         self.decoder = MelDecoder(c.channels, c.decoder_layers, c.heads, c.kernel_size, c.dropout, c.n_mels,
                                   c.postnet_layers)
+        self.positions = nn.Linear(POSITION_FEATURES, c.channels) if c.phone_positions else None
 
     def normalise(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.mel_mean) / self.mel_std
 
     def denormalise(self, mel: torch.Tensor) -> torch.Tensor:
         return mel * self.mel_std + self.mel_mean
+
+    def expand(self, adapted: torch.Tensor, durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+        """Token states (batch, tokens, ch) → the decoder's frame input (batch, frames, ch)."""
+        expanded = regulate_length(adapted, durations, frames)
+        if self.positions is None:
+            return expanded
+        return expanded + self.place(phone_positions(durations, expanded.shape[1]))
+
+    def place(self, positions: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, POSITION_FEATURES) from :func:`phone_positions` → (batch, frames, ch), 0 on padding."""
+        return self.positions(positions) * (positions.abs().sum(dim=2, keepdim=True) > 0)
 
     def condition(self, batch_size: int, reference_mel=None, reference_lengths=None, image=None, image_present=None,
                   audio_embedding=None):
@@ -125,7 +139,7 @@ class AcousticModel(nn.Module):
         energy_loss = (((self.variance.energy(hidden, token_mask) - energy_target) ** 2) * token_mask).sum() / tokens_total
 
         adapted = self.variance.embed(hidden, pitch_target, energy_target)
-        frames = regulate_length(adapted, durations, b.mel.shape[2])
+        frames = self.expand(adapted, durations, b.mel.shape[2])
         mel, post = self.decoder(frames, frame_mask)
         mel_loss = ((mel - target).abs() + (post - target).abs()).sum(dim=1)[frame_mask].sum() / frames_total
 
@@ -172,7 +186,7 @@ class AcousticModel(nn.Module):
         """Token states + given durations → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
         pitch = self.variance.pitch(hidden, token_mask)
         energy = self.variance.energy(hidden, token_mask)
-        frames = regulate_length(self.variance.embed(hidden, pitch, energy), durations)
+        frames = self.expand(self.variance.embed(hidden, pitch, energy), durations)
         frame_lengths = durations.sum(dim=1).long()
         frame_mask = sequence_mask(frame_lengths, frames.shape[1])
         _, post = self.decoder(frames, frame_mask)

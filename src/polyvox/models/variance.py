@@ -37,6 +37,36 @@ def regulate_length(hidden: torch.Tensor, durations: torch.Tensor, frames: int |
     return expanded * (torch.arange(frames, device=hidden.device)[None, :] < total[:, None])[..., None]
 
 
+POSITION_FEATURES = 6
+EDGE_FRAMES = 8.0  # frames over which the distance to a phone's edges saturates
+
+
+def phone_positions(durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+    """Where each frame lies inside its token, (batch, tokens) durations → (batch, frames, 6).
+
+    Per frame: relative position in the token mapped to [-1, 1], its sine and cosine half-wave,
+    frames since the token's start and until its end (saturating at ``EDGE_FRAMES``), and the token's
+    log length. Explicit within-phone position (as in DNN parametric synthesis) spares the decoder
+    learning it from the sinusoidal absolute positions, so transitions inside a phone come sooner.
+    0 past each sequence's end.
+    """
+    durations = durations.long().clamp(min=0)
+    ends = torch.cumsum(durations, dim=1)
+    total = ends[:, -1] if durations.shape[1] else durations.new_zeros(durations.shape[0])
+    frames = int(total.max()) if frames is None else frames
+    positions = torch.arange(frames, device=durations.device)[None, :]
+    index = (positions[..., None] >= ends[:, None, :]).sum(dim=2).clamp(max=max(durations.shape[1] - 1, 0))
+    length = torch.gather(durations, 1, index).float().clamp(min=1)
+    start = torch.gather(ends, 1, index).float() - length
+    since = positions.float() - start
+    relative = (since + 0.5) / length
+    features = torch.stack([2 * relative - 1, torch.sin(torch.pi * relative), torch.cos(torch.pi * relative),
+                            since.clamp(max=EDGE_FRAMES) / EDGE_FRAMES,
+                            (length - 1 - since).clamp(max=EDGE_FRAMES) / EDGE_FRAMES,
+                            torch.log1p(length) / 4], dim=2)
+    return features * (positions < total[:, None])[..., None]
+
+
 def token_average(values: torch.Tensor, alignment: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Average a frame-level value (batch, frames) over each token's frames → (batch, tokens).
 

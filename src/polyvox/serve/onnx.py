@@ -4,9 +4,12 @@ Each member becomes two graphs (``torch.onnx.export`` with the dynamo exporter, 
 
     encoder.onnx   tokens (1, tokens) int64, speaker embedding (1, channels)
                    → variance-adapted token states (1, tokens, channels), log-durations (1, tokens)
-    decoder.onnx   length-regulated frames (1, frames, channels) → log-mel (1, n_mels, frames)
+    decoder.onnx   length-regulated frames (1, frames, channels) [and, for a member with
+                   ``phone_positions``, each frame's place in its phone (1, frames, 6)]
+                   → log-mel (1, n_mels, frames)
 
-Between them, durations are rounded and tokens repeated in numpy — the same shared-duration
+Between them, durations are rounded and tokens repeated in numpy (the positions come from the
+same function the model trains with) — the same shared-duration
 ensemble as :class:`polyvox.ensemble.voice.Voice` (mean log-durations, weighted log-mels). The
 ONNX path covers conditioning by speaker name (the serving hot path); reference audio and images
 go through PyTorch. The vocoder stays in PyTorch (its iSTFT head has no ONNX export).
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from polyvox.models.acoustic import AcousticModel
+from polyvox.models.variance import POSITION_FEATURES, phone_positions
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,10 @@ class _Decoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         mask = torch.ones(frames.shape[0], frames.shape[1], dtype=torch.bool, device=frames.device)
+        if positions is not None:
+            frames = frames + self.model.place(positions)
         _, post = self.model.decoder(frames, mask)
         return self.model.denormalise(post)
 
@@ -69,9 +75,13 @@ def export_member(model: AcousticModel, target: Path) -> None:
                               input_names=["tokens", "embedding"], output_names=["adapted", "log_durations"],
                               dynamic_shapes={"tokens": {1: length}, "embedding": None}, verbose=False)
             count = torch.export.Dim("frames", min=2, max=65536)
-            torch.onnx.export(_Decoder(model).eval(), (frames,), str(target / "decoder.onnx"), dynamo=True,
-                              input_names=["frames"], output_names=["mel"], dynamic_shapes={"frames": {1: count}},
-                              verbose=False)
+            inputs, names, shapes = (frames,), ["frames"], {"frames": {1: count}}
+            if model.positions is not None:
+                inputs += (torch.rand(1, frames.shape[1], POSITION_FEATURES),)
+                names.append("positions")
+                shapes["positions"] = {1: count}
+            torch.onnx.export(_Decoder(model).eval(), inputs, str(target / "decoder.onnx"), dynamo=True,
+                              input_names=names, output_names=["mel"], dynamic_shapes=shapes, verbose=False)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -118,10 +128,15 @@ class OnnxAcoustic:
         log_durations = np.mean([log_d for _, log_d in encoded.values()], axis=0)[0]
         durations = np.maximum(np.round(np.exp(log_durations) - 1.0), 1).astype(np.int64)
         total = sum(m.weight for m in self.voice.members)
+        positions = phone_positions(torch.from_numpy(durations)[None]).numpy().astype(np.float32)
         mel = None
         for member in self.voice.members:
             frames = np.repeat(encoded[member.name][0][0], durations, axis=0)[None].astype(np.float32)
-            part = self.sessions[member.name][1].run(None, {"frames": frames})[0][0] * (member.weight / total)
+            decoder = self.sessions[member.name][1]
+            feeds = {"frames": frames}
+            if any(i.name == "positions" for i in decoder.get_inputs()):
+                feeds["positions"] = positions
+            part = decoder.run(None, feeds)[0][0] * (member.weight / total)
             mel = part if mel is None else mel + part
         return mel
 

@@ -326,13 +326,15 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                     best = val
                     if rank == 0:
                         save_checkpoint(out / "best.pt", checkpoint(done))
-            if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
-                save_checkpoint(out / "last.pt", checkpoint(done))
+            # The step's row goes out before its checkpoint: a kill between the two leaves a row past
+            # last.pt's step, which the resume drops and redoes; the other order would lose the row.
             if writer:
                 writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
                                  "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
                                  f"{time.monotonic() - began:.2f}"])
                 metrics.flush()  # readable while training runs (DVC plots, tail -f)
+            if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
+                save_checkpoint(out / "last.pt", checkpoint(done))
             if tracker:
                 tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES}
                                 | {"lr": scheduler.get_last_lr()[0]} | ({} if val is None else {"val_loss": val}), done)
