@@ -107,9 +107,8 @@ def _whole_files(folder: Path, suffix: str) -> dict[str, bytes]:
             if not p.name.startswith(".tmp-")}
 
 
-def test_kill_during_clean_then_rerun(tmp_path, corpus, cleaned):
-    ws = _workspace(tmp_path, cleaned)
-    shutil.rmtree(ws / "data/clean")  # the copy starts from validate's outputs
+def test_kill_during_clean_then_rerun(tmp_path, corpus, validated, cleaned):
+    ws = _workspace(tmp_path, validated)  # ``cleaned`` is the same, cleaned without a kill
     audio = ws / "data/clean/audio"
     process = _polyvox(ws, "clean", _args(corpus))
     _kill_when(process, lambda: audio.is_dir() and len(_whole_files(audio, ".wav")) >= 2)
@@ -122,6 +121,27 @@ def test_kill_during_clean_then_rerun(tmp_path, corpus, cleaned):
     assert not list(audio.rglob(".tmp-*"))  # a killed writer's leftovers are swept
     rerun = pd.read_parquet(ws / "data/clean/manifest.parquet")
     pd.testing.assert_frame_equal(rerun, pd.read_parquet(cleaned / "data/clean/manifest.parquet"))
+
+
+def test_clean_dying_before_its_new_manifest_keeps_the_old_one_whole(tmp_path, corpus, cleaned, monkeypatch):
+    """New settings redo every file; until the new manifest is written, the old one's audio stays."""
+    from polyvox.clean import stage
+    from polyvox.config import load_params
+    from polyvox.workspace import Workspace
+
+    ws = _workspace(tmp_path, cleaned)
+    old = pd.read_parquet(ws / "data/clean/manifest.parquet")
+
+    def die(target):
+        raise RuntimeError(f"killed while writing {target}")
+
+    monkeypatch.setattr(stage, "atomic_path", die)  # in clean itself, only the manifest is written through it
+    params = load_params(ws / "params.yaml", _overrides(corpus, "clean.loudness_lufs=-20"))
+    with pytest.raises(RuntimeError, match="manifest.parquet"):
+        stage.clean(params, Workspace(ws))
+    assert pd.read_parquet(ws / "data/clean/manifest.parquet").equals(old)
+    for audio in old["audio"]:  # everything the manifest on disk names is still there
+        assert (ws / "data/clean" / audio).is_file(), audio
 
 
 def test_kill_during_features_then_rerun(tmp_path, corpus, cleaned):
