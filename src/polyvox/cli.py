@@ -22,6 +22,7 @@ from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.corpus.demo.voices import SynthesisError
 from polyvox.corpus.schema import CorpusError
 from polyvox.ensemble import VoiceError
+from polyvox.fileio import OutputNotWritten
 from polyvox.lock import WorkspaceBusy, workspace_lock
 from polyvox.registry.store import RegistryError
 from polyvox.tracking import TrackingUnavailable
@@ -51,7 +52,7 @@ class PrefectUnavailable(RuntimeError):
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, VoiceError, RegistryError, WorkspaceBusy,
-               TrackingUnavailable, PrefectUnavailable)
+               TrackingUnavailable, PrefectUnavailable, OutputNotWritten)
 
 
 def _setup_logging(verbose: bool) -> None:

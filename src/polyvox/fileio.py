@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -11,6 +12,38 @@ from contextlib import contextmanager
 from pathlib import Path
 
 CHUNK = 1 << 20
+
+# Errors of the write itself (as opposed to, say, a missing source file read inside the block).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+class OutputNotWritten(Exception):
+    """An output file could not be written (a full disk, a read-only or unwritable folder).
+
+    Deliberately not an ``OSError``: code that treats an unreadable *input* as a bad row
+    (``except OSError``) must not quietly turn a full disk into rejected data.
+    """
+
+    def __init__(self, target: str, reason: str, code: int | None = None):
+        super().__init__(target, reason, code)  # args round-trip through pickle (worker processes)
+        self.target, self.reason, self.errno = target, reason, code
+
+    def __str__(self) -> str:
+        return f"cannot write {self.target}: {self.reason}"
+
+
+def _not_written(target: Path, exc: OSError, tmp: Path | None = None) -> OutputNotWritten:
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.filename is not None and str(exc.filename) not in (str(target), str(tmp)):
+        reason += f" ({exc.filename})"  # e.g. the folder that could not be made
+    return OutputNotWritten(str(target), reason, exc.errno)
+
+
+def _folder_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):  # no statvfs (Windows) or the folder is gone
+        return False
 
 
 def sha256_file(path: Path) -> str:
@@ -26,17 +59,34 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only on success.
 
     A reader never sees a half-written file, and a killed writer leaves only a ``.tmp-*`` file
-    that the next run overwrites.
+    that the next run overwrites. A write that fails for want of space or permission raises
+    :class:`OutputNotWritten`, naming ``target`` and the reason.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.stem}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.stem}.", suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _not_written(target, exc) from exc
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        if tmp.exists():
-            tmp.chmod(0o644)  # mkstemp creates it private; outputs are ordinary files
-        os.replace(tmp, target)
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS and exc.filename in (None, str(tmp), tmp):
+                raise _not_written(target, exc, tmp) from exc
+            raise
+        except RuntimeError as exc:
+            # libsndfile and torch report a full disk as their own errors ("System error.")
+            if _folder_full(target.parent):
+                raise OutputNotWritten(str(target), os.strerror(errno.ENOSPC), errno.ENOSPC) from exc
+            raise
+        try:
+            if tmp.exists():
+                tmp.chmod(0o644)  # mkstemp creates it private; outputs are ordinary files
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _not_written(target, exc, tmp) from exc
     finally:
         tmp.unlink(missing_ok=True)
 

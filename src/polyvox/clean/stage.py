@@ -92,7 +92,6 @@ def clean(params: Params, workspace: Workspace) -> CleanResult:
     for key, facts in zip(todo, map_items(clean_audio, tasks, params.parallel, "clean: audio", log)):
         audio_index[key] = facts
     save_index(audio_index, audio_index_path)
-    _remove_unreferenced(out / "audio", set(audio_index))
 
     # Text: spoken form and phonemes, batched (one phonemizer backend for all rows).
     text_settings = {"language": params.clean.language, "phonemizer": params.clean.phonemizer}
@@ -118,6 +117,8 @@ def clean(params: Params, workspace: Workspace) -> CleanResult:
     manifest = manifest[MANIFEST_COLUMNS]
     with atomic_path(workspace.clean_manifest) as tmp:
         pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), tmp, compression="zstd")
+    # Pruned only now: until the new manifest is in place, the old one (and its audio) stays whole.
+    _remove_unreferenced(out / "audio", set(audio_index))
 
     backends = sorted(set(manifest["phonemizer"])) or [params.clean.phonemizer]
     result = CleanResult(

@@ -228,6 +228,9 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     if previous is not None:
         log.info("evaluate: candidate, champion, data and settings unchanged; %s stands", out)
         return EvaluateResult(metrics=previous, report=out / "report.html", seconds=previous["seconds"])
+    # The stamp of an older evaluation goes first: a run killed halfway must not leave new audio and
+    # report beside a stamp that a later run (say, after a rollback to that candidate) takes as done.
+    (out / "metrics.json").unlink(missing_ok=True)
     table, summary = score_systems(params, workspace, systems, rows, {name: out / "audio" / name for name in systems})
 
     # paired bootstrap of candidate − champion
