@@ -65,6 +65,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/data_stages_kathleen.py
 	$(BIN)/python benchmarks/onnx_speed.py
 	$(BIN)/python benchmarks/serve_latency.py
+	$(BIN)/python benchmarks/dvc_noop.py
 
 clean:
 	rm -rf $(VENV) data/raw
