@@ -35,18 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DVC = Path(sys.executable).with_name("dvc")
 
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["demo"]["utterances_per_speaker"] = 2
-    params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
-    params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
-    params["vocoder"].update(channels=16, layers=1, intermediate=32, max_steps=2, batch_size=2)
-    params["features"]["splits"].update(val=0.25, test=0.25)
-    params["ensemble"].update(fit_utterances=2, fit_steps=20)
-    params["evaluate"].update(max_utterances=2, rtf_sentences=1, report_samples=1, centroid_takes=2,
-                              bootstrap_resamples=100)
-    return params
+sys.path.insert(0, str(REPO / "tests"))
+from tiny_project import tiny_params  # noqa: E402  (the same tiny project as the DVC end-to-end test)
 
 
 def environment(project: Path) -> dict[str, str]:
@@ -70,7 +60,7 @@ def build(project: Path) -> float:
         shutil.rmtree(project)
     shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", project)
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(REPO / "params.yaml"), sort_keys=False))
     (project / ".gitignore").write_text("__pycache__/\n*.egg-info/\n/mlflow.db\n/mlruns/\n")
     run(project, "git", "init", "-q")
     run(project, str(DVC), "init", "-q")

@@ -19,6 +19,7 @@ from polyvox.workspace import Workspace
 
 import corpora
 from conftest import REPO
+from tiny_project import tiny_params
 
 
 def _flatten(tree: dict, prefix: str = "") -> set[str]:
@@ -166,15 +167,7 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     project = tmp_path / "project"
     shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", project)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["demo"]["utterances_per_speaker"] = 2
-    params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
-    params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
-    params["vocoder"].update(channels=16, layers=1, intermediate=32, max_steps=2, batch_size=2)
-    params["features"]["splits"].update(val=0.25, test=0.25)
-    params["ensemble"].update(fit_utterances=2, fit_steps=20)
-    params["evaluate"].update(max_utterances=2, rtf_sentences=1, report_samples=1, centroid_takes=2,
-                              bootstrap_resamples=100)
+    params = tiny_params(REPO / "params.yaml")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         "PATH": f"{dvc.parent}:/usr/bin:/bin",

@@ -18,8 +18,8 @@ from polyvox.models.decoder import MelDecoder
 from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
 from polyvox.models.layers import sequence_mask
 from polyvox.models.mas import beta_binomial_log_prior, monotonic_alignment
-from polyvox.models.variance import (POSITION_FEATURES, VarianceAdaptor, phone_positions, regulate_length,
-                                     token_average)
+from polyvox.models.variance import (POSITION_FEATURES, VarianceAdaptor, frame_tokens, phone_positions,
+                                     regulate_length, token_average)
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,11 @@ class AcousticModel(nn.Module):
 
     def expand(self, adapted: torch.Tensor, durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """Token states (batch, tokens, ch) → the decoder's frame input (batch, frames, ch)."""
-        expanded = regulate_length(adapted, durations, frames)
+        tokens = frame_tokens(durations, frames)  # shared by the expansion and the positions
+        expanded = regulate_length(adapted, durations, tokens=tokens)
         if self.positions is None:
             return expanded
-        return expanded + self.place(phone_positions(durations, expanded.shape[1]))
+        return expanded + self.place(phone_positions(durations, tokens=tokens))
 
     def place(self, positions: torch.Tensor) -> torch.Tensor:
         """(batch, frames, POSITION_FEATURES) from :func:`phone_positions` → (batch, frames, ch), 0 on padding."""

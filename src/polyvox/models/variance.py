@@ -24,47 +24,54 @@ class VariancePredictor(nn.Module):
         return self.out(x).squeeze(-1) * mask
 
 
-def regulate_length(hidden: torch.Tensor, durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
-    """Repeat each token's hidden vector for its duration: (batch, tokens, ch) → (batch, frames, ch)."""
-    durations = durations.long().clamp(min=0)
-    total = durations.sum(dim=1)
+def frame_tokens(durations: torch.Tensor, frames: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token each frame belongs to, (batch, tokens) durations → index and validity, (batch, frames).
+
+    Frame f belongs to token i when cumsum[i-1] <= f < cumsum[i]; frames past a sequence's total are
+    invalid (their index is clamped to the last token)."""
+    ends = torch.cumsum(durations.long().clamp(min=0), dim=1)
+    total = ends[:, -1] if durations.shape[1] else ends.new_zeros(durations.shape[0])
     frames = int(total.max()) if frames is None else frames
-    # Frame f belongs to token i when cumsum[i-1] <= f < cumsum[i].
-    ends = torch.cumsum(durations, dim=1)
-    positions = torch.arange(frames, device=hidden.device)[None, :, None]
-    index = (positions >= ends[:, None, :]).sum(dim=2).clamp(max=hidden.shape[1] - 1)
+    positions = torch.arange(frames, device=durations.device)[None, :]
+    index = (positions[..., None] >= ends[:, None, :]).sum(dim=2).clamp(max=max(durations.shape[1] - 1, 0))
+    return index, positions < total[:, None]
+
+
+def regulate_length(hidden: torch.Tensor, durations: torch.Tensor, frames: int | None = None,
+                    tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Repeat each token's hidden vector for its duration: (batch, tokens, ch) → (batch, frames, ch).
+
+    ``tokens``: :func:`frame_tokens` of the same durations, when the caller already has it."""
+    index, valid = frame_tokens(durations, frames) if tokens is None else tokens
     expanded = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[2]))
-    return expanded * (torch.arange(frames, device=hidden.device)[None, :] < total[:, None])[..., None]
+    return expanded * valid[..., None]
 
 
 POSITION_FEATURES = 6
 EDGE_FRAMES = 8.0  # frames over which the distance to a phone's edges saturates
 
 
-def phone_positions(durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+def phone_positions(durations: torch.Tensor, frames: int | None = None,
+                    tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Where each frame lies inside its token, (batch, tokens) durations → (batch, frames, 6).
 
     Per frame: relative position in the token mapped to [-1, 1], its sine and cosine half-wave,
     frames since the token's start and until its end (saturating at ``EDGE_FRAMES``), and the token's
     log length. Explicit within-phone position (as in DNN parametric synthesis) spares the decoder
     learning it from the sinusoidal absolute positions, so transitions inside a phone come sooner.
-    0 past each sequence's end.
+    0 past each sequence's end. ``tokens`` as in :func:`regulate_length`.
     """
+    index, valid = frame_tokens(durations, frames) if tokens is None else tokens
     durations = durations.long().clamp(min=0)
-    ends = torch.cumsum(durations, dim=1)
-    total = ends[:, -1] if durations.shape[1] else durations.new_zeros(durations.shape[0])
-    frames = int(total.max()) if frames is None else frames
-    positions = torch.arange(frames, device=durations.device)[None, :]
-    index = (positions[..., None] >= ends[:, None, :]).sum(dim=2).clamp(max=max(durations.shape[1] - 1, 0))
     length = torch.gather(durations, 1, index).float().clamp(min=1)
-    start = torch.gather(ends, 1, index).float() - length
-    since = positions.float() - start
+    start = torch.gather(torch.cumsum(durations, dim=1), 1, index).float() - length
+    since = torch.arange(index.shape[1], device=durations.device)[None, :].float() - start
     relative = (since + 0.5) / length
     features = torch.stack([2 * relative - 1, torch.sin(torch.pi * relative), torch.cos(torch.pi * relative),
                             since.clamp(max=EDGE_FRAMES) / EDGE_FRAMES,
                             (length - 1 - since).clamp(max=EDGE_FRAMES) / EDGE_FRAMES,
                             torch.log1p(length) / 4], dim=2)
-    return features * (positions < total[:, None])[..., None]
+    return features * valid[..., None]
 
 
 def token_average(values: torch.Tensor, alignment: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -115,6 +115,9 @@ class OnnxAcoustic:
             self.sessions[member.name] = (
                 ort.InferenceSession(str(base / "encoder.onnx"), options, providers=["CPUExecutionProvider"]),
                 ort.InferenceSession(str(base / "decoder.onnx"), options, providers=["CPUExecutionProvider"]))
+        # members whose decoder graph also takes each frame's place in its phone (model.phone_positions)
+        self.placed = {name for name, (_, decoder) in self.sessions.items()
+                       if any(i.name == "positions" for i in decoder.get_inputs())}
 
     def mel(self, text: str, speaker: str) -> np.ndarray:
         """(n_mels, frames) log-mel on shared durations, weighted as the voice's members are."""
@@ -128,15 +131,13 @@ class OnnxAcoustic:
         log_durations = np.mean([log_d for _, log_d in encoded.values()], axis=0)[0]
         durations = np.maximum(np.round(np.exp(log_durations) - 1.0), 1).astype(np.int64)
         total = sum(m.weight for m in self.voice.members)
-        positions = phone_positions(torch.from_numpy(durations)[None]).numpy().astype(np.float32)
+        positions = phone_positions(torch.from_numpy(durations)[None]).numpy() if self.placed else None
         mel = None
         for member in self.voice.members:
-            frames = np.repeat(encoded[member.name][0][0], durations, axis=0)[None].astype(np.float32)
-            decoder = self.sessions[member.name][1]
-            feeds = {"frames": frames}
-            if any(i.name == "positions" for i in decoder.get_inputs()):
+            feeds = {"frames": np.repeat(encoded[member.name][0][0], durations, axis=0)[None].astype(np.float32)}
+            if member.name in self.placed:
                 feeds["positions"] = positions
-            part = decoder.run(None, feeds)[0][0] * (member.weight / total)
+            part = self.sessions[member.name][1].run(None, feeds)[0][0] * (member.weight / total)
             mel = part if mel is None else mel + part
         return mel
 

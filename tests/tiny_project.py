@@ -1,0 +1,21 @@
+"""params.yaml shrunk to a tiny demo project (2 utterances per demo voice, 2 training steps), for
+the DVC end-to-end test and ``benchmarks/dvc_noop.py``. Plain data, no pytest: both import it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def tiny_params(params_file: Path) -> dict:
+    params = yaml.safe_load(params_file.read_text())
+    params["demo"]["utterances_per_speaker"] = 2
+    params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
+    params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
+    params["vocoder"].update(channels=16, layers=1, intermediate=32, max_steps=2, batch_size=2)
+    params["features"]["splits"].update(val=0.25, test=0.25)
+    params["ensemble"].update(fit_utterances=2, fit_steps=20)
+    params["evaluate"].update(max_utterances=2, rtf_sentences=1, report_samples=1, centroid_takes=2,
+                              bootstrap_resamples=100)
+    return params
