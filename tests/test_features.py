@@ -37,6 +37,23 @@ def test_feature_shapes_share_one_frame_grid():
     assert (silence["f0"] == 0).all() and np.allclose(silence["mel"], np.log(1e-5))
 
 
+def test_coarser_pitch_bins_track_the_fine_ones_on_real_speech(kathleen_files):
+    import librosa
+    import soundfile as sf
+
+    cfg = load_params(REPO / "params.yaml").audio
+    assert cfg.f0_resolution == 0.2  # params.yaml's choice; librosa's default is 0.1
+    signal, rate = sf.read(str(kathleen_files[0]), dtype="float32")
+    signal = librosa.resample(signal, orig_sr=rate, target_sr=cfg.sample_rate)
+    coarse = compute_features(signal, cfg)["f0"]
+    fine = compute_features(signal, cfg.model_copy(update={"f0_resolution": 0.1}))["f0"]
+    both = (coarse > 0) & (fine > 0)
+    assert both.sum() > 50
+    assert ((coarse > 0) == (fine > 0)).mean() > 0.9  # the same frames voiced, give or take the edges
+    cents = 1200 * np.abs(np.log2(coarse[both] / fine[both]))
+    assert np.median(cents) <= 10 and np.percentile(cents, 90) <= 25, (np.median(cents), np.percentile(cents, 90))
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, kathleen, kathleen_files):
     """prepare → features on six real takes, in a module-wide workspace."""

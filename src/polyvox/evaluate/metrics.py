@@ -36,7 +36,7 @@ class Analysis:
 
 
 def analyse(signal: np.ndarray, rate: int, f0_min: float = 65.0, f0_max: float = 600.0, sample_rate: int = 22050,
-            n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> Analysis:
+            n_fft: int = 1024, hop: int = 256, n_mels: int = 80, f0_resolution: float = 0.1) -> Analysis:
     """Mel cepstra and F0 on one frame grid, after resampling to ``sample_rate`` and trimming silence."""
     import librosa
     import scipy.fft
@@ -53,7 +53,7 @@ def analyse(signal: np.ndarray, rate: int, f0_min: float = 65.0, f0_max: float =
     # convention MCD's 10/ln10·sqrt(2·Σ) constant assumes (an orthonormal DCT would inflate it ~13x).
     cepstra = scipy.fft.dct(np.log(np.maximum(mel, 1e-5)), type=2, axis=0)[:CEPSTRA] / (2 * n_mels)
     f0, _, _ = librosa.pyin(signal.astype(np.float64), fmin=f0_min, fmax=f0_max, sr=sample_rate, frame_length=n_fft,
-                            hop_length=hop)
+                            hop_length=hop, resolution=f0_resolution)
     frames = min(cepstra.shape[1], len(f0))
     return Analysis(cepstra=cepstra[:, :frames], f0=np.nan_to_num(f0[:frames], nan=0.0))
 

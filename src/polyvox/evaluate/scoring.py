@@ -31,6 +31,7 @@ class ScoreItem:
     real: str | None = None
     f0_min: float = 65.0
     f0_max: float = 600.0
+    f0_resolution: float = 0.1  # semitones (audio.f0_resolution)
 
 
 def _read(path: str) -> tuple[np.ndarray, int]:
@@ -50,8 +51,8 @@ def score(item: ScoreItem) -> dict:
                 "seconds": len(signal) / rate, **m.dnsmos(signal, rate)})
     if item.kind == "synthesis" and item.real is not None:
         real, real_rate = _read(item.real)
-        ours = m.analyse(signal, rate, item.f0_min, item.f0_max)
-        theirs = m.analyse(real, real_rate, item.f0_min, item.f0_max)
+        ours = m.analyse(signal, rate, item.f0_min, item.f0_max, f0_resolution=item.f0_resolution)
+        theirs = m.analyse(real, real_rate, item.f0_min, item.f0_max, f0_resolution=item.f0_resolution)
         path = m.dtw_path(theirs, ours)
         f0 = m.log_f0_rmse(theirs, ours, path)
         out.update({"mcd_db": m.mel_cepstral_distortion(theirs, ours, path),

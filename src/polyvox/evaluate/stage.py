@@ -155,7 +155,7 @@ def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple
     index = index.merge(pd.read_parquet(workspace.clean_manifest)[["id", "audio"]], on="id", how="left")
     centroid_rows = pd.concat([index[(index["speaker"] == s) & (index["split"] == "train")].head(cfg.centroid_takes)
                                for s in speakers])
-    f0 = {"f0_min": params.audio.f0_min, "f0_max": params.audio.f0_max}
+    f0 = {"f0_min": params.audio.f0_min, "f0_max": params.audio.f0_max, "f0_resolution": params.audio.f0_resolution}
     items = [ScoreItem("centroid", str(workspace.clean / a)) for a in centroid_rows["audio"]]
     keys = [("centroid", r.speaker, r.id) for r in centroid_rows.itertuples()]
     for row in rows.itertuples():
@@ -204,7 +204,7 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
     candidate_voice = voice_digest(workspace.candidate)
     champion_voice = voice_digest(workspace.champion)
     return fingerprint(workspace.data_version(), params.seed, params.evaluate.model_dump(), params.audio.f0_min,
-                       params.audio.f0_max, candidate_voice,
+                       params.audio.f0_max, params.audio.f0_resolution, candidate_voice,
                        None if champion_voice in ("", candidate_voice) else champion_voice,
                        source_digest("evaluate", "ensemble", "models"))
 

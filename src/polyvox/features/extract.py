@@ -60,7 +60,7 @@ def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarr
                           window=torch.hann_window(cfg.win_length), center=True, return_complex=True)
     energy = torch.linalg.vector_norm(spectrum.abs(), dim=0).numpy()
     f0, _, _ = librosa.pyin(signal.astype(np.float64), fmin=cfg.f0_min, fmax=cfg.f0_max, sr=cfg.sample_rate,
-                            frame_length=cfg.n_fft, hop_length=cfg.hop_length,
+                            frame_length=cfg.n_fft, hop_length=cfg.hop_length, resolution=cfg.f0_resolution,
                             center=True)
     frames = min(mel.shape[1], energy.shape[0], f0.shape[0])
     return {
