@@ -137,6 +137,7 @@ class ModelSection(_Section):
     contrastive_temperature: float = Field(gt=0)
     alignment_prior: float = Field(ge=0)
     phone_positions: bool = False
+    token_dropout: float | None = Field(default=None, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _heads_divide_channels(self) -> "ModelSection":

@@ -38,6 +38,7 @@ class ModelConfig:
     contrastive_temperature: float
     alignment_prior: float = 0.0  # weight of the beta-binomial prior in the alignment search (0: none)
     phone_positions: bool = False  # decoder input gets each frame's position inside its phone
+    token_dropout: float | None = None  # dropout of the token-level modules (text encoder, variance adaptor); None: dropout
 
 
 @dataclass
@@ -65,11 +66,12 @@ class AcousticModel(nn.Module):
         c = cfg
         self.register_buffer("mel_mean", mel_mean.float().reshape(1, -1, 1))
         self.register_buffer("mel_std", mel_std.float().reshape(1, -1, 1))
-        self.text = TextEncoder(c.vocab_size, c.channels, c.text_layers, c.heads, c.kernel_size, c.dropout, c.n_mels)
+        token_dropout = c.dropout if c.token_dropout is None else c.token_dropout
+        self.text = TextEncoder(c.vocab_size, c.channels, c.text_layers, c.heads, c.kernel_size, token_dropout, c.n_mels)
         self.reference = ReferenceEncoder(c.n_mels, c.channels, c.dropout)
         self.image = ImageEncoder(c.channels, c.dropout)
         self.fusion = ConditioningFusion(c.channels, c.modality_dropout)
-        self.variance = VarianceAdaptor(c.channels, c.variance_kernel_size, c.dropout)
+        self.variance = VarianceAdaptor(c.channels, c.variance_kernel_size, token_dropout)
         self.decoder = MelDecoder(c.channels, c.decoder_layers, c.heads, c.kernel_size, c.dropout, c.n_mels,
                                   c.postnet_layers)
         self.positions = nn.Linear(POSITION_FEATURES, c.channels) if c.phone_positions else None
