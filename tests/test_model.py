@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -94,6 +96,25 @@ def test_phone_positions_place_each_frame_in_its_token():
     assert torch.allclose(places[0, :5, 4] * EDGE_FRAMES, torch.tensor([1.0, 0, 2, 1, 0]))  # frames until end
     assert torch.allclose(places[1, :2, 5], torch.log1p(torch.tensor([1.0, 1.0])) / 4)  # the token's log length
     assert not places[0, 5:].any() and not places[1, 2:].any()  # nothing past each sequence's end
+
+
+def test_token_dropout_regularises_the_token_level_modules_only():
+    from torch import nn
+
+    def rates(module):
+        return {m.p for m in module.modules() if isinstance(m, nn.Dropout)}
+
+    model = AcousticModel(replace(tiny_config(20), dropout=0.0, token_dropout=0.2), torch.zeros(80), torch.ones(80))
+    assert rates(model.text) == rates(model.variance) == {0.2}
+    assert rates(model.decoder) == rates(model.reference) == {0.0}
+    same = AcousticModel(replace(tiny_config(20), dropout=0.1), torch.zeros(80), torch.ones(80))  # None: as dropout
+    assert rates(same.text) == rates(same.variance) == rates(same.decoder) == {0.1}
+    # in training mode it changes the token states; in eval mode synthesis is deterministic
+    tokens, lengths = torch.tensor([[3, 4, 5, 6]]), torch.tensor([4])
+    model.train()
+    assert not torch.allclose(model.text(tokens, lengths)[0], model.text(tokens, lengths)[0])
+    model.eval()
+    assert torch.equal(model.text(tokens, lengths)[0], model.text(tokens, lengths)[0])
 
 
 def test_tiny_model_overfits_one_batch(real_batch):
