@@ -10,6 +10,10 @@ import yaml
 
 def tiny_params(params_file: Path) -> dict:
     params = yaml.safe_load(params_file.read_text())
+    # With two or three takes a voice, a voice can draw every take into val/test, and a voice with no
+    # training take cannot be evaluated ("the candidate does not know test speaker(s)"); this seed's
+    # prompt choices and splits give each of the six voices a training take at 2 and at 3 takes a voice.
+    params["seed"] = 11
     params["demo"]["utterances_per_speaker"] = 2
     params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
     params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
