@@ -43,8 +43,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # schedule (bounded by DEMO_TRAIN_MINUTES), the neural vocoder for DEMO_VOCODER_MINUTES, and
 # DEMO_EVAL_UTTERANCES held-out sentences scored. A real corpus uses params.yaml's own members
 # (two, for the ensemble); `dvc repro` builds params.yaml's six-voice demo corpus.
-DEMO_TRAIN_STEPS ?= 850
-DEMO_TRAIN_MINUTES ?= 13
+DEMO_TRAIN_STEPS ?= 980
+DEMO_TRAIN_MINUTES ?= 15
 DEMO_VOCODER_MINUTES ?= 4
 DEMO_EVAL_UTTERANCES ?= 36
 DEMO_VOICES := demo.voices=[flite_slt, flite_rms]
