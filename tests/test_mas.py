@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -46,3 +48,14 @@ def test_mas_batches_with_padding():
     assert torch.equal(batch[1, :2, :5], single[0]) and batch[1, 2:].sum() == 0 and batch[1, :, 5:].sum() == 0
     with pytest.raises(ValueError, match="frames >= tokens"):
         monotonic_alignment(value, torch.tensor([4, 6]), torch.tensor([9, 5]))
+
+
+def test_the_search_starts_no_thread_pool_of_its_own():
+    # numba's parallel loops bring a second OpenMP runtime whose spinning threads made two CPU ranks
+    # under torchrun ~6x slower; the search must leave numba's threading layer unstarted.
+    code = ("import torch, numba.np.ufunc.parallel as p\n"
+            "from polyvox.models.mas import monotonic_alignment\n"
+            "monotonic_alignment(torch.randn(2, 4, 9), torch.tensor([4, 3]), torch.tensor([9, 7]))\n"
+            "print(p._is_initialized)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "False"
