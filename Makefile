@@ -39,9 +39,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 # fewer voices with more distinct text each is what most brings the word error rate down at these
 # step counts (benchmarks/README.md, "What learns fastest") — and one compact member (128 channels,
 # kernel 3, 3 + 3 layers, dropout 0.2 on the token-level modules only, phone positions: a held-out
-# WER of 0.47 against 0.55 without the dropout) for DEMO_TRAIN_STEPS steps on a cosine
-# schedule peaking at 0.003 (0.002 gave WER 0.375 against 0.336 at 980 steps; 0.004 trained worse)
-# (bounded by DEMO_TRAIN_MINUTES), the neural vocoder for DEMO_VOCODER_MINUTES, and
+# WER of 0.47 against 0.55 without the dropout) for DEMO_TRAIN_STEPS steps (bounded by
+# DEMO_TRAIN_MINUTES) on a cosine schedule peaking at 0.003 — at 980 steps, held-out WER 0.336
+# against 0.375 at 0.002; 0.004 trained worse — the neural vocoder for DEMO_VOCODER_MINUTES, and
 # DEMO_EVAL_UTTERANCES held-out sentences scored. A real corpus uses params.yaml's own members
 # (two, for the ensemble); `dvc repro` builds params.yaml's six-voice demo corpus.
 DEMO_TRAIN_STEPS ?= 1050

@@ -43,8 +43,8 @@ def _path(value: np.ndarray, tokens: int, frames: int) -> np.ndarray:
 def _batch(values: np.ndarray, tokens: np.ndarray, frames: np.ndarray) -> np.ndarray:
     # Sequential on purpose: a batch takes ~4 ms on one thread against ~700 ms for the training step
     # around it, and numba's parallel loops start a second OpenMP runtime (the system libgomp, beside
-    # torch's own) whose threads spin against torch's: under torchrun on CPU, two ranks ran at ~5 s/step
-    # instead of ~0.84 (benchmarks/README.md, "The second core does little for training").
+    # torch's own) whose threads spin against torch's: under torchrun on CPU, two ranks ran at 5.0 s/step,
+    # 0.90 with this loop (benchmarks/README.md, "A bug this found").
     out = np.zeros(values.shape, dtype=np.int8)
     for b in range(values.shape[0]):
         out[b, : tokens[b], : frames[b]] = _path(values[b, : tokens[b], : frames[b]], tokens[b], frames[b])
