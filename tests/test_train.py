@@ -19,7 +19,9 @@ from conftest import REPO
 from stages import params_for, run_stages
 
 TINY = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
-        "train.batch_size=2", "train.warmup_steps=2", "train.validate_every=2", "train.checkpoint_every=2"]
+        "train.batch_size=2", "train.warmup_steps=2", "train.validate_every=2", "train.checkpoint_every=2",
+        # a schedule that does not depend on max_steps: the resume tests grow max_steps between runs
+        "train.lr_schedule=inverse_sqrt"]
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +287,39 @@ def test_lr_schedules_warm_up_then_decay(params):
     assert all(factor(s) >= factor(s + 1) for s in range(9, 120))
     inverse = lr_factor(params.train.model_copy(update={"lr_schedule": "inverse_sqrt", "warmup_steps": 100}))
     assert inverse(99) == pytest.approx(1.0) and inverse(399) == pytest.approx(0.5)
+
+
+def test_plan_steps_fills_the_budget():
+    from polyvox.train.trainer import plan_steps
+
+    # 20 steps done in 10 s; 0.5 s a step and a 4 s validation every 200 steps → 0.52 s a step
+    planned = plan_steps(20, 10.0, 0.5, 4.0, max_minutes=16, validate_every=200, margin=0.0)
+    assert planned == 20 + int((16 * 60 - 10) / 0.52)
+    assert plan_steps(20, 10.0, 1.0, 0.0, 16, 200) < plan_steps(20, 10.0, 0.5, 0.0, 16, 200)  # a slower machine: fewer
+    assert plan_steps(5, 999.0, 1.0, 0.0, 1, 200) == 6  # over budget already: one more step, never zero
+
+
+def test_auto_steps_spend_the_minutes_and_a_resume_keeps_the_plan(featured, tmp_path):
+    from polyvox.train.trainer import LR_FLOOR
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "auto")
+    auto = params.model_copy(update={"train": params.train.model_copy(update={
+        "max_steps": "auto", "max_minutes": 0.1, "calibration_steps": 3, "lr_schedule": "cosine"})})
+    result = train(auto, target, member="a")
+    assert result.planned_steps is not None and result.planned_steps > 3
+    assert result.stopped_by == "steps" and result.steps == result.planned_steps  # the plan fitted the budget
+    assert result.seconds <= 6.0 * 1.1
+    last = torch.load(target.models / "a/last.pt", weights_only=True)
+    assert last["planned_steps"] == result.planned_steps == last["step"]
+    rows = list(csv.DictReader(open(target.models / "a/metrics.csv")))
+    assert float(rows[-1]["lr"]) == pytest.approx(LR_FLOOR * auto.train.lr, rel=1e-3)  # decayed over the plan
+    assert rows[2]["val_loss"]  # the timed start ends with a validation pass
+
+    # A run interrupted after its plan was made resumes under that same plan (and schedule).
+    planned = result.planned_steps + 4
+    last["planned_steps"] = planned
+    torch.save(last, target.models / "a/last.pt")
+    resumed = train(auto.model_copy(update={"train": auto.train.model_copy(update={"max_minutes": 5})}), target,
+                    member="a")
+    assert resumed.planned_steps == planned and resumed.steps == planned

