@@ -53,7 +53,7 @@ def test_mistyped_value(tmp_path):
 def test_out_of_range_and_duplicate_values(tmp_path):
     path = repo_params_with(tmp_path, "workers: ", "workers: 0 #")
     assert "parallel.workers" in str(pytest.raises(ConfigError, load_params, path).value)
-    path = repo_params_with(tmp_path, "voices: [flite_awb,", "voices: [flite_awb, flite_awb,")
+    path = repo_params_with(tmp_path, "voices: [flite_slt,", "voices: [flite_slt, flite_slt,")
     assert "listed twice" in str(pytest.raises(ConfigError, load_params, path).value)
 
 
