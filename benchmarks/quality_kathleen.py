@@ -1,6 +1,17 @@
-"""Train the default config on kathleen-a for a bounded time, then measure what it says.
+"""Train params.yaml's recipe on kathleen-a for a bounded time, then measure what it says.
 
-    .venv/bin/python benchmarks/quality_kathleen.py [--minutes 100] [--phase all|data|train|evaluate]
+    .venv/bin/python benchmarks/quality_kathleen.py [--minutes 60] [--phase all|data|train|evaluate]
+        [--member NAME] [--init-from MODEL_FOLDER] [--threads N] [-S key=value ...]
+
+The params are ``profiles/kathleen-a.yaml`` (params.yaml with only the corpus and its member
+changed). Variants train side by side at equal minutes as members of one workspace, one process
+each, e.g. from scratch against a warm start from the demo's voice, one thread each on 2 cores:
+
+    python benchmarks/quality_kathleen.py --phase data
+    python benchmarks/quality_kathleen.py --phase train --member scratch --threads 1 --minutes 15 &
+    python benchmarks/quality_kathleen.py --phase train --member warm --threads 1 --minutes 15 \
+        --init-from ../demo/models/voice &
+    wait; for m in scratch warm; do python benchmarks/quality_kathleen.py --phase evaluate --member $m; done
 
 Phases (each resumable; rerunning skips what is done):
 1. data: prepare → validate → clean → features of kathleen-a in ``--workspace``;
@@ -10,7 +21,8 @@ Phases (each resumable; rerunning skips what is done):
    recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: pocketsphinx WER/CER,
    resemblyzer speaker similarity, MCD with DTW, log-F0 RMSE, DNSMOS and real-time factor.
 
-Writes ``benchmarks/results/quality_kathleen.json`` and per-utterance ``quality_kathleen_<vocoder>.csv``;
+Writes ``benchmarks/results/quality_kathleen_<member>.json`` and per-utterance
+``quality_kathleen_<member>_<vocoder>.csv``;
 the synthesised WAVs go to ``models/kathleen/samples-<vocoder>/`` in the workspace.
 """
 
@@ -43,19 +55,23 @@ def run_data(params, ws: Workspace) -> None:
         stage(params, ws)
 
 
-def run_train(params, ws: Workspace, member: str) -> dict:
+def run_train(params, ws: Workspace, member: str, init_from: Path | None) -> dict:
     from polyvox.train.trainer import train
 
-    result = train(params, ws, member=member, resume=True)
-    return {"steps": result.steps, "best_val_loss": result.best_val_loss, "seconds_per_step": result.seconds_per_step,
-            "device": result.device, "stopped_by": result.stopped_by}
+    result = train(params, ws, member=member, resume=True, init_from=init_from)
+    return {"steps": result.steps, "planned_steps": result.planned_steps, "best_val_loss": result.best_val_loss,
+            "seconds_per_step": result.seconds_per_step, "device": result.device, "stopped_by": result.stopped_by,
+            "precision": result.precision, "init_from": None if init_from is None else str(init_from)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared/data/kathleen-a")
     parser.add_argument("--workspace", type=Path, default=REPO / "benchmarks/work/quality_kathleen")
-    parser.add_argument("--minutes", type=float, default=100.0, help="training wall-time bound")
+    parser.add_argument("--params", type=Path, default=REPO / "profiles/kathleen-a.yaml")
+    parser.add_argument("--minutes", type=float, default=60.0, help="training wall-time bound")
+    parser.add_argument("--init-from", type=Path, default=None, help="warm start: a trained member's folder")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (one per side-by-side run)")
     parser.add_argument("--phase", choices=("all", "data", "train", "evaluate"), default="all")
     parser.add_argument("--member", default="kathleen")
     parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a trained vocoder's folder")
@@ -63,24 +79,27 @@ def main() -> None:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="params override")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ws = Workspace(args.workspace)
-    params = load_params(REPO / "params.yaml", [f"prepare.corpus={args.corpus.resolve()}",
-                                                f"train.max_minutes={args.minutes}", *args.overrides])
+    params = load_params(args.params, [f"prepare.corpus={args.corpus.resolve()}",
+                                       f"train.max_minutes={args.minutes}", *args.overrides])
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report_path = RESULTS / "quality_kathleen.json"
+    report_path = RESULTS / f"quality_kathleen_{args.member}.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     if args.phase in ("all", "data"):
         run_data(params, ws)
     if args.phase in ("all", "train"):
-        report["train"] = {**run_train(params, ws, args.member), "machine": machine, "minutes": args.minutes}
+        report["train"] = {**run_train(params, ws, args.member, args.init_from), "machine": machine,
+                           "minutes": args.minutes}
         report_path.write_text(json.dumps(report, indent=1) + "\n")
     if args.phase in ("all", "evaluate"):
         from polyvox.evaluate.quality import evaluate_member
 
         tag = "griffin-lim" if args.vocoder == "griffin-lim" else Path(args.vocoder).name
         report[f"evaluate_{tag}"] = {"machine": machine, **evaluate_member(params, ws, args.member, vocoder=args.vocoder,
-                                                    per_utterance_csv=RESULTS / f"quality_kathleen_{tag}.csv",
+                                                    per_utterance_csv=RESULTS / f"quality_kathleen_{args.member}_{tag}.csv",
                                                     samples=ws.models / args.member / f"samples-{tag}", limit=args.limit)}
         report_path.write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report[f"evaluate_{tag}"], indent=1))
