@@ -13,9 +13,12 @@ T = TypeVar("T")
 
 
 def track(
-    items: Iterable[T], total: int, description: str, logger: logging.Logger, size: Callable[[T], int] = lambda _: 1
+    items: Iterable[T], total: int, description: str, logger: logging.Logger, size: Callable[[T], int] = lambda _: 1,
+    total_now: Callable[[], int] | None = None,
 ) -> Iterator[T]:
-    """Yield ``items`` while showing progress out of ``total`` (each item counts ``size(item)``).
+    """Yield ``items`` while showing progress out of ``total`` (each item counts ``size(item)``);
+    ``total_now``, when given, is asked after each item for a total that may have changed (a
+    training run that re-plans its step count).
 
     On a terminal this is a rich bar; elsewhere (Prefect logs, CI) a log line every ~10 %.
     """
@@ -34,11 +37,16 @@ def track(
             for item in items:
                 yield item
                 bar.advance(task, size(item))
+                if total_now is not None:
+                    bar.update(task, total=total_now())
         return
     done, next_report = 0, total / 10
     for item in items:
         yield item
         done += size(item)
+        if total_now is not None and total_now() != total:
+            total = total_now()
+            next_report = min(next_report, done + total / 10)
         if done >= next_report or done == total:
             logger.info("%s: %d/%d (%d%%)", description, done, total, round(100 * done / total))
             next_report = done + total / 10

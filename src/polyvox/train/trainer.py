@@ -156,9 +156,10 @@ def plan_steps(done: int, elapsed: float, step_seconds: float, validation_second
                validate_every: int, margin: float = 0.03) -> int:
     """The total step count that fits ``max_minutes``: ``done`` steps in ``elapsed`` seconds so far,
     then each further step at ``step_seconds`` plus its share of a validation pass every
-    ``validate_every`` steps, keeping ``margin`` of the budget for checkpoints and noise."""
-    left = max_minutes * 60 * (1 - margin) - elapsed
+    ``validate_every`` steps, keeping ``margin`` of the budget and two steps' time for checkpoints
+    and noise."""
     per_step = step_seconds + validation_seconds / max(1, validate_every)
+    left = max_minutes * 60 * (1 - margin) - elapsed - 2 * per_step
     return done + max(1, int(left / max(per_step, 1e-6)))
 
 
@@ -307,6 +308,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     plan: dict[str, int | None] = {"steps": cfg.max_steps if isinstance(cfg.max_steps, int) else None}
+    trained_before = 0.0  # training seconds of the run being resumed: a plan spends the run's budget, not each call's
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(cfg, lambda: plan["steps"]))
     amp = device.type == "cuda"
     cast = autocast_dtype(cfg.precision, device)
@@ -323,6 +325,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             # None (killed before its plan was made) or spent already (the bounds grew): plan again
             planned = saved.get("planned_steps")
             plan["steps"] = int(planned) if planned and planned > int(saved["step"]) else None
+            trained_before = float(saved.get("trained_seconds") or 0.0)
             del saved
         start, best = restore_training_state(out / "last.pt", device, model, optimiser, scheduler, scaler, "best_val_loss", amp)
         log.info("resuming %s from step %d", member, start)
@@ -336,7 +339,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
 
     def checkpoint(step: int) -> dict:
         return {**training_state(model, optimiser, scheduler, scaler, step, best, "best_val_loss", amp),
-                "planned_steps": plan["steps"]}
+                "planned_steps": plan["steps"], "trained_seconds": trained_before + time.monotonic() - began}
 
     metrics_path = out / "metrics.csv"
     header = ["step", *LOSS_NAMES, "val_loss", "lr", "seconds"]
@@ -401,10 +404,20 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     def out_of_time() -> bool:
         return time.monotonic() - began > cfg.max_minutes * 60
 
+    auto = not isinstance(cfg.max_steps, int)
+
+    def agreed(steps: int) -> int:
+        """Every rank runs rank 0's plan (timings differ a little between ranks)."""
+        if world == 1:
+            return steps
+        shared = torch.tensor([steps], dtype=torch.int64)
+        dist.broadcast(shared, src=0)
+        return int(shared[0])
+
     try:
         if plan["steps"] is None:
-            # max_steps: auto. Time calibration_steps steps (their median: the first ones warm caches
-            # and allocators) and one validation pass after them, then plan the rest of the budget.
+            # max_steps: auto. Time calibration_steps steps (their mean, less the first few, which warm
+            # caches and allocators) and one validation pass after them, then plan the rest of the budget.
             timed = []
             while step < start + cfg.calibration_steps and not out_of_time():
                 validation_seconds[0] = 0.0
@@ -414,19 +427,37 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             if step < start + cfg.calibration_steps:
                 stopped_by = "time"
             else:
-                measured = torch.tensor([statistics.median(timed), validation_seconds[0]], dtype=torch.float64)
-                if world > 1:  # every rank runs the same plan, made for the slowest
-                    dist.all_reduce(measured, op=dist.ReduceOp.MAX)
-                plan["steps"] = plan_steps(step, time.monotonic() - began, float(measured[0]), float(measured[1]),
-                                           cfg.max_minutes, cfg.validate_every)
+                pace = statistics.mean(timed[min(3, len(timed) - 1):])
+                plan["steps"] = agreed(plan_steps(step, trained_before + time.monotonic() - began, pace,
+                                                  validation_seconds[0], cfg.max_minutes, cfg.validate_every))
                 log.info("train %s: %.3f s/step and %.1f s a validation pass here; %d steps fit train.max_minutes %g",
-                         member, float(measured[0]), float(measured[1]), plan["steps"], cfg.max_minutes)
+                         member, pace, validation_seconds[0], plan["steps"], cfg.max_minutes)
+        paced_from = (step, time.monotonic())
+
+        def remaining():
+            current = step
+            while current < plan["steps"]:
+                yield current
+                current += 1
+
         total = plan["steps"] if stopped_by != "time" else step
-        for step in track(range(step, total), max(0, total - step), f"train {member}", log):
+        for step in track(remaining() if stopped_by != "time" else iter(()), max(0, total - step), f"train {member}",
+                          log, total_now=lambda: plan["steps"] - paced_from[0]):
             if out_of_time():
                 stopped_by = "time"
                 break
             step = run_step(step, validate=False)
+            if auto and step % cfg.validate_every == 0 and step < plan["steps"] and step > paced_from[0]:
+                # Re-plan at each validation from the pace so far (validations included): the machine
+                # may be busier or freer than during the timed start, and the schedule should end
+                # with the budget, not past it or well before it.
+                pace = (time.monotonic() - paced_from[1]) / (step - paced_from[0])
+                replanned = agreed(plan_steps(step, trained_before + time.monotonic() - began, pace, 0.0,
+                                              cfg.max_minutes, cfg.validate_every))
+                if abs(replanned - plan["steps"]) > max(1, plan["steps"] // 100):
+                    log.info("train %s: %.3f s/step so far; %d steps fit train.max_minutes %g (planned %d)",
+                             member, pace, replanned, cfg.max_minutes, plan["steps"])
+                    plan["steps"] = replanned
         if rank == 0 and stopped_by == "time":
             save_checkpoint(out / "last.pt", checkpoint(step))
         status = "FINISHED"
