@@ -41,7 +41,11 @@ def _record_pipeline_run(ws, monkeypatch, run_id: str, trigger: str, wer: float,
                          champion=None if seed == 1 else (-0.05, -0.08, -0.01))
     sample = ws.root / f"sample_{seed}.wav"
     sf.write(sample, np.sin(np.arange(22050) / 10.0).astype(np.float32) * 0.3, 22050)
-    tracker = Run("evaluate", dumped, {"stage": "evaluate", "data_version": "d4t4", "speakers": f"alice,{EVIL}"}, ws)
+    tags = {"stage": "evaluate", "data_version": "d4t4", "speakers": f"alice,{EVIL}"}
+    if seed == 3:  # the newest run was judged by Whisper; the older ones carry no `asr` tag (pocketsphinx)
+        tags.update(asr="whisper-base", asr_second_opinion="pocketsphinx")
+        metrics["systems"]["candidate"]["wer_pocketsphinx"] = 0.41
+    tracker = Run("evaluate", dumped, tags, ws)
     tracker.metrics({f"candidate.{k}": v for k, v in metrics["systems"]["candidate"].items()}, step=0)
     tracker.artifacts([sample], "samples")
     tracker.end()
@@ -103,6 +107,8 @@ def test_dashboard_in_a_real_browser(recorded, tmp_path):
             assert len(rows) == 3, browser.page_source[:2000]
             texts = [r.text for r in rows]
             assert "polyvox run" in texts[0] and "promoted" in texts[0] and "0.200" in texts[0]
+            assert "whisper-base" in texts[0] and "pocketsphinx 0.410" in texts[0]  # the judge, and the second opinion
+            assert "pocketsphinx" in texts[2] and "whisper" not in texts[2]
             assert "refused" in texts[1] and "mcd_db" in texts[1] and EVIL in texts[1]  # shown as text, not run
             assert "deployment nightly" in texts[2] and "prepare" in texts[2]
             assert browser.find_element(By.ID, "champion").text == "version 3"

@@ -19,6 +19,7 @@ from polyvox.ensemble.fit import aligned_l1, fit_weights
 from polyvox.ensemble.stage import ensemble
 from polyvox.ensemble.voice import Voice
 from polyvox.evaluate.scoring import paired_bootstrap
+from polyvox.judges import Judge
 from polyvox.workspace import Workspace
 
 import corpora
@@ -157,7 +158,7 @@ def test_an_ensemble_of_identical_members_is_not_kept(trained, tmp_path):
     assert [m.name for m in Voice.load(copy.candidate).members] == ["a"]
 
 
-def test_rerank_keeps_the_candidate_with_the_best_score(trained, monkeypatch):
+def test_rerank_keeps_the_candidate_with_the_best_score(trained, monkeypatch, tmp_path):
     from polyvox.evaluate import metrics
 
     params, ws = trained
@@ -166,10 +167,14 @@ def test_rerank_keeps_the_candidate_with_the_best_score(trained, monkeypatch):
     lengths = {name: voice.vocode(mel).size for name, mel in own.items()}
     assert lengths["a"] != lengths["b"], "the test needs the members' syntheses to differ in length"
     # a stand-in ASR that understands member b's synthesis perfectly and member a's not at all
-    monkeypatch.setattr(metrics, "asr_scores", lambda wave, rate, text: metrics.AsrScore(
+    monkeypatch.setattr(metrics, "asr_scores", lambda wave, rate, text, judge: metrics.AsrScore(
         "", 4, 0, 10, 0 if wave.size == lengths["b"] else 10))
     wave, _ = voice.synthesize("Pick the better one.", speaker=voice.speakers[0])
     assert wave.size == lengths["b"]
+    # the judge it reranks with is saved with it (a voice saved without one keeps pocketsphinx)
+    voice.judge = Judge("whisper")
+    voice.save(tmp_path / "rerank")
+    assert Voice.load(tmp_path / "rerank").judge == Judge("whisper")
 
 
 def test_ensemble_refuses_untrained_members(trained, tmp_path):
@@ -202,16 +207,23 @@ def test_evaluate_scores_candidate_champion_and_real_and_renders_the_report(trai
     # the same voice against itself: identical audio, identical scores, an interval of exactly zero
     assert result.metrics["difference"]["wer"] == pytest.approx(
         {"difference": 0.0, "low": 0.0, "high": 0.0, "pairs": 2, "confidence": 0.95, "lower_is_better": True})
+    # Whisper judges; pocketsphinx's second opinion is scored beside it, bootstrap included
+    assert (result.metrics["asr"], result.metrics["asr_second_opinion"]) == ("whisper-base", "pocketsphinx")
+    assert 0 <= systems["real"]["wer_pocketsphinx"] <= 1.5 and "cer_pocketsphinx" in systems["candidate"]
+    assert result.metrics["difference"]["wer_pocketsphinx"]["difference"] == 0.0
+    assert "WER (whisper-base)" in result.summary() and "WER (pocketsphinx)" in result.summary()
 
     out = ws.evaluation
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["systems"]["candidate"]["wer"] == systems["candidate"]["wer"]
     table = pd.read_csv(out / "per_utterance.csv")
     assert len(table) == 2 * 3 and set(table["system"]) == {"candidate", "champion", "real"}
+    assert {"ps_hypothesis", "ps_word_errors", "ps_words", "ps_character_errors", "ps_characters"} <= set(table)
     assert (out / "plots" / "per_utterance.png").stat().st_size > 1000
 
     html = result.report.read_text()
     assert "http://" not in html and "https://" not in html  # works offline
+    assert "WER (whisper-base)" in html and "WER (pocketsphinx, second opinion)" in html
     sources = re.findall(r'<audio controls preload="none" src="data:audio/wav;base64,([^"]+)"', html)
     assert len(sources) == 2 * 3
     for encoded in sources:

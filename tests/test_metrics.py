@@ -8,6 +8,7 @@ import soundfile as sf
 
 from polyvox.corpus.demo.voices import resolve_voices, synthesize
 from polyvox.evaluate import metrics as m
+from polyvox.judges import POCKETSPHINX, Judge
 
 PROMPT = "arctic_a0289"
 TEXT = "They are not regular oyster pirates, Nicholas continued."
@@ -44,10 +45,11 @@ def test_log_f0_rmse_same_speaker_below_other_voice(analyses):
     assert m.log_f0_rmse(a["take1"], a["take2"]) < m.log_f0_rmse(a["take1"], a["flite"])
 
 
-def test_wer_of_speech_far_below_wer_of_noise(renditions):
+@pytest.mark.parametrize("judge", [Judge("whisper"), POCKETSPHINX], ids=lambda j: j.name)
+def test_wer_of_speech_far_below_wer_of_noise(renditions, judge):
     signal, rate = renditions["take1"]
-    speech = m.asr_scores(signal, rate, TEXT)
-    noise = m.asr_scores(np.random.default_rng(0).normal(0, 0.1, len(signal)).astype(np.float32), rate, TEXT)
+    speech = m.asr_scores(signal, rate, TEXT, judge)
+    noise = m.asr_scores(np.random.default_rng(0).normal(0, 0.1, len(signal)).astype(np.float32), rate, TEXT, judge)
     assert speech.wer <= 0.5 and noise.wer >= 0.9 and speech.cer < noise.cer
     assert m.corpus_error_rates([speech, noise])["wer"] == pytest.approx(
         (speech.word_errors + noise.word_errors) / (speech.words + noise.words))

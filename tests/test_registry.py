@@ -68,6 +68,23 @@ def test_gate_rules_pass_and_fail_on_crafted_evaluations(tmp_path, params):
     assert not gain["ensemble_gain"].passed and gain["ensemble_gain"].threshold == 0.70
 
 
+def test_the_gate_and_the_model_card_name_the_judge(tmp_path, params):
+    from polyvox.registry.bundle import model_card
+
+    voice = make_voice(tmp_path / "candidate")
+    strict = params.promote.model_copy(update={"max_wer": 0.5})
+    metrics = evaluation(voice, champion=(0.0, -0.01, 0.01))
+    old = {r.rule: r for r in judge(metrics, strict, has_champion=True)}  # evaluated before judges: pocketsphinx
+    assert "heard by pocketsphinx" in old["wer"].detail and "heard by pocketsphinx" in old["wer_vs_champion"].detail
+    metrics.update(asr="whisper-base", asr_second_opinion="pocketsphinx")
+    metrics["systems"]["candidate"].update(wer_pocketsphinx=0.4, cer_pocketsphinx=0.2)
+    rules = judge(metrics, strict, has_champion=True)
+    assert "heard by whisper-base" in {r.rule: r for r in rules}["wer"].detail
+    card = model_card(voice.describe(), metrics, {"promoted": True, "rules": [r.to_dict() for r in rules]}, "d", "c")
+    assert "| WER (whisper-base) | 0.200 |" in card and "| WER (pocketsphinx, second opinion) | 0.400 |" in card
+    assert "WER/CER: whisper-base (faster-whisper" in card
+
+
 def test_promote_refuse_and_rollback_through_the_registry(project):
     from mlflow.tracking import MlflowClient
 

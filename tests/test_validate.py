@@ -135,6 +135,7 @@ def test_asr_check_catches_a_transcript_that_does_not_match(kathleen, kathleen_f
     accepted = pd.read_parquet(tmp_path / "ws/data/validated/accepted.parquet")
     assert list(quarantine["reason"]) == ["transcript_mismatch"] and list(quarantine["row"]) == [2]
     assert (accepted["cer"] < 0.3).all() and quarantine["cer"].iloc[0] > 0.6
+    assert quarantine["detail"].iloc[0].startswith("whisper-base heard ")  # the judge is named (evaluate.asr)
 
 
 def test_probes_on_synthetic_signals():

@@ -2,8 +2,9 @@
 
 One row per pipeline run (stage runs grouped by their ``pipeline_run`` tag: the Prefect flow run,
 or ``POLYVOX_RUN_ID``): when it started, what triggered it, the data version, each stage's
-duration, the candidate's metrics, the gate decision with the rules that failed, and audio of
-the candidate's samples. Above it: the current champion, the history of alias moves, and trend
+duration, the candidate's metrics (WER and CER with the judge that heard them: the evaluate run's
+``asr`` tag, pocketsphinx for runs from before it), the gate decision with the rules that failed,
+and audio of the candidate's samples. Above it: the current champion, the history of alias moves, and trend
 plots. No JavaScript, no CDN: one HTML page with inline style and images; audio is served by
 ``/audio/<run>/<file>`` from the run's MLflow artifacts. Jinja2 autoescape escapes every string.
 """
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 STAGES = ("prepare", "validate", "clean", "features", "train", "train-vocoder", "ensemble", "evaluate", "promote")
 SHOWN = (("wer", "WER"), ("cer", "CER"), ("mcd_db", "MCD"), ("speaker_similarity", "similarity"), ("mos_ovrl", "MOS"),
          ("rtf_one_thread", "RTF"))
+JUDGED = {"wer": "wer_pocketsphinx", "cer": "cer_pocketsphinx"}  # ASR figures → their second opinion's
+UNJUDGED = "pocketsphinx"  # the ASR of evaluate runs logged before the `asr` tag
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 SAMPLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,200}\.wav$")
 
@@ -56,7 +59,8 @@ audio{height:2em;width:16em;display:block}code{background:#f6f6f6}img{max-width:
 <td>{{ run.started }}<br><small>{{ run.id }}</small>{% if run.prefect %}<br><small>Prefect: {{ run.prefect }}</small>{% endif %}</td>
 <td>{{ run.trigger }}</td><td><code>{{ run.data_version }}</code>{% if run.speakers %}<br><small>{{ run.speakers }}</small>{% endif %}</td>
 <td>{% for stage, seconds in run.stages %}{{ stage }} {{ "%.0f"|format(seconds) }}<br>{% endfor %}</td>
-{% for key, _ in shown %}<td>{{ run.metrics.get(key, "—") }}</td>{% endfor %}
+{% for key, _ in shown %}<td>{{ run.metrics.get(key, "—") }}{% if key in judged and key in run.metrics %}<br><small>{{ run.asr }}</small>
+{% if judged[key] in run.metrics %}<br><small>{{ run.second }} {{ run.metrics[judged[key]] }}</small>{% endif %}{% endif %}</td>{% endfor %}
 <td>{% if run.decision %}<span class="{{ run.decision }}">{{ run.decision }}</span>{% if run.version %} v{{ run.version }}{% endif %}
 {% for rule in run.failed %}<br><small>✘ {{ rule }}</small>{% endfor %}{% else %}—{% endif %}</td>
 <td>{% for sample in run.samples %}<small>{{ sample.name }}</small><audio controls preload="none" src="{{ sample.url }}"></audio>{% endfor %}</td>
@@ -81,7 +85,8 @@ def collect(uri: str, model_name: str) -> dict:
         key = tags.get("pipeline_run", run.info.run_id)
         group = groups.setdefault(key, {"id": key, "start": run.info.start_time, "trigger": tags.get("trigger", "?"),
                                         "data_version": "", "stages": {}, "metrics": {}, "decision": None,
-                                        "version": None, "failed": [], "samples": [], "speakers": "", "prefect": None})
+                                        "version": None, "failed": [], "samples": [], "speakers": "", "prefect": None,
+                                        "asr": UNJUDGED, "second": None})
         group["start"] = min(group["start"], run.info.start_time)
         stage = tags.get("stage", run.info.run_name)
         if stage == "train" and tags.get("member"):
@@ -90,8 +95,11 @@ def collect(uri: str, model_name: str) -> dict:
             group["stages"][stage] = group["stages"].get(stage, 0.0) + (run.info.end_time - run.info.start_time) / 1000
         group["data_version"] = group["data_version"] or tags.get("data_version", "")
         if stage == "evaluate":
-            group["metrics"] = {k: _fmt(run.data.metrics[f"candidate.{k}"]) for k, _ in SHOWN
+            keys = [k for k, _ in SHOWN] + list(JUDGED.values())
+            group["metrics"] = {k: _fmt(run.data.metrics[f"candidate.{k}"]) for k in keys
                                 if f"candidate.{k}" in run.data.metrics}
+            group["asr"] = tags.get("asr", UNJUDGED)
+            group["second"] = tags.get("asr_second_opinion") if tags.get("asr_second_opinion") != "none" else None
             group["speakers"] = tags.get("speakers", "")
             try:
                 files = client.list_artifacts(run.info.run_id, "samples")
@@ -145,8 +153,17 @@ def _prefect_states(groups: list[dict]) -> None:
         log.warning("Prefect at %s not reachable: %s", os.environ["PREFECT_API_URL"], exc)
 
 
+def _series(run: dict, key: str) -> dict[str | None, float]:
+    """A run's value of ``key`` by judge: WER by one ASR is not comparable with WER by another, but
+    a second opinion is the same judge as the runs it judged alone (pocketsphinx before Whisper)."""
+    values = {run["asr"] if key in JUDGED else None: float(run["metrics"][key])} if key in run["metrics"] else {}
+    if key in JUDGED and run["second"] and JUDGED[key] in run["metrics"]:
+        values.setdefault(run["second"], float(run["metrics"][JUDGED[key]]))
+    return values
+
+
 def trend_png(runs: list[dict]) -> str | None:
-    points = [(r["start"], r["metrics"]) for r in reversed(runs) if r["metrics"]]
+    points = [r for r in reversed(runs) if r["metrics"]]
     if len(points) < 2:
         return None
     import matplotlib
@@ -157,9 +174,14 @@ def trend_png(runs: list[dict]) -> str | None:
     figure, axes = plt.subplots(1, 3, figsize=(12, 2.8))
     for axis, (key, label) in zip(axes, (("wer", "WER"), ("speaker_similarity", "speaker similarity"),
                                          ("mcd_db", "MCD (dB)"))):
-        xs = [datetime.fromtimestamp(t / 1000, timezone.utc) for t, m in points if key in m]
-        ys = [float(m[key]) for _, m in points if key in m]
-        axis.plot(xs, ys, marker="o")
+        series: dict[str | None, list[tuple[datetime, float]]] = {}
+        for run in points:
+            for judge, value in _series(run, key).items():
+                series.setdefault(judge, []).append((datetime.fromtimestamp(run["start"] / 1000, timezone.utc), value))
+        for judge in sorted(series, key=str):
+            axis.plot(*zip(*series[judge]), marker="o", label=judge)
+        if key in JUDGED and series:
+            axis.legend(fontsize=7)
         axis.set_title(label)
         axis.grid(alpha=0.3)
         axis.tick_params(axis="x", labelrotation=30, labelsize=7)
@@ -181,7 +203,7 @@ def create_app(uri: str, model_name: str) -> FastAPI:
     def page() -> str:
         data = collect(uri, model_name)
         source = uri if uri.startswith(("http://", "https://")) else "MLflow " + uri.split("?")[0]
-        return template.render(**data, shown=SHOWN, trend=trend_png(data["runs"]), model_name=model_name,
+        return template.render(**data, shown=SHOWN, judged=JUDGED, trend=trend_png(data["runs"]), model_name=model_name,
                                source=source, now=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
     @app.get("/healthz")

@@ -5,8 +5,9 @@
 2. On ``ensemble.fit_utterances`` validation utterances (each conditioned on its speaker's name):
    - ``weighted``: fit the mel weights (:func:`polyvox.ensemble.fit.fit_weights`), then score the
      ensemble and each member alone (its own durations) by aligned mel L1 to the real mel;
-   - ``rerank``: every member synthesises; the score of an utterance is ASR CER − similarity_weight ·
-     similarity to its speaker's centroid; the ensemble keeps each utterance's best member.
+   - ``rerank``: every member synthesises; the score of an utterance is ASR CER (the judge's,
+     :mod:`polyvox.judges`) − similarity_weight · similarity to its speaker's centroid; the ensemble
+     keeps each utterance's best member.
 3. The candidate (``models/candidate/``) is the ensemble when its score is lower than the best
    member's by at least ``ensemble.min_gain`` of it, else the best member alone. The comparison is recorded either way in
    ``reports/ensemble.json`` (DVC metrics) and per utterance in ``reports/ensemble.csv``.
@@ -32,6 +33,7 @@ from polyvox.ensemble.voice import Voice
 from polyvox.features.extract import load_arrays
 from polyvox.fileio import atomic_path, atomic_write_text
 from polyvox.fingerprint import current_stamp, fingerprint, source_digest, tree_digest
+from polyvox.judges import Judge
 from polyvox.progress import track
 from polyvox.tracking import Run, git_commit
 from polyvox.workspace import Workspace
@@ -150,12 +152,19 @@ def _rerank(params: Params, workspace: Workspace, voice: Voice, rows: pd.DataFra
     return records
 
 
+def rerank_judge(params: Params) -> Judge | None:
+    """The ASR a rerank ensemble scores its members with; None for a weighted one (it listens to nothing)."""
+    return Judge.from_params(params) if params.ensemble.mode == "rerank" else None
+
+
 def input_fingerprint(params: Params, workspace: Workspace) -> str:
     folders = member_folders(params, workspace)
     vocoder = vocoder_folder(params, workspace)
+    judge = rerank_judge(params)
     return fingerprint(workspace.data_version(), params.seed, params.ensemble.model_dump(),
                        params.evaluate.centroid_takes, {name: tree_digest(folder) for name, folder in folders.items()},
-                       tree_digest(vocoder) if vocoder else None, source_digest("ensemble", "models"))
+                       tree_digest(vocoder) if vocoder else None, judge.identity() if judge else None,
+                       source_digest("ensemble", "models", *(("judges", "validate/asr") if judge else ())))
 
 
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
@@ -180,8 +189,9 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
         raise ConfigError(f"{workspace.features_index}: no utterances to fit the ensemble on")
     centroids = (speaker_centroids(workspace, sorted(rows["speaker"].unique()), params.evaluate.centroid_takes)
                  if cfg.mode == "rerank" else {})
+    judge = rerank_judge(params)
     voice = Voice.from_members(folders, mode=cfg.mode, vocoder=vocoder, similarity_weight=cfg.similarity_weight,
-                               centroids=centroids)
+                               centroids=centroids, judge=judge)
     names = list(folders)
     fit_loss = None
     if cfg.mode == "weighted":
@@ -190,7 +200,7 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
     else:
         weights = {n: 1.0 / len(names) for n in names}
         records = _rerank(params, workspace, voice, rows)
-        loss = f"ASR CER − {cfg.similarity_weight} · speaker similarity (lower is better)"
+        loss = f"ASR CER ({judge.name}) − {cfg.similarity_weight} · speaker similarity (lower is better)"
     table = pd.DataFrame(records)
     member_scores = {n: float(table[n].mean()) for n in names}
     ensemble_score = float(table["ensemble"].mean())
@@ -203,7 +213,7 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
             "data_version": workspace.data_version()}
     if kept:
         candidate = Voice([m for m in voice.members], mode=cfg.mode, vocoder_folder=vocoder,
-                          similarity_weight=cfg.similarity_weight, centroids=centroids, info=info)
+                          similarity_weight=cfg.similarity_weight, centroids=centroids, info=info, judge=judge)
         for member in candidate.members:
             member.weight = weights[member.name]
     else:

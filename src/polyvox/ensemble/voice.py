@@ -14,7 +14,9 @@ Modes:
   then every member decodes on those durations and the log-mels are averaged with the weights.
 - ``rerank``: every member synthesises with its own durations; the utterance keeps the candidate
   with the lowest ``ASR CER − similarity_weight · speaker similarity`` (similarity to the
-  reference audio's embedding, else to the named speaker's centroid, else left out).
+  reference audio's embedding, else to the named speaker's centroid, else left out). The ASR is
+  the voice's judge (:mod:`polyvox.judges`), recorded in ``voice.json``; a rerank voice saved
+  before judges existed has none there and keeps pocketsphinx, the ASR it was fitted with.
 
 Everything loads through safe loaders (``torch.load(weights_only=True)``, ``np.load(allow_pickle=False)``).
 """
@@ -33,6 +35,7 @@ import torch
 
 from polyvox.ensemble import VoiceError
 from polyvox.fileio import replace_folder
+from polyvox.judges import POCKETSPHINX, Judge
 from polyvox.models.acoustic import AcousticModel
 from polyvox.models.synthesis import Synthesizer
 
@@ -56,6 +59,7 @@ class Voice:
     similarity_weight: float = 0.5
     centroids: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # how it was built (fit, comparison); saved in voice.json
+    judge: Judge | None = None  # rerank: the ASR that scores the members (None: pocketsphinx)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -115,7 +119,8 @@ class Voice:
                                 [m["weight"] for m in meta["members"]], mode=meta["mode"],
                                 vocoder=folder / "vocoder" if meta.get("vocoder") else None,
                                 similarity_weight=meta.get("similarity_weight", 0.5), centroids=centroids,
-                                info=meta.get("info", {}))
+                                info=meta.get("info", {}),
+                                judge=Judge.from_dict(meta["judge"]) if meta.get("judge") else None)
 
     def save(self, folder: Path) -> None:
         """Write the voice as one self-contained folder, atomically (built aside, then renamed into place)."""
@@ -145,11 +150,14 @@ class Voice:
                 shutil.rmtree(staging)
 
     def describe(self) -> dict:
-        return {"format": FORMAT, "mode": self.mode, "kind": "ensemble" if len(self.members) > 1 else "member",
-                "members": [{"name": m.name, "weight": m.weight, "conditioning": m.synthesizer.conditioning}
-                            for m in self.members],
-                "vocoder": "vocoder" if self.vocoder_folder is not None else None,
-                "similarity_weight": self.similarity_weight, "info": self.info}
+        described = {"format": FORMAT, "mode": self.mode, "kind": "ensemble" if len(self.members) > 1 else "member",
+                     "members": [{"name": m.name, "weight": m.weight, "conditioning": m.synthesizer.conditioning}
+                                 for m in self.members],
+                     "vocoder": "vocoder" if self.vocoder_folder is not None else None,
+                     "similarity_weight": self.similarity_weight, "info": self.info}
+        if self.mode == "rerank" and self.judge is not None:  # the only mode that listens to itself
+            described["judge"] = self.judge.to_dict()
+        return described
 
     # ---- facts ----------------------------------------------------------------------------------
 
@@ -275,10 +283,11 @@ class Voice:
 
         mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=False)
         target = self._target_embedding(speaker, reference_audio)
+        judge = self.judge or POCKETSPHINX
         scored = []
         for name, mel in mels.items():
             wave = self.vocode(mel)
-            cer = asr_scores(wave, self.sample_rate, text).cer
+            cer = asr_scores(wave, self.sample_rate, text, judge).cer
             similarity = (SpeakerEncoder.similarity(self._rerank_scorer().embed(wave, self.sample_rate), target)
                           if target is not None else None)
             score = cer - self.similarity_weight * (similarity or 0.0)

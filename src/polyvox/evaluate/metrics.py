@@ -9,7 +9,8 @@
   each other, and only roughly with papers that use SPTK's ``mcep``.
 - :func:`log_f0_rmse`: RMSE of natural-log F0 (pYIN) over frames voiced in both, on the same
   DTW path; reported in cents too (1 ln-unit = 1731 cents).
-- :func:`asr_scores`: pocketsphinx, a fresh decoder per utterance, one normalisation for both texts.
+- :func:`asr_scores`: what a judge (:mod:`polyvox.judges`: Whisper, or pocketsphinx) heard, against
+  the reference text, with one normalisation for both texts.
 - :class:`SpeakerEncoder`: resemblyzer d-vectors (its weights ship in the package), cosine
   similarity to a speaker's centroid.
 - :func:`dnsmos`: DNSMOS P.835 (speechmos; its ONNX models ship in the package) overall MOS.
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from polyvox.validate.asr import ASR_RATE, edit_distance, recognize
+from polyvox.judges import Judge, recognize
 from polyvox.text.normalize import words_for_scoring
+from polyvox.validate.asr import ASR_RATE, edit_distance
 
 CEPSTRA = 25  # c0..c24; c0 dropped in the distance
 MCD_SCALE = 10.0 / np.log(10.0) * np.sqrt(2.0)
@@ -99,8 +101,8 @@ class AsrScore:
         return self.character_errors / max(1, self.characters)
 
 
-def asr_scores(signal: np.ndarray, rate: int, reference_text: str) -> AsrScore:
-    hypothesis = recognize(np.asarray(signal, dtype=np.float32), rate)
+def asr_scores(signal: np.ndarray, rate: int, reference_text: str, judge: Judge) -> AsrScore:
+    hypothesis = recognize(np.asarray(signal, dtype=np.float32), rate, judge)
     ref_words, hyp_words = words_for_scoring(reference_text), words_for_scoring(hypothesis)
     ref_chars, hyp_chars = " ".join(ref_words), " ".join(hyp_words)
     return AsrScore(hypothesis=hypothesis, words=len(ref_words), word_errors=edit_distance(ref_words, hyp_words),

@@ -20,8 +20,10 @@ from polyvox.fileio import atomic_path, atomic_write_bytes
 
 ORDER = ("candidate", "champion", "real")
 COLOURS = {"candidate": "#1f77b4", "champion": "#ff7f0e", "real": "#2ca02c"}
-# (metric, label, lower is better) rows of the summary table
-ROWS = [("wer", "WER (pocketsphinx)", True), ("cer", "CER", True), ("mcd_db", "MCD-DTW, c1–c24 (dB)", True),
+# (metric, label, lower is better) rows of the summary table; {asr} is the judge's name
+ROWS = [("wer", "WER ({asr})", True), ("cer", "CER ({asr})", True),
+        ("wer_pocketsphinx", "WER (pocketsphinx, second opinion)", True),
+        ("cer_pocketsphinx", "CER (pocketsphinx, second opinion)", True), ("mcd_db", "MCD-DTW, c1–c24 (dB)", True),
         ("log_f0_rmse_cents", "log-F0 RMSE (cents)", True), ("speaker_similarity", "speaker similarity (resemblyzer)", False),
         ("mos_ovrl", "DNSMOS overall", False), ("mos_sig", "DNSMOS signal", False), ("mos_bak", "DNSMOS background", False),
         ("rtf_one_thread", "real-time factor, 1 thread", True), ("rtf_all_threads", "real-time factor, all threads", True),
@@ -48,7 +50,8 @@ data version <code>{{ metrics.data_version }}</code> · evaluation took {{ "%.0f
 {% for row in rows %}<tr><td class="l">{{ row.label }}</td>{% for value in row["values"] %}<td>{{ value }}</td>{% endfor %}
 {% if has_champion %}<td class="{{ row.verdict }}">{{ row.difference }}</td>{% endif %}</tr>
 {% endfor %}</table>
-<p>WER and CER are corpus-level (errors over reference words/characters); the interval is a paired bootstrap over
+<p>WER and CER are corpus-level (errors over reference words/characters), as heard by {{ asr }}{% if second %}, with
+{{ second }}'s figures beside them as a second opinion{% endif %}; the interval is a paired bootstrap over
 utterances. Green: the candidate is better and the interval excludes 0; red: worse and the interval excludes 0.</p>
 <h2>Plots</h2>
 {% for name, uri in plots %}<p><img alt="{{ name }}" src="{{ uri }}"></p>{% endfor %}
@@ -56,7 +59,8 @@ utterances. Green: the candidate is better and the interval excludes 0; red: wor
 {% for sample in samples %}<div class="sample"><p><b>{{ sample.id }}</b> ({{ sample.speaker }}): {{ sample.text }}</p>
 {% for entry in sample.systems %}<div class="sys"><b>{{ entry.system }}</b>
 <audio controls preload="none" src="{{ entry.audio }}"></audio>
-<small>ASR: “{{ entry.hypothesis }}” · CER {{ "%.2f"|format(entry.cer) }}</small></div>{% endfor %}
+<small>{{ asr }}: “{{ entry.hypothesis }}” · CER {{ "%.2f"|format(entry.cer) }}</small>
+{% if entry.ps_hypothesis is not none %}<br><small>{{ second }}: “{{ entry.ps_hypothesis }}”</small>{% endif %}</div>{% endfor %}
 <p><img alt="spectrograms of {{ sample.id }}" src="{{ sample.spectrogram }}"></p></div>
 {% endfor %}
 </body></html>
@@ -81,13 +85,13 @@ def _format(metric: str, value) -> str:
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
 
 
-def summary_plot(table: pd.DataFrame, systems: list[str]) -> bytes:
+def summary_plot(table: pd.DataFrame, systems: list[str], asr: str = "pocketsphinx") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("cer", "CER per utterance"), ("mcd_db", "MCD-DTW (dB)"), ("speaker_similarity", "speaker similarity"),
+    panels = [("cer", f"CER per utterance ({asr})"), ("mcd_db", "MCD-DTW (dB)"), ("speaker_similarity", "speaker similarity"),
               ("mos_ovrl", "DNSMOS overall")]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     for axis, (column, title) in zip(axes, panels):
@@ -146,7 +150,8 @@ def write_report(metrics: dict, table: pd.DataFrame, rows: pd.DataFrame, out: Pa
     shown = [s for s in ORDER if s in metrics["systems"]]
     plots_dir = out / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    summary_png = summary_plot(table, shown)
+    asr, second = metrics.get("asr", "pocketsphinx"), metrics.get("asr_second_opinion")
+    summary_png = summary_plot(table, shown, asr)
     atomic_write_bytes(plots_dir / "per_utterance.png", summary_png)
 
     difference = metrics.get("difference", {})
@@ -155,7 +160,7 @@ def write_report(metrics: dict, table: pd.DataFrame, rows: pd.DataFrame, out: Pa
         values = [_format(metric, metrics["systems"][s].get(metric)) for s in shown]
         if all(v == "—" for v in values):
             continue
-        entry = {"label": label, "values": values, "difference": "", "verdict": ""}
+        entry = {"label": label.format(asr=asr), "values": values, "difference": "", "verdict": ""}
         if metric in difference:
             d = difference[metric]
             entry["difference"] = f"{d['difference']:+.3f}" + (f" [{d['low']:+.3f}, {d['high']:+.3f}]" if "low" in d else "")
@@ -173,14 +178,14 @@ def write_report(metrics: dict, table: pd.DataFrame, rows: pd.DataFrame, out: Pa
             waves[system] = (wave, rate)
             scored = table[(table["system"] == system) & (table["id"] == row.id)].iloc[0]
             entries.append({"system": system, "audio": _data_uri(data, "audio/wav"), "hypothesis": scored["hypothesis"],
-                            "cer": float(scored["cer"])})
+                            "cer": float(scored["cer"]), "ps_hypothesis": scored.get("ps_hypothesis") if second else None})
         spectrogram = spectrogram_plot(waves, f"{row.id} — {row.clean_text}")
         atomic_write_bytes(plots_dir / f"spectrogram-{row.id}.png", spectrogram)
         sample_entries.append({"id": row.id, "speaker": row.speaker, "text": row.clean_text, "systems": entries,
                                "spectrogram": _data_uri(spectrogram, "image/png")})
 
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
-        metrics=metrics, created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), systems=shown,
+        metrics=metrics, asr=asr, second=second, created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), systems=shown,
         rows=table_rows, has_champion="champion" in shown, confidence=next(
             (d["confidence"] for d in difference.values() if "confidence" in d), 0.95),
         candidate=metrics["candidate_voice"], plots=[("per-utterance distributions", _data_uri(summary_png, "image/png"))],

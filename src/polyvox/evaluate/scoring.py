@@ -1,7 +1,8 @@
 """Per-file scoring, run in worker processes (``polyvox.parallel.map_items``), and the paired bootstrap.
 
 :func:`score` is module-level and takes one picklable :class:`ScoreItem`, so the same call runs
-inline, in the local process pool or on dask. Each worker loads the speaker encoder once.
+inline, in the local process pool or on dask. Each worker loads the speaker encoder (and the
+Whisper model) once. With a Whisper judge, pocketsphinx's second opinion fills the ``ps_*`` columns.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from polyvox.evaluate import metrics as m
+from polyvox.judges import Judge
 
 _encoder: m.SpeakerEncoder | None = None
 
@@ -32,6 +34,7 @@ class ScoreItem:
     f0_min: float = 65.0
     f0_max: float = 600.0
     f0_resolution: float = 0.1  # semitones (audio.f0_resolution)
+    judge: Judge | None = None  # the ASR for "real" and "synthesis"
 
 
 def _read(path: str) -> tuple[np.ndarray, int]:
@@ -45,10 +48,18 @@ def score(item: ScoreItem) -> dict:
     out: dict = {"embedding": _speaker_encoder().embed(signal, rate).astype(np.float32)}
     if item.kind == "centroid":
         return out
-    asr = m.asr_scores(signal, rate, item.text)
+    if item.judge is None:
+        raise ValueError(f"{item.audio}: a {item.kind!r} item needs a judge to score its intelligibility")
+    asr = m.asr_scores(signal, rate, item.text, item.judge)
     out.update({"hypothesis": asr.hypothesis, "words": asr.words, "word_errors": asr.word_errors,
                 "characters": asr.characters, "character_errors": asr.character_errors, "wer": asr.wer, "cer": asr.cer,
                 "seconds": len(signal) / rate, **m.dnsmos(signal, rate)})
+    second = item.judge.second_opinion()
+    if second is not None:
+        ps = m.asr_scores(signal, rate, item.text, second)
+        out.update({"ps_hypothesis": ps.hypothesis, "ps_words": ps.words, "ps_word_errors": ps.word_errors,
+                    "ps_characters": ps.characters, "ps_character_errors": ps.character_errors, "ps_wer": ps.wer,
+                    "ps_cer": ps.cer})
     if item.kind == "synthesis" and item.real is not None:
         real, real_rate = _read(item.real)
         ours = m.analyse(signal, rate, item.f0_min, item.f0_max, f0_resolution=item.f0_resolution)

@@ -5,8 +5,9 @@
    conditioned on the sentence's speaker by name; WAVs go to ``reports/evaluate/audio/<system>/``.
 2. Real-time factor on CPU, one thread and all threads, over ``evaluate.rtf_sentences`` sentences;
    parameter count and size on disk.
-3. Score synthesis and the real takes in worker processes (``parallel``): pocketsphinx WER/CER
-   (fresh decoder per utterance, one normalisation for reference and hypothesis), resemblyzer
+3. Score synthesis and the real takes in worker processes (``parallel``): WER/CER by the judge
+   (:mod:`polyvox.judges`, ``evaluate.asr``: Whisper, with pocketsphinx's WER/CER beside it as a
+   second opinion; one normalisation for reference and hypothesis), resemblyzer
    similarity to the speaker's centroid (its real *training* takes), DNSMOS, and for synthesis
    MCD (c1–c24, DTW) and log-F0 RMSE (voiced in both, same path) against the real take.
 4. Paired bootstrap of candidate − champion for every metric (same utterances, same resamples).
@@ -35,6 +36,7 @@ from polyvox.evaluate.scoring import ScoreItem, paired_bootstrap, score
 from polyvox.evaluate.metrics import SpeakerEncoder
 from polyvox.fileio import atomic_path, atomic_write_text
 from polyvox.fingerprint import current_stamp, fingerprint, source_digest, voice_digest
+from polyvox.judges import Judge
 from polyvox.parallel import map_items
 from polyvox.progress import track
 from polyvox.tracking import Run, git_commit
@@ -43,9 +45,12 @@ from polyvox.workspace import Workspace
 log = logging.getLogger(__name__)
 
 # metric → (per-utterance numerator column, denominator column or None for a mean, lower is better)
+# (wer/cer: the judge's; *_pocketsphinx: the second opinion's, scored only beside a Whisper judge)
 METRICS = {
     "wer": ("word_errors", "words", True),
     "cer": ("character_errors", "characters", True),
+    "wer_pocketsphinx": ("ps_word_errors", "ps_words", True),
+    "cer_pocketsphinx": ("ps_character_errors", "ps_characters", True),
     "mcd_db": ("mcd_db", None, True),
     "log_f0_rmse_cents": ("log_f0_rmse_cents", None, True),
     "speaker_similarity": ("speaker_similarity", None, False),
@@ -60,10 +65,13 @@ class EvaluateResult:
     seconds: float
 
     def summary(self) -> str:
-        c = self.metrics["systems"]["candidate"]
-        text = (f"candidate WER {c['wer']:.3f} (real {self.metrics['systems']['real']['wer']:.3f}), CER {c['cer']:.3f}, "
-                f"MCD {c['mcd_db']:.2f} dB, similarity {c['speaker_similarity']:.3f}, MOS {c['mos_ovrl']:.2f}, "
-                f"RTF {c['rtf_one_thread']:.3f} (1 thread)")
+        c, real = self.metrics["systems"]["candidate"], self.metrics["systems"]["real"]
+        text = (f"candidate WER ({self.metrics.get('asr', 'pocketsphinx')}) {c['wer']:.3f} (real {real['wer']:.3f}), "
+                f"CER {c['cer']:.3f}")
+        if "wer_pocketsphinx" in c:
+            text += f"; WER (pocketsphinx) {c['wer_pocketsphinx']:.3f} (real {real['wer_pocketsphinx']:.3f})"
+        text += (f"; MCD {c['mcd_db']:.2f} dB, similarity {c['speaker_similarity']:.3f}, MOS {c['mos_ovrl']:.2f}, "
+                 f"RTF {c['rtf_one_thread']:.3f} (1 thread)")
         if "champion" in self.metrics["systems"]:
             d = self.metrics["difference"]["wer"]
             text += f"; WER vs champion {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
@@ -155,15 +163,16 @@ def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple
     index = index.merge(pd.read_parquet(workspace.clean_manifest)[["id", "audio"]], on="id", how="left")
     centroid_rows = pd.concat([index[(index["speaker"] == s) & (index["split"] == "train")].head(cfg.centroid_takes)
                                for s in speakers])
-    f0 = {"f0_min": params.audio.f0_min, "f0_max": params.audio.f0_max, "f0_resolution": params.audio.f0_resolution}
+    settings = {"f0_min": params.audio.f0_min, "f0_max": params.audio.f0_max,
+                "f0_resolution": params.audio.f0_resolution, "judge": Judge.from_params(params)}
     items = [ScoreItem("centroid", str(workspace.clean / a)) for a in centroid_rows["audio"]]
     keys = [("centroid", r.speaker, r.id) for r in centroid_rows.itertuples()]
     for row in rows.itertuples():
         real = str(workspace.clean / row.audio)
-        items.append(ScoreItem("real", real, row.clean_text, **f0))
+        items.append(ScoreItem("real", real, row.clean_text, **settings))
         keys.append(("real", row.speaker, row.id))
         for name in systems:
-            items.append(ScoreItem("synthesis", str(audio[name] / f"{row.id}.wav"), row.clean_text, real, **f0))
+            items.append(ScoreItem("synthesis", str(audio[name] / f"{row.id}.wav"), row.clean_text, real, **settings))
             keys.append((name, row.speaker, row.id))
     workers = ParallelConfig(backend=params.parallel.backend, workers=params.parallel.workers,
                              dask_address=params.parallel.dask_address)
@@ -189,6 +198,8 @@ def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple
     for system, part in table.groupby("system"):
         figures = {}
         for metric, (num, den, _) in METRICS.items():
+            if num not in part:
+                continue
             values = part[num].astype(float)
             if values.isna().all():
                 continue
@@ -203,10 +214,13 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
     # change the inputs, so the nightly run after a promotion is a no-op too.
     candidate_voice = voice_digest(workspace.candidate)
     champion_voice = voice_digest(workspace.champion)
+    judge = Judge.from_params(params)
+    second = judge.second_opinion()
     return fingerprint(workspace.data_version(), params.seed, params.evaluate.model_dump(), params.audio.f0_min,
                        params.audio.f0_max, params.audio.f0_resolution, candidate_voice,
                        None if champion_voice in ("", candidate_voice) else champion_voice,
-                       source_digest("evaluate", "ensemble", "models"))
+                       judge.identity(), second.identity() if second else None,
+                       source_digest("evaluate", "ensemble", "models", "judges", "validate/asr"))
 
 
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
@@ -239,6 +253,8 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
         a = table[table["system"] == "candidate"].set_index("id").loc[rows["id"]]
         b = table[table["system"] == "champion"].set_index("id").loc[rows["id"]]
         for metric, (num, den, lower_better) in METRICS.items():
+            if num not in a:
+                continue
             ones = np.ones(len(a))
             difference[metric] = {**paired_bootstrap(a[num].astype(float), a[den] if den else ones,
                                                      b[num].astype(float), b[den] if den else ones,
@@ -248,7 +264,10 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
             difference[metric] = {"difference": summary["candidate"][metric] - summary["champion"][metric],
                                   "lower_is_better": True}
     seconds = time.monotonic() - started
-    metrics = {"utterances": len(rows), "speakers": speakers, "systems": summary, "difference": difference,
+    judge = Judge.from_params(params)
+    second = judge.second_opinion()
+    metrics = {"utterances": len(rows), "speakers": speakers, "asr": judge.name,
+               "asr_second_opinion": second.name if second else None, "systems": summary, "difference": difference,
                "seconds": seconds, "data_version": workspace.data_version(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
                "candidate_voice": systems["candidate"][0].describe(), "inputs": inputs}
@@ -265,7 +284,8 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
 
     tracker = Run("evaluate", params.model_dump(by_alias=True),
                   {"stage": "evaluate", "data_version": metrics["data_version"], "git_commit": git_commit() or "unknown",
-                   "champion_scored": str("champion" in systems), "speakers": ",".join(speakers)[:5000]}, workspace)
+                   "champion_scored": str("champion" in systems), "speakers": ",".join(speakers)[:5000],
+                   "asr": judge.name, "asr_second_opinion": second.name if second else "none"}, workspace)
     tracker.metrics({f"{system}.{k}": v for system, figures in summary.items() for k, v in figures.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0)
     tracker.artifacts([out / "metrics.json", out / "per_utterance.csv", report])

@@ -22,11 +22,20 @@ from pathlib import Path
 FORMAT = 1
 
 
+def _asr(metrics: dict) -> str:
+    return metrics.get("asr", "pocketsphinx")  # evaluations before judges existed were all pocketsphinx's
+
+
 def _table(metrics: dict) -> str:
     systems = [s for s in ("candidate", "champion", "real") if s in metrics["systems"]]
-    rows = [("WER", "wer"), ("CER", "cer"), ("MCD-DTW (dB)", "mcd_db"), ("log-F0 RMSE (cents)", "log_f0_rmse_cents"),
-            ("speaker similarity", "speaker_similarity"), ("DNSMOS overall", "mos_ovrl"),
-            ("RTF, 1 thread", "rtf_one_thread"), ("parameters (M)", "parameters"), ("size (MB)", "size_mb")]
+    asr = _asr(metrics)
+    rows = [(f"WER ({asr})", "wer"), (f"CER ({asr})", "cer")]
+    if any("wer_pocketsphinx" in metrics["systems"][s] for s in systems):
+        rows += [("WER (pocketsphinx, second opinion)", "wer_pocketsphinx"),
+                 ("CER (pocketsphinx, second opinion)", "cer_pocketsphinx")]
+    rows += [("MCD-DTW (dB)", "mcd_db"), ("log-F0 RMSE (cents)", "log_f0_rmse_cents"),
+             ("speaker similarity", "speaker_similarity"), ("DNSMOS overall", "mos_ovrl"),
+             ("RTF, 1 thread", "rtf_one_thread"), ("parameters (M)", "parameters"), ("size (MB)", "size_mb")]
     header = "| metric | " + " | ".join("this voice" if s == "candidate" else s for s in systems) + " |"
     lines = [header, "|---" * (len(systems) + 1) + "|"]
     for label, key in rows:
@@ -45,6 +54,11 @@ def _table(metrics: dict) -> str:
 
 def model_card(voice: dict, metrics: dict, decision: dict, data_version: str, git_commit: str) -> str:
     members = ", ".join(f"{m['name']} (weight {m['weight']:.2f}, {m['conditioning']})" for m in voice["members"])
+    asr, second = _asr(metrics), metrics.get("asr_second_opinion")
+    judged = {"pocketsphinx": "pocketsphinx (a fresh decoder per utterance)"}.get(
+        asr, f"{asr} (faster-whisper, greedy decoding, language fixed)")
+    if second:
+        judged += f", with {second}'s figures beside it as a second opinion"
     rules = "\n".join(f"- {'✔' if r['passed'] else '✘'} {r['rule']}: {r['value']} {r['op']} {r['threshold']} — {r['detail']}"
                       for r in decision["rules"])
     return f"""# polyvox voice — model card
@@ -61,8 +75,8 @@ model conditioned on a speaker's reference audio and/or image → log-mel → vo
 
 {_table(metrics)}
 
-WER/CER: pocketsphinx on the synthesis (fresh decoder per utterance) — the real recordings' column
-is the ASR's own ceiling. Similarity: resemblyzer, to the centroid of the speaker's real takes.
+WER/CER: {judged}, on the synthesis — the real recordings' column is the ASR's own
+ceiling. Similarity: resemblyzer, to the centroid of the speaker's real takes.
 
 ## Gate decision: {'promoted' if decision['promoted'] else 'refused'}
 

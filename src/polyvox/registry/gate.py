@@ -36,6 +36,7 @@ def _check(rule: str, value: float | None, op: str, threshold: float, detail: st
 def judge(metrics: dict, cfg: PromoteSection, has_champion: bool) -> list[Rule]:
     """The gate's rules for the candidate in ``metrics`` (the evaluate stage's output)."""
     candidate = metrics["systems"]["candidate"]
+    asr = metrics.get("asr", "pocketsphinx")  # evaluations before judges existed were all pocketsphinx's
     rules = [
         _check("speaker_similarity", candidate.get("speaker_similarity"), ">=", cfg.min_speaker_similarity,
                "speaker similarity to the real speaker's centroid"),
@@ -43,7 +44,7 @@ def judge(metrics: dict, cfg: PromoteSection, has_champion: bool) -> list[Rule]:
         _check("rtf_one_thread", candidate.get("rtf_one_thread"), "<=", cfg.max_rtf, "real-time factor, one CPU thread"),
     ]
     if cfg.max_wer is not None:
-        rules.append(_check("wer", candidate.get("wer"), "<=", cfg.max_wer, "ASR word error rate on the test split"))
+        rules.append(_check("wer", candidate.get("wer"), "<=", cfg.max_wer, f"word error rate on the test split, heard by {asr}"))
     if cfg.require_ensemble_gain:
         voice = metrics.get("candidate_voice", {})
         info = voice.get("info", {})
@@ -63,7 +64,8 @@ def judge(metrics: dict, cfg: PromoteSection, has_champion: bool) -> list[Rule]:
         else:
             rules.append(_check("wer_vs_champion", difference["high"], "<=", cfg.max_wer_increase,
                                 f"upper end of the {difference.get('confidence', 0.95):.0%} bootstrap interval of "
-                                f"WER(candidate) − WER(champion) (difference {difference['difference']:+.3f})"))
+                                f"WER(candidate) − WER(champion), heard by {asr} "
+                                f"(difference {difference['difference']:+.3f})"))
     return rules
 
 

@@ -65,7 +65,7 @@ def checks(cfg: ValidateConfig) -> list[Check]:
     ]
     if c.asr_check:
         rows.append(Check("transcript_mismatch", gxe.ExpectColumnValuesToBeBetween(column="cer", max_value=c.max_cer),
-                          f"ASR heard {{asr_hypothesis!r}}: CER {{cer:.2f}} above validate.max_cer {c.max_cer}"))
+                          f"{{asr_judge}} heard {{asr_hypothesis!r}}: CER {{cer:.2f}} above validate.max_cer {c.max_cer}"))
     for check in rows:
         check.expectation.meta = {"reason": check.reason, "critical": False}
     return rows

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from polyvox.judges import Judge
+
 # Frame energies: 25 ms windows every 10 ms, the usual speech-activity resolution.
 FRAME_SECONDS, HOP_SECONDS = 0.025, 0.010
 # Frame levels are floored here, so digital silence has a finite level (and a finite SNR).
@@ -23,7 +25,7 @@ ACTIVITY_RANGE_DB, ACTIVITY_MIN_DBFS = 25.0, -55.0
 
 # What :func:`probe` returns for every row (None where a probe could not be computed).
 FIELDS = ("row", "decodable", "decode_error", "finite", "decoded_duration", "clipping_ratio", "snr_db",
-          "speech_ratio", "noise_floor_dbfs", "speech_level_dbfs", "asr_hypothesis", "cer")
+          "speech_ratio", "noise_floor_dbfs", "speech_level_dbfs", "asr_judge", "asr_hypothesis", "cer")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class ProbeTask:
     row: int
     audio: str | None  # absolute path, or None when the reader found no file
     text: str | None
-    asr: bool
+    judge: Judge | None  # validate.asr_check: the ASR that checks the transcript; None: no check
 
 
 def frame_levels_db(signal: np.ndarray, rate: int) -> np.ndarray:
@@ -79,9 +81,11 @@ def probe(task: ProbeTask) -> dict[str, object]:
     if not finite:
         return result
     result.update(speech_probes(mono, rate))
-    if task.asr and task.text:
-        from polyvox.validate.asr import character_error_rate, recognize
+    if task.judge is not None and task.text:
+        from polyvox.judges import recognize
+        from polyvox.validate.asr import character_error_rate
 
-        hypothesis = recognize(mono, rate)
-        result.update(asr_hypothesis=hypothesis, cer=character_error_rate(task.text, hypothesis))
+        hypothesis = recognize(mono, rate, task.judge)
+        result.update(asr_judge=task.judge.name, asr_hypothesis=hypothesis,
+                      cer=character_error_rate(task.text, hypothesis))
     return result

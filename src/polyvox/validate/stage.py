@@ -30,6 +30,7 @@ from polyvox.cache import content_key, load_index, save_index
 from polyvox.config import Params
 from polyvox.corpus.schema import read_manifest
 from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.judges import Judge
 from polyvox.parallel import map_items
 from polyvox.validate.errors import ValidationFailed
 from polyvox.validate.expectations import checks, run_suite
@@ -116,9 +117,12 @@ def _summary_markdown(result: ValidateResult, thresholds: dict[str, Any]) -> str
 def _probe_all(
     tasks: list[ProbeTask], hashes: list[str | None], params: Params, index_path: Path
 ) -> tuple[list[dict], int]:
-    """Probe values per row, computed once per audio content (a rerun probes only new files)."""
-    keys = [content_key("probe", PROBE_VERSION, h, t.asr, t.text if t.asr else None) if isinstance(h, str) else None
-            for t, h in zip(tasks, hashes)]
+    """Probe values per row, computed once per audio content (a rerun probes only new files, and a
+    transcript check by another judge checks again)."""
+    judges = {t.judge for t in tasks if t.judge is not None}
+    heard_by = {judge: judge.identity() for judge in judges}
+    keys = [content_key("probe", PROBE_VERSION, h, heard_by.get(t.judge, False), t.text if t.judge else None)
+            if isinstance(h, str) else None for t, h in zip(tasks, hashes)]
     index = load_index(index_path)
     todo = [i for i, key in enumerate(keys) if key is None or key not in index]
     computed = map_items(probe, [tasks[i] for i in todo], params.parallel, "validate: audio probes", log)
@@ -137,8 +141,9 @@ def validate(params: Params, workspace: Workspace) -> ValidateResult:
     cfg = params.validate_
     manifest = read_manifest(workspace.raw_manifest)
     raw = manifest.to_pandas()
+    judge = Judge.from_params(params) if cfg.asr_check else None
     tasks = [
-        ProbeTask(row=i, audio=str(workspace.raw / r["audio"]) if r["audio"] else None, text=r["text"], asr=cfg.asr_check)
+        ProbeTask(row=i, audio=str(workspace.raw / r["audio"]) if r["audio"] else None, text=r["text"], judge=judge)
         for i, r in enumerate(manifest.select(["audio", "text"]).to_pylist())
     ]
     out = workspace.validated
