@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 
 from polyvox.config import ConfigError
+from polyvox.ensemble import VoiceError
 from polyvox.ensemble.fit import aligned_l1, fit_weights
 from polyvox.ensemble.stage import ensemble
 from polyvox.ensemble.voice import Voice
@@ -175,6 +176,10 @@ def test_rerank_keeps_the_candidate_with_the_best_score(trained, monkeypatch, tm
     voice.judge = Judge("whisper")
     voice.save(tmp_path / "rerank")
     assert Voice.load(tmp_path / "rerank").judge == Judge("whisper")
+    meta = json.loads((tmp_path / "rerank/voice.json").read_text())
+    (tmp_path / "rerank/voice.json").write_text(json.dumps({**meta, "judge": {"asr": "vosk"}}))
+    with pytest.raises(VoiceError, match=r"rerank/voice.json: not a judge: \{'asr': 'vosk'\}"):
+        Voice.load(tmp_path / "rerank")
 
 
 def test_ensemble_refuses_untrained_members(trained, tmp_path):

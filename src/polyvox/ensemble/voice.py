@@ -115,12 +115,15 @@ class Voice:
         if (folder / "centroids.npz").is_file():
             with np.load(folder / "centroids.npz", allow_pickle=False) as data:
                 centroids = {name: data[name] for name in data.files}
+        try:
+            judge = Judge.from_dict(meta["judge"]) if meta.get("judge") else None
+        except ValueError as exc:
+            raise VoiceError(f"{path}: {exc}") from None
         return cls.from_members({m["name"]: folder / "members" / m["name"] for m in meta["members"]},
                                 [m["weight"] for m in meta["members"]], mode=meta["mode"],
                                 vocoder=folder / "vocoder" if meta.get("vocoder") else None,
                                 similarity_weight=meta.get("similarity_weight", 0.5), centroids=centroids,
-                                info=meta.get("info", {}),
-                                judge=Judge.from_dict(meta["judge"]) if meta.get("judge") else None)
+                                info=meta.get("info", {}), judge=judge)
 
     def save(self, folder: Path) -> None:
         """Write the voice as one self-contained folder, atomically (built aside, then renamed into place)."""

@@ -82,6 +82,10 @@ class Judge:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Judge":
+        """The inverse of :meth:`to_dict` (a rerank voice's ``voice.json``)."""
+        if not isinstance(data, dict) or data.get("asr") not in ("whisper", "pocketsphinx") or set(data) - {
+                "asr", "whisper_model", "language"}:
+            raise ValueError(f"not a judge: {data!r} (expected asr whisper|pocketsphinx, whisper_model, language)")
         return cls(**data)
 
 
