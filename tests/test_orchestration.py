@@ -184,8 +184,10 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
         assert run(*step).returncode == 0, step
     first = run(str(dvc), "repro")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 12
-    assert len(pq.read_table(project / "data/features/index.parquet")) == 12
+    voices = len(params["demo"]["voices"])
+    rows = voices * params["demo"]["utterances_per_speaker"]
+    assert len(pq.read_table(project / "data/raw/manifest.parquet")) == rows
+    assert len(pq.read_table(project / "data/features/index.parquet")) == rows
     for member in params["train"]["members"]:
         assert (project / "models" / member["name"] / "best.pt").is_file(), member
     assert (project / "models/vocoder/vocoder.json").is_file()
@@ -210,8 +212,8 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
         assert run(*step).returncode == 0, step
     changed = run(str(dvc), "exp", "run", "-S", "demo.utterances_per_speaker=3")
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert len(pq.read_table(project / "data/raw/manifest.parquet")) == 18
-    assert len(pq.read_table(project / "data/features/index.parquet")) == 18
+    assert len(pq.read_table(project / "data/raw/manifest.parquet")) == voices * 3
+    assert len(pq.read_table(project / "data/features/index.parquet")) == voices * 3
 
 
 def test_deployment_runs_through_a_prefect_server_and_worker(tmp_path, kathleen_files, prefect_server):
