@@ -18,7 +18,7 @@ Phases (each resumable; rerunning skips what is done):
 2. train: the default ``params.yaml`` model, member ``kathleen``, bounded by ``--minutes`` of wall
    time (resumes from ``last.pt`` when rerun);
 3. evaluate: synthesise the test split with ``speaker=kathleen-a`` and score it, next to the real
-   recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: pocketsphinx WER/CER,
+   recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: WER/CER by the judge (Whisper, and pocketsphinx beside it),
    resemblyzer speaker similarity, MCD with DTW, log-F0 RMSE, DNSMOS and real-time factor.
 
 Writes ``benchmarks/results/quality_kathleen_<member>.json`` and per-utterance
