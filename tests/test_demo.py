@@ -76,6 +76,10 @@ def test_unknown_voice_and_failing_engine():
         synthesize(broken, "Hello there.", __import__("pathlib").Path("/tmp/polyvox-never.wav"), "prompt p9")
 
 
+# six voices of both engines (flite, festival), not only params.yaml's two
+SIX = "demo.voices=[flite_awb, flite_rms, flite_slt, flite_kal16, festival_ked, festival_slt_hts]"
+
+
 @pytest.fixture(scope="module")
 def demo_builds(tmp_path_factory):
     """The same small demo built twice in two workspaces, and once with another seed."""
@@ -83,7 +87,7 @@ def demo_builds(tmp_path_factory):
 
     from conftest import REPO
 
-    base = load_params(REPO / "params.yaml", ["demo.utterances_per_speaker=3"])
+    base = load_params(REPO / "params.yaml", ["demo.utterances_per_speaker=3", SIX])
     builds = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         ws = Workspace(tmp_path_factory.mktemp(f"demo-{name}"))
@@ -132,7 +136,7 @@ def test_demo_rebuild_reuses_audio(demo_builds, tmp_path):
 
     from conftest import REPO
 
-    params = load_params(REPO / "params.yaml", ["demo.utterances_per_speaker=3", "seed=7"])
+    params = load_params(REPO / "params.yaml", ["demo.utterances_per_speaker=3", "seed=7", SIX])
     build_demo_corpus(params.demo, params.seed, ws.demo_corpus)
     assert {p: p.stat().st_mtime_ns for p in (ws.demo_corpus / "audio").rglob("*.wav")} == before
     assert (ws.demo_corpus / "synth-index.json").read_text() == index
