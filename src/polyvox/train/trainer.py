@@ -434,15 +434,16 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                          member, pace, validation_seconds[0], plan["steps"], cfg.max_minutes)
         paced_from = (step, time.monotonic())
 
-        def remaining():
-            current = step
+        def until_planned(first: int):
+            """Steps from ``first`` up to the plan, which a re-plan may move while they run."""
+            current = first
             while current < plan["steps"]:
                 yield current
                 current += 1
 
-        total = plan["steps"] if stopped_by != "time" else step
-        for step in track(remaining() if stopped_by != "time" else iter(()), max(0, total - step), f"train {member}",
-                          log, total_now=lambda: plan["steps"] - paced_from[0]):
+        steps = until_planned(step) if stopped_by != "time" else iter(())
+        for step in track(steps, max(0, (plan["steps"] or step) - step), f"train {member}", log,
+                          total_now=lambda: plan["steps"] - paced_from[0]):
             if out_of_time():
                 stopped_by = "time"
                 break
