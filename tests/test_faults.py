@@ -24,7 +24,7 @@ import corpora
 from conftest import REPO
 
 POLYVOX = str(REPO / ".venv" / "bin" / "polyvox")
-TINY = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
+TINY = ["train.init_from=null", "model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
         "train.batch_size=2", "train.warmup_steps=2", "train.validate_every=4", "train.checkpoint_every=2"]
 
 

@@ -18,7 +18,7 @@ import corpora
 from conftest import REPO
 from stages import params_for, run_stages
 
-TINY = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
+TINY = ["train.init_from=null", "model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
         "train.batch_size=2", "train.warmup_steps=2", "train.validate_every=2", "train.checkpoint_every=2",
         # a schedule that does not depend on max_steps: the resume tests grow max_steps between runs
         "train.lr_schedule=inverse_sqrt"]
@@ -346,3 +346,67 @@ def test_auto_steps_spend_the_minutes_and_a_resume_keeps_the_plan(featured, tmp_
     spent = auto.train.model_copy(update={"max_minutes": 0.1 + 1e-9})  # bounds changed: resume
     ended = train(auto.model_copy(update={"train": spent}), target, member="a")
     assert ended.stopped_by == "steps" and planned < ended.steps <= planned + 4 and ended.planned_steps == ended.steps
+
+
+def test_pretrain_builds_a_base_that_fine_tunes_keep_conditioned_on_audio_and_images(featured, tmp_path):
+    """A corpus of one's own: `polyvox pretrain` builds the teacher corpus beside it (pretrain/),
+    trains the base there and publishes it; a member fine-tuned from it (train.init_from: base)
+    starts from its weights, image encoder included, and answers to a speaker and to an image."""
+    from polyvox.models.synthesis import Synthesizer
+    from polyvox.train.pretrain import pretrain
+    from polyvox.train.trainer import completed
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "own")
+    teachers = {"demo": params.demo.model_copy(update={"utterances_per_speaker": 3}),
+                "pretrain": params.pretrain.model_copy(update={"max_steps": 2})}
+    p = params.model_copy(update={**teachers, "train": params.train.model_copy(update={"init_from": "base"})})
+    with pytest.raises(ConfigError, match="polyvox pretrain"):
+        train(p, target, member="voice")  # no base yet: said so, not a scratch run in disguise
+
+    built = pretrain(p, target)
+    assert built.origin == "trained" and built.train.steps == 2
+    assert (target.root / "pretrain/data/features/index.parquet").is_file()  # the teacher corpus, apart from yours
+    base = target.models / "base"
+    meta = json.loads((base / "model.json").read_text())
+    assert meta["conditioning"] == "audio+image" and set(meta["speakers"]) == set(params.demo.voices)
+    assert pretrain(p, target).train == built.train  # a second call trains nothing
+
+    tuned = p.model_copy(update={"train": p.train.model_copy(update={"max_steps": 1, "lr": 1e-12})})
+    train(tuned, target, member="voice")
+    assert completed(tuned, target, "voice") is not None
+    state = torch.load(target.models / "voice/last.pt", weights_only=True)["model"]
+    base_state = torch.load(base / "best.pt", weights_only=True)["model"]
+    image_weights = [n for n in base_state if n.startswith("image.") and base_state[n].dtype.is_floating_point]
+    assert image_weights and all(torch.allclose(state[n], base_state[n], atol=1e-6) for n in image_weights)
+    synthesizer = Synthesizer(target.models / "voice")
+    assert synthesizer.conditioning == "audio+image" and "kathleen" in synthesizer.speakers
+    by_speaker = synthesizer.mel("Hello there.", speaker="kathleen")
+    rng = np.random.default_rng(0)
+    by_image = [synthesizer.mel("Hello there.", image=rng.random((3, 64, 64), dtype=np.float32)) for _ in range(2)]
+    assert by_speaker.shape[0] == params.audio.n_mels and np.isfinite(by_image[0]).all()
+    assert not np.allclose(by_image[0], by_image[1])  # the image path reaches the output
+
+    # a retrained base is a new input: its fine-tunes are no longer up to date
+    retrained = p.model_copy(update={"pretrain": p.pretrain.model_copy(update={"max_steps": 3})})
+    pretrain(retrained, target)
+    assert completed(tuned, target, "voice") is None
+
+
+def test_pretrain_source_copies_a_base_built_elsewhere(featured, tmp_path):
+    from polyvox.train.pretrain import pretrain
+
+    params, ws = featured
+    elsewhere = _copy_features(ws, tmp_path / "elsewhere")
+    short = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})})
+    train(short, elsewhere, member="pre")  # trained with audio+image conditioning, like a base
+    here = _copy_features(ws, tmp_path / "here")
+    p = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"source": elsewhere.models / "pre"})})
+    result = pretrain(p, here)
+    assert result.train is None and result.origin == str(elsewhere.models / "pre")
+    assert (here.models / "base/best.pt").read_bytes() == (elsewhere.models / "pre/best.pt").read_bytes()
+    assert not (here.root / "pretrain").exists()  # nothing trained, no teacher corpus built
+
+    (elsewhere.models / "pre/speakers.pt").unlink()
+    with pytest.raises(ConfigError, match=r"pre is not a trained base \(missing speakers.pt\)"):
+        pretrain(p, here)

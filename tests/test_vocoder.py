@@ -200,7 +200,7 @@ def test_cli_and_synthesizer_use_the_trained_vocoder(featured, tmp_path, monkeyp
 
     small = params.model_copy(update={
         "model": params.model.model_copy(update={"channels": 32, "text_layers": 1, "decoder_layers": 1}),
-        "train": params.train.model_copy(update={"max_steps": 1, "batch_size": 2})})
+        "train": params.train.model_copy(update={"max_steps": 1, "batch_size": 2, "init_from": None})})
     train(small, target, member="m")
     plain = Synthesizer(target.models / "m")
     neural = Synthesizer(target.models / "m", vocoder=target.models / "voc")

@@ -18,6 +18,7 @@ def tiny_params(params_file: Path) -> dict:
     params["demo"]["utterances_per_speaker"] = 2
     params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
     params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
+    params["pretrain"].update(max_steps=2)
     params["vocoder"].update(channels=16, layers=1, intermediate=32, max_steps=2, batch_size=2)
     params["features"]["splits"].update(val=0.25, test=0.25)
     params["ensemble"].update(fit_utterances=2, fit_steps=20)

@@ -152,6 +152,15 @@ def features(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
 
 
 @app.command()
+def pretrain(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+    """Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or copied from pretrain.source."""
+    from polyvox.train.pretrain import pretrain as run_pretrain
+
+    result = _run_stage(run_pretrain, params, set_)
+    typer.echo(result.summary())
+
+
+@app.command()
 def train(
     member: Annotated[Optional[str], typer.Option(
         help="A member listed under train.members (checkpoints go to models/<member>/). Default: every member.")] = None,

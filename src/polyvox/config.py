@@ -176,8 +176,9 @@ class TrainConfig(_Section):
     grad_clip: float = Field(gt=0)
     checkpoint_every: int = Field(ge=1)
     validate_every: int = Field(ge=1)
-    # Warm start: a member folder (or a .pt checkpoint) of an earlier run, e.g. pretrained on the demo
-    # voices; its weights seed a fresh run (matching tensors only; phonemes mapped by symbol).
+    # Warm start: "base" (models/base, built by `polyvox pretrain`), a member folder (or a .pt
+    # checkpoint) of an earlier run, or null (from scratch); its weights seed a fresh run (matching
+    # tensors only; phonemes mapped by symbol).
     init_from: str | None
     members: list[MemberConfig] = Field(min_length=1)
 
@@ -194,6 +195,8 @@ class TrainConfig(_Section):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"train.members: duplicate member name(s) {duplicated}")
+        if "base" in names:
+            raise ValueError("train.members: 'base' is the pretrained base's folder (models/base); name the member otherwise")
         return self
 
     def member(self, name: str) -> MemberConfig:
@@ -201,6 +204,27 @@ class TrainConfig(_Section):
             if member.name == name:
                 return member
         raise ConfigError(f"train.members: no member named {name!r} (listed: {[m.name for m in self.members]})")
+
+
+class PretrainSection(_Section):
+    """The base model (``polyvox pretrain`` → ``models/base``) that ``train.init_from: base`` fine-tunes.
+
+    It is the ``model`` section trained with the ``train`` section's optimiser settings on the
+    teacher corpus (the ``demo`` section's voices and prompts), conditioned on audio and images so
+    that every fine-tune keeps both paths; only how long it trains is set here."""
+
+    # null: train it here; a folder (another project's models/base, e.g. after `make demo` there or
+    # `dvc pull`): copy that base in and check it, training nothing.
+    source: Path | None
+    max_steps: int | Literal["auto"]
+    max_minutes: float = Field(gt=0)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _positive_steps(cls, steps: int | str) -> int | str:
+        if isinstance(steps, int) and steps < 1:
+            raise ValueError(f"max_steps must be a positive step count or 'auto', got {steps}")
+        return steps
 
 
 class VocoderSection(_Section):
@@ -320,6 +344,7 @@ class Params(_Section):
     clean: CleanConfig
     features: FeaturesConfig
     model: ModelSection
+    pretrain: PretrainSection
     train: TrainConfig
     vocoder: VocoderSection
     ensemble: EnsembleSection

@@ -29,7 +29,8 @@ from polyvox.fingerprint import fingerprint  # noqa: E402
 from polyvox.features.stage import FeaturesResult, features  # noqa: E402
 from polyvox.lock import workspace_lock  # noqa: E402
 from polyvox.registry.stage import PromoteResult, promote  # noqa: E402
-from polyvox.train import trainer, vocoder as vocoder_stage  # noqa: E402
+from polyvox.train import pretrain as pretrain_stage, trainer, vocoder as vocoder_stage  # noqa: E402
+from polyvox.train.pretrain import PretrainResult  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402
 from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
 from polyvox.validate.stage import ValidateResult, validate  # noqa: E402
@@ -113,6 +114,19 @@ def features_task(params: Params, cleaned: CleanResult) -> FeaturesResult:
     return result
 
 
+# The base trains like a member (resumable, so a retry picks up where it was) and is skipped when
+# models/base already holds it; its teacher corpus's data half is incremental like the main one.
+@task(name="pretrain", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def pretrain_task(params: Params, featured: FeaturesResult) -> PretrainResult:
+    result = pretrain_stage.pretrain(params, Workspace.here())
+    figures = {"origin": result.origin, "folder": result.folder}
+    if result.train is not None:
+        figures |= {"steps": result.train.steps, "best validation loss": result.train.best_val_loss,
+                    "seconds per step": f"{result.train.seconds_per_step:.3f}", "stopped by": result.train.stopped_by}
+    create_markdown_artifact(_markdown_table("pretrain (base model)", figures), key="pretrain", description=result.summary())
+    return result
+
+
 # Training resumes from its last checkpoint, so a retry after a crash or a kill picks up where it was.
 @task(name="train", task_run_name="train-{member}", retries=1, retry_delay_seconds=5,
       cache_policy=StageInputs(inputs_of=lambda params, ws, args: trainer.training_fingerprint(params, ws, args["member"], None, None)))
@@ -184,13 +198,15 @@ def _stages(params: Params) -> dict[str, str]:
     featured = features_task(params, cleaned)
     # Members train one after another: each one uses every core (or the GPU) by itself.
     workspace = Workspace.here()
+    # The base exists only for members that fine-tune from it (train.init_from: base).
+    based = [("pretrain", pretrain_task(params, featured))] if params.train.init_from == trainer.BASE else []
     trained = [(f"train {m.name}", _cached(train_task, trainer.completed(params, workspace, m.name) is not None)(
-        params, m.name, featured)) for m in params.train.members]
+        params, m.name, featured, wait_for=[result for _, result in based])) for m in params.train.members]
     vocoder = _cached(vocoder_task, vocoder_stage.vocoder_completed(params, workspace) is not None)(params, featured)
     candidate = _cached(ensemble_task, ensemble_stage.completed(params, workspace) is not None)(
         params, [result for _, result in trained], vocoder)
     evaluated = _cached(evaluate_task, evaluate_stage.completed(params, workspace) is not None)(params, candidate)
     promoted = promote_task(params, evaluated)
     return {name: result.summary() for name, result in
-            (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *trained,
+            (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *based, *trained,
              ("train-vocoder", vocoder), ("ensemble", candidate), ("evaluate", evaluated), ("promote", promoted))}

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fileio import atomic_write_text
-from polyvox.fingerprint import fingerprint, read_stamp, source_digest
+from polyvox.fingerprint import file_digest, fingerprint, read_stamp, source_digest
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
 from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
@@ -38,6 +38,7 @@ from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+BASE = "base"  # train.init_from's name for models/base, the output of `polyvox pretrain`
 LR_FLOOR = 0.05  # the cosine schedule ends at this share of the peak rate, not at zero
 LOSS_NAMES = ("total", "mel", "prior", "duration", "pitch", "energy", "cross_modal")
 
@@ -74,6 +75,37 @@ def member_spec(params: Params, name: str) -> MemberConfig:
     return listed.get(name) or MemberConfig(name=name, seed=params.seed, conditioning="audio+image", variant={})
 
 
+def init_source(workspace: Workspace, init: str | Path | None) -> Path | None:
+    """The folder (or ``.pt``) a fresh run warm-starts from: ``base`` is this workspace's
+    ``models/base``; any other value a path relative to the workspace; None: from scratch."""
+    if init is None:
+        return None
+    if str(init) == BASE:
+        base = workspace.models / BASE
+        if not (base / "model.json").is_file() or not any((base / n).is_file() for n in ("best.pt", "last.pt")):
+            raise ConfigError(f"train.init_from: base, but {base} holds no trained base model; "
+                              "run `polyvox pretrain` first (or set pretrain.source to a base built elsewhere)")
+        return base
+    return workspace.resolve(Path(init))
+
+
+def _checkpoint_of(source: Path) -> Path | None:
+    folder = source if source.is_dir() else source.parent
+    checkpoint = source if source.is_file() else next(
+        (folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
+    return checkpoint if checkpoint is not None and (folder / "model.json").is_file() else None
+
+
+def init_identity(workspace: Workspace, init: str | Path | None) -> str | None:
+    """What a warm start starts from, by content: a retrained or replaced base retrains its fine-tunes.
+    A source not built yet has no identity but its name (the run itself then says what is missing)."""
+    if init is None:
+        return None
+    source = workspace.models / BASE if str(init) == BASE else workspace.resolve(Path(init))
+    checkpoint = _checkpoint_of(source)
+    return f"absent:{init}" if checkpoint is None else file_digest(checkpoint)
+
+
 def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[str, int]:
     """Seed ``model`` with the weights of an earlier run (a member folder or a ``.pt`` in one).
 
@@ -81,11 +113,10 @@ def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[s
     the new corpus's (the decoder adapts to the shift within a few steps, and validation losses
     stay comparable with a run from scratch); phoneme embeddings are copied row by row for the
     symbols both vocabularies share. Returns counts of copied / skipped tensors and shared symbols."""
-    folder = source if source.is_dir() else source.parent
-    checkpoint = source if source.is_file() else next(
-        (folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
-    if checkpoint is None or not (folder / "model.json").is_file():
+    checkpoint = _checkpoint_of(source)
+    if checkpoint is None:
         raise ConfigError(f"train.init_from: {source} holds no model.json with best.pt or last.pt")
+    folder = checkpoint.parent
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
     old_symbols = json.loads((folder / "model.json").read_text(encoding="utf-8"))["symbols"]
     own = model.state_dict()
@@ -106,6 +137,9 @@ def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[s
                 copied += 1
             else:
                 skipped += 1
+    if skipped > copied:  # not a warm start but a scratch run in disguise: say so
+        raise ConfigError(f"train.init_from: {checkpoint} fits this model in only {copied} of {copied + skipped} "
+                          "tensors; its `model` section differs from this one (see its model.json)")
     model.load_state_dict(own)
     counts = {"copied": copied, "skipped": skipped, "shared_symbols": shared, "symbols": len(symbols)}
     log.info("warm start from %s: %d tensors copied, %d skipped; %d of %d phoneme symbols shared", checkpoint,
@@ -234,7 +268,7 @@ def training_fingerprint(params: Params, workspace: Workspace, member: str, seed
     init = init_from if init_from is not None else params.train.init_from
     identity = fingerprint(workspace.data_version(), params.seed, params.audio.model_dump(), params.model.model_dump(),
                            params.train.model_dump(exclude={"members", *BOUNDS}), spec.model_dump(), seed,
-                           str(init) if init else None, source_digest("models", "train"))
+                           init_identity(workspace, init), source_digest("models", "train"))
     return identity, fingerprint(params.train.model_dump(include=BOUNDS))
 
 
@@ -304,7 +338,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     resuming = resume and (out / "last.pt").is_file()
     warm = None
     if init_from is not None and not resuming:
-        warm = warm_start(model, vocab.symbols, Path(init_from))
+        warm = warm_start(model, vocab.symbols, init_source(workspace, init_from))
     model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
     plan: dict[str, int | None] = {"steps": cfg.max_steps if isinstance(cfg.max_steps, int) else None}
