@@ -1,20 +1,24 @@
 """Train params.yaml's recipe on kathleen-a for a bounded time, then measure what it says.
 
-    .venv/bin/python benchmarks/quality_kathleen.py [--minutes 60] [--phase all|data|train|evaluate]
+    .venv/bin/python benchmarks/quality_kathleen.py [--minutes 60] [--phase all|data|pretrain|train|evaluate]
         [--member NAME] [--init-from MODEL_FOLDER] [--threads N] [-S key=value ...]
 
 The params are ``profiles/kathleen-a.yaml`` (params.yaml with only the corpus and its member
-changed). Variants train side by side at equal minutes as members of one workspace, one process
-each, e.g. from scratch against a warm start from the demo's voice, one thread each on 2 cores:
+changed): like every voice, kathleen fine-tunes from the base (``train.init_from: base``).
+Variants train side by side at equal minutes as members of one workspace, one process each, e.g.
+from scratch against a fine-tune of the base that ``make demo`` built, one thread each on 2 cores:
 
     python benchmarks/quality_kathleen.py --phase data
-    python benchmarks/quality_kathleen.py --phase train --member scratch --threads 1 --minutes 15 &
-    python benchmarks/quality_kathleen.py --phase train --member warm --threads 1 --minutes 15 \
-        --init-from ../demo/models/voice &
-    wait; for m in scratch warm; do python benchmarks/quality_kathleen.py --phase evaluate --member $m; done
+    python benchmarks/quality_kathleen.py --phase pretrain -S pretrain.source=../demo/models/base
+    python benchmarks/quality_kathleen.py --phase train --member scratch --threads 1 --minutes 30 \
+        -S train.init_from=null &
+    python benchmarks/quality_kathleen.py --phase train --member tuned --threads 1 --minutes 30 &
+    wait; for m in scratch tuned; do python benchmarks/quality_kathleen.py --phase evaluate --member $m; done
 
 Phases (each resumable; rerunning skips what is done):
 1. data: prepare → validate → clean → features of kathleen-a in ``--workspace``;
+1b. pretrain: ``models/base`` in the workspace (copied from ``pretrain.source``, or trained there,
+   teacher corpus included: then count its minutes in the budget);
 2. train: the default ``params.yaml`` model, member ``kathleen``, bounded by ``--minutes`` of wall
    time (resumes from ``last.pt`` when rerun);
 3. evaluate: synthesise the test split with ``speaker=kathleen-a`` and score it, next to the real
@@ -61,7 +65,8 @@ def run_train(params, ws: Workspace, member: str, init_from: Path | None) -> dic
     result = train(params, ws, member=member, resume=True, init_from=init_from)
     return {"steps": result.steps, "planned_steps": result.planned_steps, "best_val_loss": result.best_val_loss,
             "seconds_per_step": result.seconds_per_step, "device": result.device, "stopped_by": result.stopped_by,
-            "precision": result.precision, "init_from": None if init_from is None else str(init_from)}
+            "precision": result.precision,
+            "init_from": str(init_from) if init_from is not None else params.train.init_from}
 
 
 def main() -> None:
@@ -72,7 +77,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0, help="training wall-time bound")
     parser.add_argument("--init-from", type=Path, default=None, help="warm start: a trained member's folder")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (one per side-by-side run)")
-    parser.add_argument("--phase", choices=("all", "data", "train", "evaluate"), default="all")
+    parser.add_argument("--phase", choices=("all", "data", "pretrain", "train", "evaluate"), default="all")
     parser.add_argument("--member", default="kathleen")
     parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a trained vocoder's folder")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N test sentences")
@@ -90,6 +95,11 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     if args.phase in ("all", "data"):
         run_data(params, ws)
+    if args.phase in ("all", "pretrain") and params.train.init_from == "base":
+        from polyvox.train.pretrain import pretrain
+
+        built = pretrain(params, ws)
+        print(built.summary())
     if args.phase in ("all", "train"):
         report["train"] = {**run_train(params, ws, args.member, args.init_from), "machine": machine,
                            "minutes": args.minutes}

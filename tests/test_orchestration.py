@@ -74,7 +74,7 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
             assert out in known_outs or out.startswith((models + "/", reports + "/")), f"dvc.yaml stage {name} writes {out}"
             produced.append(out)
     members = [m["name"] for m in params["train"]["members"]]
-    assert list(stages) == ["prepare", "validate", "clean", "features", *[f"train@{m}" for m in members], "train-vocoder",
+    assert list(stages) == ["prepare", "validate", "clean", "features", "pretrain", *[f"train@{m}" for m in members], "train-vocoder",
                             "ensemble", "evaluate", "promote"]
     # the ensemble reads every member it combines, and the candidate is where the workspace says
     combined = params["ensemble"]["members"] or members
@@ -100,7 +100,7 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
     tiny = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
-            "train.max_steps=2", "pretrain.max_steps=2", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
+            "train.max_steps=2", "pretrain.max_steps=2", "demo.utterances_per_speaker=3", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
             "vocoder.intermediate=32", "vocoder.max_steps=2", "vocoder.batch_size=2",
             "train.members=[{name: a, seed: 1, conditioning: audio, variant: {}}, "
             "{name: b, seed: 2, conditioning: audio+image, variant: {kernel_size: 3}}]",
@@ -110,6 +110,7 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
     state = pipeline(params_file="params.yaml", overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
+    assert summary["pretrain"].startswith("base (") and "base: 2 steps" in summary["pretrain"]
     assert summary["train a"].startswith("a: 2 steps") and summary["train b"].startswith("b: 2 steps")
     assert "vocoder" in summary["train-vocoder"]
     assert summary["ensemble"].startswith("ensemble (weighted)") and "members a" in summary["ensemble"]
@@ -243,7 +244,7 @@ def test_deployment_runs_through_a_prefect_server_and_worker(tmp_path, kathleen_
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
     tiny = ["model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
-            "train.max_steps=2", "pretrain.max_steps=2", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
+            "train.max_steps=2", "pretrain.max_steps=2", "demo.utterances_per_speaker=3", "train.batch_size=2", "vocoder.channels=16", "vocoder.layers=1",
             "vocoder.intermediate=32", "vocoder.max_steps=2", "vocoder.batch_size=2", "features.splits.test=0.34",
             "ensemble.fit_steps=20", "evaluate.rtf_sentences=1", "evaluate.centroid_takes=2",
             "evaluate.report_samples=1", "evaluate.bootstrap_resamples=100", "parallel.workers=1",

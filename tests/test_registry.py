@@ -48,7 +48,10 @@ def _evaluate(ws, metrics):
 def test_gate_rules_pass_and_fail_on_crafted_evaluations(tmp_path, params):
     voice = make_voice(tmp_path / "candidate")
     good = judge(evaluation(voice), params.promote, has_champion=False)
-    assert passed(good) and {r.rule for r in good} == {"speaker_similarity", "mcd_db", "rtf_one_thread", "ensemble_gain"}
+    assert passed(good) and {r.rule for r in good} == {"wer", "speaker_similarity", "mcd_db", "rtf_one_thread", "ensemble_gain"}
+    # params.yaml's absolute WER rule: a voice a listener misses every other word of is refused
+    garbled = {r.rule: r for r in judge(evaluation(voice, wer=params.promote.max_wer + 0.1), params.promote, has_champion=False)}
+    assert not garbled["wer"].passed and garbled["speaker_similarity"].passed
     bad = {r.rule: r for r in judge(evaluation(voice, similarity=0.5, mcd=9.0), params.promote, has_champion=False)}
     assert not bad["speaker_similarity"].passed and bad["speaker_similarity"].value == 0.5
     assert bad["speaker_similarity"].threshold == params.promote.min_speaker_similarity

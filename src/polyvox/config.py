@@ -211,11 +211,12 @@ class PretrainSection(_Section):
 
     It is the ``model`` section trained with the ``train`` section's optimiser settings on the
     teacher corpus (the ``demo`` section's voices and prompts), conditioned on audio and images so
-    that every fine-tune keeps both paths; only how long it trains is set here."""
+    that every fine-tune keeps both paths; its peak learning rate and length are set here."""
 
     # null: train it here; a folder (another project's models/base, e.g. after `make demo` there or
     # `dvc pull`): copy that base in and check it, training nothing.
     source: Path | None
+    lr: float = Field(gt=0)  # the base's peak learning rate (a run from scratch); train.lr is the fine-tune's
     max_steps: int | Literal["auto"]
     max_minutes: float = Field(gt=0)
 

@@ -51,9 +51,10 @@ class PretrainResult:
 
 def base_params(params: Params) -> Params:
     """The settings the base trains under: the run's own, on the demo corpus, with the pretrain
-    section's bounds, no warm start, and one member (``base``) conditioned on audio and images."""
+    section's learning rate and bounds, no warm start, and one member (``base``) conditioned on audio and images."""
     train_section = params.train.model_copy(update={
-        "max_steps": params.pretrain.max_steps, "max_minutes": params.pretrain.max_minutes, "init_from": None,
+        "lr": params.pretrain.lr, "max_steps": params.pretrain.max_steps, "max_minutes": params.pretrain.max_minutes,
+        "init_from": None,
         "members": [MemberConfig(name=BASE, seed=params.seed, conditioning="audio+image", variant={})]})
     return params.model_copy(update={"train": train_section,
                                      "prepare": params.prepare.model_copy(update={"corpus": None})})
