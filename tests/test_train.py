@@ -375,6 +375,9 @@ def test_pretrain_builds_a_base_that_fine_tunes_keep_conditioned_on_audio_and_im
     tuned = p.model_copy(update={"train": p.train.model_copy(update={"max_steps": 1, "lr": 1e-12})})
     train(tuned, target, member="voice")
     assert completed(tuned, target, "voice") is not None
+    from polyvox.fingerprint import file_digest
+    tuned_meta = json.loads((target.models / "voice/model.json").read_text())
+    assert (tuned_meta["init_from"], tuned_meta["init_sha256"]) == ("base", file_digest(base / "best.pt"))
     state = torch.load(target.models / "voice/last.pt", weights_only=True)["model"]
     base_state = torch.load(base / "best.pt", weights_only=True)["model"]
     image_weights = [n for n in base_state if n.startswith("image.") and base_state[n].dtype.is_floating_point]

@@ -28,7 +28,7 @@ from polyvox.tracking import client_and_experiment
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "validate", "clean", "features", "train", "train-vocoder", "ensemble", "evaluate", "promote")
+STAGES = ("prepare", "validate", "clean", "features", "pretrain", "train", "train-vocoder", "ensemble", "evaluate", "promote")
 SHOWN = (("wer", "WER"), ("cer", "CER"), ("mcd_db", "MCD"), ("speaker_similarity", "similarity"), ("mos_ovrl", "MOS"),
          ("rtf_one_thread", "RTF"))
 JUDGED = {"wer": "wer_pocketsphinx", "cer": "cer_pocketsphinx"}  # ASR figures → their second opinion's

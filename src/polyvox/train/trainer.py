@@ -366,7 +366,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     if rank == 0:
         atomic_write_text(out / "model.json", json.dumps({
             "member": member, "seed": seed, "conditioning": spec.conditioning, "model": asdict(model.cfg),
-            "init_from": None if init_from is None else str(init_from), "symbols": vocab.symbols,
+            "init_from": None if init_from is None else str(init_from),
+            # which base, by content (a copy of the checkpoint it started from has the same hash)
+            "init_sha256": init_identity(workspace, init_from), "symbols": vocab.symbols,
             "speakers": speakers, "audio": params.audio.model_dump(), "image_size": params.features.image_size,
             "text": {"language": params.clean.language, "phonemizer": params.clean.phonemizer}},
             indent=1, ensure_ascii=False) + "\n")
@@ -386,7 +388,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         writer.writerows([header, *kept])
 
     tracker = Run(f"train-{member}", params.model_dump(by_alias=True),
-                  {"stage": "train", "member": member, "data_version": data_version(workspace),
+                  {"stage": "pretrain" if member == BASE else "train", "member": member, "data_version": data_version(workspace),
                    "git_commit": git_commit() or "unknown", "resumed_from_step": str(start),
                    "warm_start": str(init_from) if warm else ""}, workspace) if rank == 0 else None
     began = time.monotonic()
