@@ -11,7 +11,7 @@ from scratch against a fine-tune of the base that ``make demo`` built, one threa
     python benchmarks/quality_kathleen.py --phase data
     python benchmarks/quality_kathleen.py --phase pretrain -S pretrain.source=../demo/models/base
     python benchmarks/quality_kathleen.py --phase train --member scratch --threads 1 --minutes 30 \
-        -S train.init_from=null &
+        -S train.init_from=null -S train.lr=0.003 &
     python benchmarks/quality_kathleen.py --phase train --member tuned --threads 1 --minutes 30 &
     wait; for m in scratch tuned; do python benchmarks/quality_kathleen.py --phase evaluate --member $m; done
 
