@@ -99,3 +99,10 @@ def test_cross_field_checks(tmp_path):
     assert "sample_rate/2" in str(pytest.raises(ConfigError, load_params, path).value)
     params = load_params(REPO / "params.yaml", ["validate.asr_check=true"])
     assert params.validate_.asr_check is True
+
+
+@pytest.mark.parametrize("key", ["train.max_steps", "pretrain.max_steps"])
+def test_step_bounds_are_a_positive_count_or_auto(key):
+    with pytest.raises(ConfigError, match=rf"'{key}': max_steps must be a positive step count or 'auto', got 0"):
+        load_params(REPO / "params.yaml", [f"{key}=0"])
+    assert load_params(REPO / "params.yaml", [f"{key}=auto"]) and load_params(REPO / "params.yaml", [f"{key}=7"])

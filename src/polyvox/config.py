@@ -9,16 +9,26 @@ missing or mistyped keys raise :class:`ConfigError` naming the key and the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 
 class ConfigError(ValueError):
     """A params file or override that cannot be used; the message names the key and the file."""
+
+
+def _positive_steps(steps: int | str) -> int | str:
+    if isinstance(steps, int) and steps < 1:
+        raise ValueError(f"max_steps must be a positive step count or 'auto', got {steps}")
+    return steps
+
+
+# A training run's step bound: a positive count, or "auto" (as many as its max_minutes allow).
+StepBound = Annotated[int | Literal["auto"], AfterValidator(_positive_steps)]
 
 
 class _Section(BaseModel):
@@ -167,7 +177,7 @@ class TrainConfig(_Section):
     # A step count, or "auto": as many steps as max_minutes allow on this machine, planned once after
     # a timed start (train.calibration_steps, then one validation pass) and kept in last.pt, so the
     # cosine schedule decays over the whole budget and a resumed run keeps the plan.
-    max_steps: int | Literal["auto"]
+    max_steps: StepBound
     max_minutes: float = Field(gt=0)
     calibration_steps: int = Field(ge=2)
     # fp32, bf16 (autocast on CPU; CUDA always uses fp16 mixed precision), or auto: bf16 where the CPU
@@ -181,13 +191,6 @@ class TrainConfig(_Section):
     # tensors only; phonemes mapped by symbol).
     init_from: str | None
     members: list[MemberConfig] = Field(min_length=1)
-
-    @field_validator("max_steps")
-    @classmethod
-    def _positive_steps(cls, steps: int | str) -> int | str:
-        if isinstance(steps, int) and steps < 1:
-            raise ValueError(f"max_steps must be a positive step count or 'auto', got {steps}")
-        return steps
 
     @model_validator(mode="after")
     def _unique_members(self) -> "TrainConfig":
@@ -217,15 +220,8 @@ class PretrainSection(_Section):
     # `dvc pull`): copy that base in and check it, training nothing.
     source: Path | None
     lr: float = Field(gt=0)  # the base's peak learning rate (a run from scratch); train.lr is the fine-tune's
-    max_steps: int | Literal["auto"]
+    max_steps: StepBound
     max_minutes: float = Field(gt=0)
-
-    @field_validator("max_steps")
-    @classmethod
-    def _positive_steps(cls, steps: int | str) -> int | str:
-        if isinstance(steps, int) and steps < 1:
-            raise ValueError(f"max_steps must be a positive step count or 'auto', got {steps}")
-        return steps
 
 
 class VocoderSection(_Section):

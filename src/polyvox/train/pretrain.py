@@ -24,7 +24,7 @@ from pathlib import Path
 from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fingerprint import file_digest
 from polyvox.fileio import replace_folder
-from polyvox.train.trainer import BASE, TrainResult, completed, train
+from polyvox.train.trainer import BASE, TrainResult, train
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -99,20 +99,6 @@ def _publish(source: Path, target: Path) -> bool:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return True
-
-
-def base_completed(params: Params, workspace: Workspace) -> bool:
-    """Whether ``models/base`` holds the base these settings make (nothing to train or copy)."""
-    target = workspace.models / BASE
-    if params.pretrain.source is not None:
-        source = workspace.resolve(params.pretrain.source)
-        return all((target / n).is_file() and (source / n).is_file() and file_digest(target / n) == file_digest(source / n)
-                   for n in BASE_FILES)
-    teachers = teacher_workspace(params, workspace)
-    if not teachers.features_index.is_file() or completed(base_params(params), teachers, BASE) is None:
-        return False
-    return teachers == workspace or not any(
-        not (target / n).is_file() or file_digest(target / n) != file_digest(teachers.models / BASE / n) for n in BASE_FILES)
 
 
 def _teacher_data(params: Params, teachers: Workspace) -> None:

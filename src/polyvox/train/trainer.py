@@ -75,18 +75,9 @@ def member_spec(params: Params, name: str) -> MemberConfig:
     return listed.get(name) or MemberConfig(name=name, seed=params.seed, conditioning="audio+image", variant={})
 
 
-def init_source(workspace: Workspace, init: str | Path | None) -> Path | None:
-    """The folder (or ``.pt``) a fresh run warm-starts from: ``base`` is this workspace's
-    ``models/base``; any other value a path relative to the workspace; None: from scratch."""
-    if init is None:
-        return None
-    if str(init) == BASE:
-        base = workspace.models / BASE
-        if not (base / "model.json").is_file() or not any((base / n).is_file() for n in ("best.pt", "last.pt")):
-            raise ConfigError(f"train.init_from: base, but {base} holds no trained base model; "
-                              "run `polyvox pretrain` first (or set pretrain.source to a base built elsewhere)")
-        return base
-    return workspace.resolve(Path(init))
+def _init_path(workspace: Workspace, init: str | Path) -> Path:
+    """``base`` is this workspace's ``models/base``; any other value a path relative to the workspace."""
+    return workspace.models / BASE if str(init) == BASE else workspace.resolve(Path(init))
 
 
 def _checkpoint_of(source: Path) -> Path | None:
@@ -96,13 +87,23 @@ def _checkpoint_of(source: Path) -> Path | None:
     return checkpoint if checkpoint is not None and (folder / "model.json").is_file() else None
 
 
+def init_source(workspace: Workspace, init: str | Path | None) -> Path | None:
+    """The folder (or ``.pt``) a fresh run warm-starts from (:func:`_init_path`); None: from scratch."""
+    if init is None:
+        return None
+    source = _init_path(workspace, init)
+    if str(init) == BASE and _checkpoint_of(source) is None:
+        raise ConfigError(f"train.init_from: base, but {source} holds no trained base model; "
+                          "run `polyvox pretrain` first (or set pretrain.source to a base built elsewhere)")
+    return source
+
+
 def init_identity(workspace: Workspace, init: str | Path | None) -> str | None:
     """What a warm start starts from, by content: a retrained or replaced base retrains its fine-tunes.
     A source not built yet has no identity but its name (the run itself then says what is missing)."""
     if init is None:
         return None
-    source = workspace.models / BASE if str(init) == BASE else workspace.resolve(Path(init))
-    checkpoint = _checkpoint_of(source)
+    checkpoint = _checkpoint_of(_init_path(workspace, init))
     return f"absent:{init}" if checkpoint is None else file_digest(checkpoint)
 
 
