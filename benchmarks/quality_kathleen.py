@@ -21,7 +21,9 @@ Phases (each resumable; rerunning skips what is done):
    teacher corpus included: then count its minutes in the budget);
 2. train: the default ``params.yaml`` model, member ``kathleen``, bounded by ``--minutes`` of wall
    time (resumes from ``last.pt`` when rerun);
-3. evaluate: synthesise the test split with ``speaker=kathleen-a`` and score it, next to the real
+3. copy: copy synthesis, the vocoder's ceiling: each test take's *real* mel (from the features stage)
+   through ``--vocoder`` (Griffin-Lim, or a trained vocoder's folder), scored as evaluate scores;
+4. evaluate: synthesise the test split with ``speaker=kathleen-a`` and score it, next to the real
    recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: WER/CER by the judge (Whisper, and pocketsphinx beside it),
    resemblyzer speaker similarity, MCD with DTW, log-F0 RMSE, DNSMOS and real-time factor.
 
@@ -69,6 +71,63 @@ def run_train(params, ws: Workspace, member: str, init_from: Path | None) -> dic
             "init_from": str(init_from) if init_from is not None else params.train.init_from}
 
 
+class CopySynthesis:
+    """Stands in for a :class:`~polyvox.ensemble.voice.Voice` in ``score_systems``: "synthesising" a
+    test sentence vocodes a real take's mel of it, so what is scored is the vocoder alone. Takes of one
+    text are handed out in the rows' order, which is the order ``score_systems`` synthesises them in."""
+
+    def __init__(self, voice, workspace: Workspace, rows):
+        import itertools
+
+        import numpy as np
+
+        self.voice, self.mode, self.members = voice, "copy", []
+        takes: dict[tuple[str, str], list] = {}
+        for row in rows.itertuples():
+            mel = np.load(workspace.features / row.features)["mel"]
+            takes.setdefault((row.speaker, row.clean_text), []).append(torch.from_numpy(mel))
+        self._next = {key: itertools.cycle(mels) for key, mels in takes.items()}
+
+    @property
+    def sample_rate(self) -> int:
+        return self.voice.sample_rate
+
+    def synthesize(self, text: str, speaker: str | None = None):
+        return self.voice.vocode(next(self._next[(speaker, text)])), self.sample_rate
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.voice.vocoder.parameters()) if self.voice.vocoder is not None else 0
+
+    def describe(self) -> dict:
+        return {"kind": "copy synthesis"}
+
+
+def run_copy(params, ws: Workspace, member: str, vocoder: str, tag: str, limit: int | None) -> dict:
+    """Real mels of the test takes → the vocoder, scored next to the real takes themselves."""
+    import shutil
+    import tempfile
+
+    from polyvox.ensemble.voice import Voice
+    from polyvox.evaluate.stage import score_systems, test_rows
+    from polyvox.judges import Judge
+
+    voice = Voice.from_members({member: ws.models / member}, vocoder=None if vocoder == "griffin-lim" else Path(vocoder))
+    rows = test_rows(params.model_copy(update={"evaluate": params.evaluate.model_copy(
+        update={"max_utterances": None})}), ws)
+    rows = rows[rows["speaker"] == voice.speakers[0]]
+    rows = rows.head(limit) if limit else rows
+    empty = Path(tempfile.mkdtemp(prefix="copy-"))  # the "voice folder" whose size is reported: nothing
+    try:
+        table, summary = score_systems(params, ws, {"copy": (CopySynthesis(voice, ws, rows), empty)}, rows,
+                                       {"copy": ws.models / member / f"copy-{tag}"})
+    finally:
+        shutil.rmtree(empty)
+    table.to_csv(RESULTS / f"quality_kathleen_copy_{tag}.csv", index=False)
+    judge = Judge.from_params(params)
+    return {"vocoder": vocoder, "utterances": len(rows), "asr": judge.name, **summary,
+            "wer_ratio": summary["copy"]["wer"] / max(summary["real"]["wer"], 1e-9)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared/data/kathleen-a")
@@ -77,7 +136,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60.0, help="training wall-time bound")
     parser.add_argument("--init-from", type=Path, default=None, help="warm start: a trained member's folder")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (one per side-by-side run)")
-    parser.add_argument("--phase", choices=("all", "data", "pretrain", "train", "evaluate"), default="all")
+    parser.add_argument("--phase", choices=("all", "data", "pretrain", "train", "copy", "evaluate"), default="all")
     parser.add_argument("--member", default="kathleen")
     parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a trained vocoder's folder")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N test sentences")
@@ -104,6 +163,12 @@ def main() -> None:
         report["train"] = {**run_train(params, ws, args.member, args.init_from), "machine": machine,
                            "minutes": args.minutes}
         report_path.write_text(json.dumps(report, indent=1) + "\n")
+    if args.phase == "copy":
+        tag = "griffin-lim" if args.vocoder == "griffin-lim" else Path(args.vocoder).name
+        copy = run_copy(params, ws, args.member, args.vocoder, tag, args.limit)
+        copy_path = RESULTS / f"quality_kathleen_copy_{tag}.json"
+        copy_path.write_text(json.dumps({"machine": machine, **copy}, indent=1) + "\n")
+        print(json.dumps(copy, indent=1))
     if args.phase in ("all", "evaluate"):
         from polyvox.evaluate.quality import evaluate_member
 

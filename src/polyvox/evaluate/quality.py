@@ -21,9 +21,11 @@ from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-# The issue's targets for a 2-hour CPU run (ratio to the real recordings' WER, by the judge, for intelligibility).
-TARGETS = {"wer_ratio": ("<=", 1.5), "speaker_similarity": (">=", 0.70), "mcd_db": ("<=", 7.5),
-           "rtf_one_thread": ("<=", 0.1)}
+# What a custom voice should reach on a real speaker's corpus in an hour of 2-core training (issue 18):
+# WER, by the judge, at most 1.5x the real recordings'; a similarity that passes for the speaker; fast
+# enough on one thread to serve many requests per core. MCD stays the gate's bound.
+TARGETS = {"wer_ratio": ("<=", 1.5), "speaker_similarity": (">=", 0.85), "mcd_db": ("<=", 7.5),
+           "rtf_one_thread": ("<=", 0.02)}
 
 
 def evaluate_member(params: Params, workspace: Workspace, member: str, vocoder: str | Path | None = None,
