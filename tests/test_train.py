@@ -413,3 +413,60 @@ def test_pretrain_source_copies_a_base_built_elsewhere(featured, tmp_path):
     (elsewhere.models / "pre/speakers.pt").unlink()
     with pytest.raises(ConfigError, match=r"pre is not a trained base \(missing speakers.pt\)"):
         pretrain(p, here)
+
+
+def test_teacher_input_is_rendered_aligned_warped_and_learned(featured, tmp_path):
+    """features.teacher_voice: each text's flite rendering is cached beside the features, batches carry
+    it, the warp puts it on the target's frame grid, a fine-tune starts from the base's exact behaviour
+    (the projection starts at zero) and learns to use it, and synthesis renders it again."""
+    from polyvox.features.stage import features
+    from polyvox.models.acoustic import TeacherTrack, warp_teacher
+    from polyvox.models.synthesis import Synthesizer
+    from polyvox.models.variance import frame_tokens
+    from polyvox.train.data import Corpus
+
+    params, ws = featured
+    base = _copy_features(ws, tmp_path / "ws")
+    train(params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})}), base, member="plain")
+    taught = load_params(REPO / "params.yaml", [f"prepare.corpus={params.prepare.corpus}", "features.splits.val=0.25",
+                                                "features.splits.test=0.1", *TINY, "features.teacher_voice=flite_slt",
+                                                "train.max_steps=6", f"train.init_from={base.models / 'plain'}"])
+    result = features(taught, base)
+    index = __import__("pandas").read_parquet(base.features_index)
+    assert index["teacher_features"].notna().all() and result.rows == len(index)
+    assert len(set(index["teacher_features"])) == index["clean_text"].nunique()  # one rendering per text
+    first = np.load(base.features / index["teacher_features"].iloc[0])
+    assert first.shape[0] == taught.audio.n_mels and first.shape[1] > 20 and np.isfinite(first).all()
+
+    vocab, speakers = vocabulary_and_speakers(base)
+    corpus = Corpus(base, "train", vocab, speakers, teachers=True)
+    batch = corpus.collate([0, 1], taught.seed, 0)
+    assert batch.teacher_mel.shape[:2] == (2, taught.audio.n_mels) and batch.teacher_lengths.tolist() == [
+        corpus.items[0].teacher.shape[1], corpus.items[1].teacher.shape[1]]
+    with pytest.raises(ValueError, match="no teacher rendering"):
+        Corpus(Workspace(ws), "train", vocab, speakers, teachers=True)  # the workspace rendered none
+
+    # the warp: token i's output frames read token i's teacher frames, in order, interpolated
+    frames = torch.arange(7, dtype=torch.float32)[None, :, None].expand(1, 7, 2).contiguous()
+    track = TeacherTrack(frames, torch.tensor([[2, 5]]))
+    durations = torch.tensor([[4, 2]])
+    warped = warp_teacher(track, durations, frame_tokens(durations))
+    assert warped.shape == (1, 6, 2)
+    assert torch.allclose(warped[0, :, 0], torch.tensor([0.0, 0.25, 0.75, 1.0, 2.75, 5.25]))
+
+    model = AcousticModel(model_config(taught, len(vocab)), *mel_statistics(base))
+    assert model.teacher is not None and not model.teacher.weight.any()
+    tuned = train(taught, base, member="taught")
+    assert tuned.steps == 6
+    meta = json.loads((base.models / "taught/model.json").read_text())
+    assert meta["teacher"]["voice"] == "flite_slt" and meta["model"]["teacher_input"] is True
+    weights = torch.load(base.models / "taught/last.pt", weights_only=True)["model"]
+    assert weights["teacher.weight"].abs().sum() > 0  # it learned to read the teacher
+
+    synthesizer = Synthesizer(base.models / "taught", checkpoint="last")
+    text = corpus_text = index["clean_text"].iloc[0]
+    assert synthesizer.teacher_mel(text).shape[1] == taught.audio.n_mels
+    mel = synthesizer.mel(corpus_text, speaker=speakers[0])
+    assert mel.shape[0] == taught.audio.n_mels and torch.isfinite(mel).all()
+    with pytest.raises(ValueError, match="teacher rendering"):
+        synthesizer.model.infer(synthesizer.tokens(text), audio_embedding=synthesizer.speakers[speakers[0]][None])

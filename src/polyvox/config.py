@@ -122,6 +122,9 @@ class SplitConfig(_Section):
 class FeaturesConfig(_Section):
     image_size: int = Field(ge=16, le=512)
     splits: SplitConfig
+    # A teacher voice (polyvox.corpus.demo.voices.CATALOG) whose rendering of each text is an input of
+    # the acoustic model (polyvox.features.teacher); null: text only.
+    teacher_voice: str | None = None
 
 
 class ParallelConfig(_Section):

@@ -215,6 +215,7 @@ class Voice:
         """Each participating member's log-mel (n_mels, frames): on the shared durations (all the same
         length), or each on its own predicted durations."""
         encoded = self._encoded(text, speaker, reference_audio, image)
+        tokens = self.members[0].synthesizer.tokens(text)
         mels = {}
         if shared_durations:
             mask = encoded[0][2]
@@ -223,7 +224,8 @@ class Voice:
         for member, hidden, token_mask in encoded:
             model = member.synthesizer.model
             own = durations if shared_durations else model.durations(model.log_durations(hidden, token_mask), token_mask)
-            mel, lengths = model.decode(hidden, token_mask, own)
+            teacher = member.synthesizer.teacher_track(text, tokens)
+            mel, lengths = model.decode(hidden, token_mask, own, teacher)
             mels[member.name] = mel[0, :, : int(lengths[0])]
         return mels
 

@@ -30,6 +30,7 @@ from polyvox.cache import content_key, load_index, save_index, sharded
 from polyvox.config import Params
 from polyvox.features.extract import FeatureTask, extract
 from polyvox.features.splits import SPLITS, assign_splits
+from polyvox.features.teacher import TEACHER_VERSION, TeacherSettings, TeacherTask, render
 from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from polyvox.parallel import map_items
 from polyvox.workspace import Workspace
@@ -106,6 +107,22 @@ def _images(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> dic
     return paths
 
 
+def _teachers(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> dict[str, str]:
+    """clean text -> features-relative teacher mel path (``features.teacher_voice``), one rendering per
+    distinct text and settings, kept across runs; {} without a teacher voice."""
+    settings = TeacherSettings.from_params(params)
+    if settings is None:
+        return {}
+    out = workspace.features
+    first_row = dict(zip(manifest["clean_text"][::-1], manifest["row"][::-1]))  # a row to name in errors
+    paths = {text: sharded("teacher", content_key("teacher", TEACHER_VERSION, settings.to_dict(), text), ".npy")
+             for text in sorted(set(manifest["clean_text"]))}
+    tasks = [TeacherTask(text, str(out / relative), settings, f"{workspace.clean_manifest} row {first_row[text]}")
+             for text, relative in paths.items() if not (out / relative).is_file()]
+    map_items(render, tasks, params.parallel, f"features: teacher {settings.voice} reads each text", log)
+    return paths
+
+
 def _remove_unreferenced(folder: Path, keep: set[str], suffix: str) -> None:
     for path in folder.rglob(f"*{suffix}") if folder.is_dir() else []:
         if path.stem not in keep:
@@ -139,6 +156,9 @@ def features(params: Params, workspace: Workspace) -> FeaturesResult:
     images = _images(manifest, params, workspace)
     _remove_unreferenced(out / "images", {Path(p).stem for p in images.values()}, ".npy")
 
+    teachers = _teachers(manifest, params, workspace)
+    _remove_unreferenced(out / "teacher", {Path(p).stem for p in teachers.values()}, ".npy")
+
     table = pd.DataFrame({
         "row": manifest["row"],
         "id": manifest["id"],
@@ -149,6 +169,7 @@ def features(params: Params, workspace: Workspace) -> FeaturesResult:
         "reference_features": [sharded("utt", feature_key[k], ".npz") if isinstance(k, str) else None
                                for k in manifest["reference_key"]],
         "image_features": [images.get(i) if isinstance(i, str) else None for i in manifest["image"]],
+        "teacher_features": [teachers.get(t) for t in manifest["clean_text"]],
         "clean_text": manifest["clean_text"],
         "phonemes": manifest["phonemes"],
         "phonemizer": manifest["phonemizer"],

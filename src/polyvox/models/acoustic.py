@@ -4,6 +4,12 @@ Composition: TextEncoder → (conditioning from ReferenceEncoder / ImageEncoder 
 ConditioningFusion, added to every token) → VarianceAdaptor (durations from monotonic alignment
 search while training, predicted at inference; token-level pitch and energy) → length regulator
 → MelDecoder. Mels are modelled in normalised units (per-bin mean/std from ``features``).
+
+With ``teacher_input``, a teacher voice's log-mel of the same text (:mod:`polyvox.features.teacher`)
+enters the decoder beside the text: aligned to the tokens by the same search that aligns the target
+(against the text encoder's per-token means), then warped token by token onto the frames of the
+target's durations (training) or the predicted ones (synthesis), and added through a projection that
+starts at zero, so a base trained without it fine-tunes from exactly its own behaviour.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class ModelConfig:
     alignment_prior: float = 0.0  # weight of the beta-binomial prior in the alignment search (0: none)
     phone_positions: bool = False  # decoder input gets each frame's position inside its phone
     token_dropout: float | None = None  # dropout of the token-level modules (text encoder, variance adaptor); None: dropout
+    teacher_input: bool = False  # the decoder also reads a teacher voice's rendering of the text
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Batch:
     reference_lengths: torch.Tensor | None = None
     image: torch.Tensor | None = None  # (batch, 3, size, size)
     image_present: torch.Tensor | None = None  # (batch,) bool
+    teacher_mel: torch.Tensor | None = None  # (batch, n_mels, teacher_frames) log-mel of the teacher voice
+    teacher_lengths: torch.Tensor | None = None
 
 
 class AcousticModel(nn.Module):
@@ -75,6 +84,11 @@ class AcousticModel(nn.Module):
         self.decoder = MelDecoder(c.channels, c.decoder_layers, c.heads, c.kernel_size, c.dropout, c.n_mels,
                                   c.postnet_layers)
         self.positions = nn.Linear(POSITION_FEATURES, c.channels) if c.phone_positions else None
+        self.teacher = None
+        if c.teacher_input:
+            self.teacher = nn.Conv1d(c.n_mels, c.channels, 3, padding=1)
+            nn.init.zeros_(self.teacher.weight)
+            nn.init.zeros_(self.teacher.bias)
 
     def normalise(self, mel: torch.Tensor) -> torch.Tensor:
         return (mel - self.mel_mean) / self.mel_std
@@ -82,13 +96,40 @@ class AcousticModel(nn.Module):
     def denormalise(self, mel: torch.Tensor) -> torch.Tensor:
         return mel * self.mel_std + self.mel_mean
 
-    def expand(self, adapted: torch.Tensor, durations: torch.Tensor, frames: int | None = None) -> torch.Tensor:
+    def expand(self, adapted: torch.Tensor, durations: torch.Tensor, frames: int | None = None,
+               teacher: "TeacherTrack | None" = None) -> torch.Tensor:
         """Token states (batch, tokens, ch) → the decoder's frame input (batch, frames, ch)."""
-        tokens = frame_tokens(durations, frames)  # shared by the expansion and the positions
+        tokens = frame_tokens(durations, frames)  # shared by the expansion, the positions and the teacher
         expanded = regulate_length(adapted, durations, tokens=tokens)
-        if self.positions is None:
-            return expanded
-        return expanded + self.place(phone_positions(durations, tokens=tokens))
+        if self.positions is not None:
+            expanded = expanded + self.place(phone_positions(durations, tokens=tokens))
+        if self.teacher is not None:
+            if teacher is None:
+                raise ValueError("this model reads a teacher rendering of the text (model.teacher_input); none was given")
+            warped = warp_teacher(teacher, durations, tokens)  # (batch, frames, n_mels)
+            expanded = expanded + self.teacher(warped.transpose(1, 2)).transpose(1, 2) * tokens[1][..., None]
+        return expanded
+
+    def align_teacher(self, mu: torch.Tensor, token_lengths: torch.Tensor, teacher_mel: torch.Tensor,
+                      teacher_lengths: torch.Tensor) -> "TeacherTrack":
+        """The teacher's frames per token: the monotonic alignment of its (normalised) frames under the
+        text encoder's per-token means ``mu`` (batch, tokens, n_mels), as the target is aligned."""
+        teacher_mel, teacher_lengths = _stretched(teacher_mel, teacher_lengths, token_lengths)
+        frames = teacher_mel.shape[2]
+        mask = sequence_mask(teacher_lengths, frames)
+        normalised = self.normalise(teacher_mel) * mask[:, None]
+        # Each mel bin of the rendering centred on its own mean: the teacher's spectrum sits ~1 log unit
+        # off the corpus's, and centred frames align better under the corpus-trained means (per-token
+        # duration correlation with the target's alignment 0.2-0.7 against 0.0-0.4 uncentred, kathleen-a).
+        normalised = (normalised - normalised.sum(dim=2, keepdim=True) / teacher_lengths[:, None, None]) * mask[:, None]
+        token_mask = sequence_mask(token_lengths, mu.shape[1])
+        log_likelihood = -0.5 * torch.cdist(mu, normalised.transpose(1, 2)) ** 2
+        if self.cfg.alignment_prior > 0:
+            log_likelihood = log_likelihood + self.cfg.alignment_prior * beta_binomial_log_prior(
+                token_lengths, teacher_lengths, mu.shape[1], frames).to(log_likelihood.device)
+        log_likelihood = log_likelihood.masked_fill(~(token_mask[:, :, None] & mask[:, None, :]), -1e9)
+        durations = monotonic_alignment(log_likelihood, token_lengths, teacher_lengths).sum(dim=2)
+        return TeacherTrack(normalised.transpose(1, 2), durations)
 
     def place(self, positions: torch.Tensor) -> torch.Tensor:
         """(batch, frames, POSITION_FEATURES) from :func:`phone_positions` → (batch, frames, ch), 0 on padding."""
@@ -141,8 +182,13 @@ class AcousticModel(nn.Module):
         pitch_loss = (((self.variance.pitch(hidden, token_mask) - pitch_target) ** 2) * token_mask).sum() / tokens_total
         energy_loss = (((self.variance.energy(hidden, token_mask) - energy_target) ** 2) * token_mask).sum() / tokens_total
 
+        teacher = None
+        if self.teacher is not None:
+            if b.teacher_mel is None:
+                raise ValueError("model.teacher_input: the batch has no teacher rendering (features.teacher_voice)")
+            teacher = self.align_teacher(mu, b.token_lengths, b.teacher_mel, b.teacher_lengths)
         adapted = self.variance.embed(hidden, pitch_target, energy_target)
-        frames = self.expand(adapted, durations, b.mel.shape[2])
+        frames = self.expand(adapted, durations, b.mel.shape[2], teacher)
         mel, post = self.decoder(frames, frame_mask)
         mel_loss = ((mel - target).abs() + (post - target).abs()).sum(dim=1)[frame_mask].sum() / frames_total
 
@@ -162,6 +208,17 @@ class AcousticModel(nn.Module):
         positive = (speaker[image_present][:, None] == speaker[None, :]).float()
         log_prob = logits.log_softmax(dim=1)
         return -(torch.logsumexp(log_prob.masked_fill(positive == 0, -1e9), dim=1)).mean()
+
+    @torch.no_grad()
+    def teacher_track(self, tokens: torch.Tensor, teacher_mel: torch.Tensor) -> "TeacherTrack | None":
+        """For synthesis: a teacher log-mel (batch, n_mels, frames) of the text → its track (None for a
+        model without teacher input)."""
+        if self.teacher is None:
+            return None
+        lengths = (tokens != 0).sum(dim=1)
+        _, mu, _ = self.text(tokens, lengths)
+        teacher_lengths = torch.full((tokens.shape[0],), teacher_mel.shape[2], dtype=torch.long, device=tokens.device)
+        return self.align_teacher(mu, lengths, teacher_mel, teacher_lengths)
 
     @torch.no_grad()
     def encode(self, tokens: torch.Tensor, reference_mel=None, reference_lengths=None, image=None,
@@ -184,12 +241,12 @@ class AcousticModel(nn.Module):
         return torch.clamp(torch.round((torch.exp(log_durations) - 1) * duration_scale), min=1) * token_mask
 
     @torch.no_grad()
-    def decode(self, hidden: torch.Tensor, token_mask: torch.Tensor,
-               durations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, hidden: torch.Tensor, token_mask: torch.Tensor, durations: torch.Tensor,
+               teacher: "TeacherTrack | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states + given durations → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
         pitch = self.variance.pitch(hidden, token_mask)
         energy = self.variance.energy(hidden, token_mask)
-        frames = self.expand(self.variance.embed(hidden, pitch, energy), durations)
+        frames = self.expand(self.variance.embed(hidden, pitch, energy), durations, teacher=teacher)
         frame_lengths = durations.sum(dim=1).long()
         frame_mask = sequence_mask(frame_lengths, frames.shape[1])
         _, post = self.decoder(frames, frame_mask)
@@ -197,8 +254,50 @@ class AcousticModel(nn.Module):
 
     @torch.no_grad()
     def infer(self, tokens: torch.Tensor, reference_mel=None, reference_lengths=None, image=None,
-              audio_embedding=None, duration_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (batch, tokens) → log-mel (batch, n_mels, frames) and frame lengths (batch,)."""
+              audio_embedding=None, duration_scale: float = 1.0,
+              teacher_mel: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (batch, tokens) → log-mel (batch, n_mels, frames) and frame lengths (batch,).
+        ``teacher_mel``: the teacher's log-mel of the text, for a model with teacher input."""
         hidden, token_mask = self.encode(tokens, reference_mel, reference_lengths, image, audio_embedding)
         durations = self.durations(self.log_durations(hidden, token_mask), token_mask, duration_scale)
-        return self.decode(hidden, token_mask, durations)
+        teacher = self.teacher_track(tokens, teacher_mel) if teacher_mel is not None else None
+        return self.decode(hidden, token_mask, durations, teacher)
+
+
+@dataclass
+class TeacherTrack:
+    """A teacher rendering ready to be warped: its normalised frames and each token's share of them."""
+
+    frames: torch.Tensor  # (batch, teacher_frames, n_mels), normalised and centred per bin, 0 on padding
+    durations: torch.Tensor  # (batch, tokens) teacher frames per token
+
+
+def _stretched(mel: torch.Tensor, lengths: torch.Tensor, token_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The alignment gives every token at least one frame; a rendering with fewer frames than tokens
+    (very fast speech, or a short text) is repeated frame by frame until it has enough."""
+    factor = int(torch.ceil((token_lengths.float() / lengths.clamp(min=1).float()).max()).item())
+    if factor <= 1:
+        return mel, lengths
+    return mel.repeat_interleave(factor, dim=2), lengths * factor
+
+
+def warp_teacher(teacher: TeacherTrack, durations: torch.Tensor,
+                 tokens: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The teacher's frames on the output frame grid, (batch, frames, n_mels): a frame at relative
+    position r inside token i (of ``durations``) reads the teacher at r of the way through token i's
+    teacher frames, interpolating linearly between the two nearest of them (never a neighbour's).
+    0 past each sequence's end."""
+    index, valid = tokens
+    own = torch.gather(durations.long().clamp(min=0), 1, index).float().clamp(min=1)
+    start = torch.gather(torch.cumsum(durations.long().clamp(min=0), dim=1), 1, index).float() - own
+    relative = (torch.arange(index.shape[1], device=index.device)[None, :].float() - start + 0.5) / own
+    theirs = torch.gather(teacher.durations.float(), 1, index)
+    their_start = torch.gather(torch.cumsum(teacher.durations.float(), dim=1), 1, index) - theirs
+    last = (their_start + theirs - 1).clamp(min=0)  # a frame reads only its own token's teacher frames
+    source = torch.minimum(torch.maximum(their_start + relative * theirs - 0.5, their_start), last)
+    low = source.floor().long()
+    high = torch.minimum(low + 1, last.long())
+    weight = (source - low.float())[..., None]
+    channels = teacher.frames.shape[2]
+    pick = lambda at: torch.gather(teacher.frames, 1, at[..., None].expand(-1, -1, channels))  # noqa: E731
+    return (pick(low) * (1 - weight) + pick(high) * weight) * valid[..., None]

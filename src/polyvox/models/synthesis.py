@@ -37,6 +37,11 @@ class Synthesizer:
         self.text_frontend = meta["text"]
         self.image_size = int(meta["image_size"])
         self.conditioning = meta.get("conditioning", "audio+image")
+        self.teacher = None  # the teacher voice that reads each text for a model with teacher input
+        if meta.get("teacher"):
+            from polyvox.features.teacher import TeacherSettings
+
+            self.teacher = TeacherSettings.from_dict(meta["teacher"])
         cfg = ModelConfig(**meta["model"])
         self.model = AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
         self.model.load_state_dict(state["model"])
@@ -95,10 +100,26 @@ class Synthesizer:
         return {"reference_mel": reference, "reference_lengths": lengths, "audio_embedding": embedding,
                 "image": self._image(image) if image is not None else None}
 
+    def teacher_mel(self, text: str) -> torch.Tensor | None:
+        """(1, n_mels, frames): the teacher voice reading ``text`` as the features stage rendered it for
+        training; None for a model without teacher input."""
+        if self.teacher is None:
+            return None
+        from polyvox.features.teacher import teacher_mel
+
+        return torch.from_numpy(teacher_mel(normalize_text(text), self.teacher, repr(text[:60])))[None].to(self.device)
+
+    @torch.no_grad()
+    def teacher_track(self, text: str, tokens: torch.Tensor):
+        """What :meth:`AcousticModel.decode` takes as ``teacher`` for this text (None without teacher input)."""
+        teacher = self.teacher_mel(text)
+        return None if teacher is None else self.model.teacher_track(tokens, teacher)
+
     @torch.no_grad()
     def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> torch.Tensor:
         """The acoustic model's log-mel (n_mels, frames) for ``text`` under the given conditioning."""
-        mel, lengths = self.model.infer(self.tokens(text), **self.conditioning_inputs(speaker, reference_audio, image))
+        mel, lengths = self.model.infer(self.tokens(text), **self.conditioning_inputs(speaker, reference_audio, image),
+                                        teacher_mel=self.teacher_mel(text))
         return mel[0, :, : int(lengths[0])]
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ class Utterance:
     energy: np.ndarray  # (frames,) speaker-normalised
     speaker: int
     image: np.ndarray | None
+    teacher: np.ndarray | None = None  # (n_mels, teacher frames): the teacher voice's log-mel of the same text
 
 
 BUCKET_POOL = 8  # batches sorted by length together
@@ -43,9 +44,11 @@ def seeded_rng(seed: int, *parts: int) -> np.random.Generator:
 
 class Corpus:
     """All utterances of one split, loaded once. ``speakers`` fixes speaker ids across splits;
-    ``images=False`` leaves the images out (a member conditioned on reference audio only)."""
+    ``images=False`` leaves the images out (a member conditioned on reference audio only);
+    ``teachers=True`` loads each text's teacher rendering (``features.teacher_voice``) and requires one."""
 
-    def __init__(self, workspace: Workspace, split: str, vocab: Vocabulary, speakers: list[str], images: bool = True):
+    def __init__(self, workspace: Workspace, split: str, vocab: Vocabulary, speakers: list[str], images: bool = True,
+                 teachers: bool = False):
         index = pd.read_parquet(workspace.features_index)
         rows = index[index["split"] == split].reset_index(drop=True)
         if rows.empty:
@@ -64,11 +67,20 @@ class Corpus:
                 if row.image_features not in loaded:
                     loaded[row.image_features] = np.load(workspace.features / row.image_features, allow_pickle=False)
                 image = loaded[row.image_features]
+            teacher = None
+            if teachers:
+                relative = getattr(row, "teacher_features", None)
+                if not isinstance(relative, str):
+                    raise ValueError(f"{workspace.features_index} row {row.row} ({row.id}): no teacher rendering; "
+                                     "set features.teacher_voice and rerun `polyvox features`")
+                if relative not in loaded:
+                    loaded[relative] = np.load(workspace.features / relative, allow_pickle=False)
+                teacher = loaded[relative]
             self.items.append(Utterance(
                 tokens=np.asarray(vocab.encode(row.phonemes), dtype=np.int64),
                 mel=arrays["mel"], pitch=pitch.astype(np.float32), voiced=voiced.astype(np.float32),
                 energy=((arrays["energy"] - s["energy_mean"]) / s["energy_std"]).astype(np.float32),
-                speaker=self.speaker_ids.get(row.speaker, -1), image=image,
+                speaker=self.speaker_ids.get(row.speaker, -1), image=image, teacher=teacher,
             ))
         self.by_speaker: dict[int, list[int]] = {}
         for i, item in enumerate(self.items):
@@ -114,6 +126,11 @@ class Corpus:
         if any(image_present):
             shape = next(it.image for it in items if it.image is not None).shape
             image = torch.tensor(np.stack([it.image if it.image is not None else np.zeros(shape, np.float32) for it in items]))
+        teacher = teacher_lengths = None
+        if all(it.teacher is not None for it in items):
+            teacher_max = max(it.teacher.shape[1] for it in items)
+            teacher = torch.tensor(np.stack([pad(it.teacher, teacher_max, floor) for it in items]))
+            teacher_lengths = torch.tensor([it.teacher.shape[1] for it in items])
         return Batch(
             tokens=torch.tensor(np.stack([pad(it.tokens, token_max) for it in items])),
             token_lengths=torch.tensor([len(it.tokens) for it in items]),
@@ -127,6 +144,8 @@ class Corpus:
             reference_lengths=torch.tensor([r.mel.shape[1] for r in references]),
             image=image,
             image_present=torch.tensor(image_present) if image is not None else None,
+            teacher_mel=teacher,
+            teacher_lengths=teacher_lengths,
         )
 
 

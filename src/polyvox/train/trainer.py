@@ -29,6 +29,7 @@ import torch.distributed as dist
 from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fileio import atomic_write_text
 from polyvox.fingerprint import file_digest, fingerprint, read_stamp, source_digest
+from polyvox.features.teacher import TeacherSettings
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
 from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
@@ -66,7 +67,8 @@ class TrainResult:
 
 def model_config(params: Params, vocab_size: int, member: MemberConfig | None = None) -> ModelConfig:
     section = params.member_model(member) if member is not None else params.model
-    return ModelConfig(vocab_size=vocab_size, n_mels=params.audio.n_mels, **section.model_dump())
+    return ModelConfig(vocab_size=vocab_size, n_mels=params.audio.n_mels, **section.model_dump(),
+                       teacher_input=params.features.teacher_voice is not None)
 
 
 def member_spec(params: Params, name: str) -> MemberConfig:
@@ -328,9 +330,10 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
 
     vocab, speakers = vocabulary_and_speakers(workspace)
     images = spec.conditioning == "audio+image"
-    train_corpus = Corpus(workspace, "train", vocab, speakers, images=images)
+    teachers = TeacherSettings.from_params(params)
+    train_corpus = Corpus(workspace, "train", vocab, speakers, images=images, teachers=teachers is not None)
     if (pd.read_parquet(workspace.features_index, columns=["split"])["split"] == "val").any():
-        val_corpus = Corpus(workspace, "val", vocab, speakers, images=images)
+        val_corpus = Corpus(workspace, "val", vocab, speakers, images=images, teachers=teachers is not None)
     else:  # a corpus too small to hold out prompts (features.splits.val): say so, and select on training loss
         log.warning("%s: no validation utterances; best.pt is chosen by the training-set loss", workspace.features_index)
         val_corpus = train_corpus
@@ -371,7 +374,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             # which base, by content (a copy of the checkpoint it started from has the same hash)
             "init_sha256": init_identity(workspace, init_from), "symbols": vocab.symbols,
             "speakers": speakers, "audio": params.audio.model_dump(), "image_size": params.features.image_size,
-            "text": {"language": params.clean.language, "phonemizer": params.clean.phonemizer}},
+            "text": {"language": params.clean.language, "phonemizer": params.clean.phonemizer},
+            # what synthesis must render the same way (features.teacher_voice), or null
+            "teacher": teachers.to_dict() if teachers is not None else None},
             indent=1, ensure_ascii=False) + "\n")
 
     def checkpoint(step: int) -> dict:
