@@ -27,6 +27,29 @@ def test_onnx_matches_pytorch_for_a_weighted_ensemble(tmp_path):
     assert rate == 22050 and wave.size > 0
 
 
+def test_onnx_matches_pytorch_for_a_member_with_teacher_input(tmp_path):
+    """The teacher's rendering is aligned by the encoder graph's per-token means and warped outside the
+    graphs, as in PyTorch; the decoder graph adds it. A plain member beside it shares the durations."""
+    voice = Voice.from_members({"plain": make_member(tmp_path / "plain", seed=4, phone_positions=True),
+                                "taught": make_member(tmp_path / "taught", seed=5, phone_positions=True,
+                                                      teacher_voice="flite_slt")}, weights=[0.5, 0.5])
+    taught = voice.members[1].synthesizer
+    text = "A teacher reads this sentence first."
+    tokens = taught.tokens(text)
+    hidden, mask = taught.model.encode(tokens, audio_embedding=taught.speakers["alice"][None])
+    durations = taught.model.durations(taught.model.log_durations(hidden, mask), mask)
+    with_teacher, _ = taught.model.decode(hidden, mask, durations, taught.teacher_track(text, tokens))
+    other = taught.model.teacher_track(tokens, torch.zeros_like(taught.teacher_mel(text)) - 5)
+    assert (with_teacher - taught.model.decode(hidden, mask, durations, other)[0]).abs().max() > 1e-2  # it is read
+    export_voice(voice, tmp_path / "onnx")
+    onnx = OnnxAcoustic(voice, tmp_path / "onnx")
+    assert onnx.taught == {"taught"}
+    for sentence in ("Hi there.", text):
+        expected = voice.mel(sentence, speaker="alice").numpy()
+        got = onnx.mel(sentence, speaker="alice")
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3, np.abs(got - expected).max()
+
+
 def test_bundle_with_onnx_is_served_by_onnxruntime(tmp_path):
     from fastapi.testclient import TestClient
 

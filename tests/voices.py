@@ -20,24 +20,33 @@ SPEAKERS = ("alice", "bob")
 
 
 def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: str = "audio+image",
-                phone_positions: bool = False) -> Path:
-    """A member folder (model.json, best.pt, speakers.pt) with random weights and a graphemes front-end."""
+                phone_positions: bool = False, teacher_voice: str | None = None) -> Path:
+    """A member folder (model.json, best.pt, speakers.pt) with random weights and a graphemes front-end;
+    ``teacher_voice``: one that reads a teacher's rendering (its projection random, not zero)."""
     params = load_params(REPO / "params.yaml")
     symbols = Vocabulary([*string.ascii_lowercase, "|", ",", ".", "?", "!", "'", "-"]).symbols
     cfg = ModelConfig(vocab_size=len(symbols), n_mels=params.audio.n_mels, channels=channels, text_layers=1,
                       decoder_layers=1, heads=2, kernel_size=3, variance_kernel_size=3, postnet_layers=2, dropout=0.0,
-                      modality_dropout=0.0, contrastive_temperature=0.1, phone_positions=phone_positions)
+                      modality_dropout=0.0, contrastive_temperature=0.1, phone_positions=phone_positions,
+                      teacher_input=teacher_voice is not None)
     torch.manual_seed(seed)
     model = AcousticModel(cfg, torch.full((cfg.n_mels,), -5.0), torch.full((cfg.n_mels,), 2.0))
     with torch.no_grad():  # log(1 + 4): about 4 frames per token, so utterances have a sane length
         model.variance.duration.out.weight.zero_()
         model.variance.duration.out.bias.fill_(1.6)
+        if model.teacher is not None:  # so that the teacher's frames change the output
+            model.teacher.weight.normal_(0, 0.1)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, folder / "best.pt")
     torch.save({name: torch.randn(channels) for name in SPEAKERS}, folder / "speakers.pt")
     meta = {"member": folder.name, "seed": seed, "conditioning": conditioning, "model": asdict(cfg), "init_from": None,
             "symbols": symbols, "speakers": list(SPEAKERS), "audio": params.audio.model_dump(),
-            "image_size": params.features.image_size, "text": {"language": "en-us", "phonemizer": "graphemes"}}
+            "image_size": params.features.image_size, "text": {"language": "en-us", "phonemizer": "graphemes"}, "teacher": None}
+    if teacher_voice is not None:
+        from polyvox.features.teacher import TeacherSettings
+
+        meta["teacher"] = TeacherSettings(teacher_voice, params.audio, params.clean.trim_top_db,
+                                          params.clean.loudness_lufs).to_dict()
     (folder / "model.json").write_text(json.dumps(meta), encoding="utf-8")
     return folder
 
