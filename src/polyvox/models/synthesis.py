@@ -39,9 +39,11 @@ class Synthesizer:
         self.conditioning = meta.get("conditioning", "audio+image")
         self.teacher = None  # the teacher voice that reads each text for a model with teacher input
         if meta.get("teacher"):
+            from polyvox.corpus.demo.voices import resolve_voices
             from polyvox.features.teacher import TeacherSettings
 
             self.teacher = TeacherSettings.from_dict(meta["teacher"])
+            resolve_voices([self.teacher.voice])  # its engine is installed here, or an error that names the package
         cfg = ModelConfig(**meta["model"])
         self.model = AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
         self.model.load_state_dict(state["model"])
