@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,15 @@ class TeacherSettings:
 
 def teacher_mel(text: str, settings: TeacherSettings, label: str = "the text") -> np.ndarray:
     """(n_mels, frames) float32 log-mel of the teacher voice reading ``text``. ``label`` names the row
-    in errors (a missing engine or a failed rendering is a SynthesisError that says which)."""
+    in errors (a missing engine or a failed rendering is a SynthesisError that says which).
+
+    The last few renderings are kept: every member of an ensemble (and the ONNX runtime beside
+    PyTorch) reads the same text's rendering, which is one engine process, not one per member."""
+    return _rendered(text, settings, label).copy()
+
+
+@lru_cache(maxsize=16)
+def _rendered(text: str, settings: TeacherSettings, label: str) -> np.ndarray:
     import librosa
     import torch
 

@@ -25,7 +25,7 @@ from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceE
 from polyvox.models.layers import sequence_mask
 from polyvox.models.mas import beta_binomial_log_prior, monotonic_alignment
 from polyvox.models.variance import (POSITION_FEATURES, VarianceAdaptor, frame_tokens, phone_positions,
-                                     regulate_length, token_average)
+                                     regulate_length, token_average, token_spans)
 
 
 @dataclass(frozen=True)
@@ -288,12 +288,10 @@ def warp_teacher(teacher: TeacherTrack, durations: torch.Tensor,
     teacher frames, interpolating linearly between the two nearest of them (never a neighbour's).
     0 past each sequence's end."""
     index, valid = tokens
-    own = torch.gather(durations.long().clamp(min=0), 1, index).float().clamp(min=1)
-    start = torch.gather(torch.cumsum(durations.long().clamp(min=0), dim=1), 1, index).float() - own
+    start, own = token_spans(durations, index)
     relative = (torch.arange(index.shape[1], device=index.device)[None, :].float() - start + 0.5) / own
-    theirs = torch.gather(teacher.durations.float(), 1, index)
-    their_start = torch.gather(torch.cumsum(teacher.durations.float(), dim=1), 1, index) - theirs
-    last = (their_start + theirs - 1).clamp(min=0)  # a frame reads only its own token's teacher frames
+    their_start, theirs = token_spans(teacher.durations, index)
+    last = their_start + theirs - 1  # a frame reads only its own token's teacher frames
     source = torch.minimum(torch.maximum(their_start + relative * theirs - 0.5, their_start), last)
     low = source.floor().long()
     high = torch.minimum(low + 1, last.long())

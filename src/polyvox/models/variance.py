@@ -47,6 +47,14 @@ def regulate_length(hidden: torch.Tensor, durations: torch.Tensor, frames: int |
     return expanded * valid[..., None]
 
 
+def token_spans(durations: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each frame of :func:`frame_tokens` ``index``: where its token starts and how many frames it
+    has (at least one), under ``durations`` (batch, tokens); float (batch, frames) each."""
+    durations = durations.long().clamp(min=0)
+    length = torch.gather(durations, 1, index).float().clamp(min=1)
+    return torch.gather(torch.cumsum(durations, dim=1), 1, index).float() - length, length
+
+
 POSITION_FEATURES = 6
 EDGE_FRAMES = 8.0  # frames over which the distance to a phone's edges saturates
 
@@ -62,9 +70,7 @@ def phone_positions(durations: torch.Tensor, frames: int | None = None,
     0 past each sequence's end. ``tokens`` as in :func:`regulate_length`.
     """
     index, valid = frame_tokens(durations, frames) if tokens is None else tokens
-    durations = durations.long().clamp(min=0)
-    length = torch.gather(durations, 1, index).float().clamp(min=1)
-    start = torch.gather(torch.cumsum(durations, dim=1), 1, index).float() - length
+    start, length = token_spans(durations, index)
     since = torch.arange(index.shape[1], device=durations.device)[None, :].float() - start
     relative = (since + 0.5) / length
     features = torch.stack([2 * relative - 1, torch.sin(torch.pi * relative), torch.cos(torch.pi * relative),
