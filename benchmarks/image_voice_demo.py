@@ -36,8 +36,8 @@ CENTROID_TAKES = 20
 
 
 def evaluate(params, ws: Workspace, member: str) -> dict:
-    from polyvox.evaluate.metrics import SpeakerEncoder
-    from polyvox.models.synthesis import Synthesizer
+    from polyvox.judges.speaker import SpeakerEncoder
+    from polyvox.runtime.synthesizer import Synthesizer
 
     torch.set_grad_enabled(False)
     index = pd.read_parquet(ws.features_index).merge(pd.read_parquet(ws.clean_manifest)[["id", "audio"]], on="id")

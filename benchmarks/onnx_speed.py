@@ -28,8 +28,8 @@ WORKSPACE = REPO / "benchmarks" / "work" / "quality_kathleen"
 
 
 def main() -> None:
-    from polyvox.ensemble.voice import Voice
-    from polyvox.serve.onnx import OnnxAcoustic, export_voice
+    from polyvox.runtime.voice import Voice
+    from polyvox.runtime.onnx import OnnxAcoustic, export_voice
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voice", type=Path, default=WORKSPACE / "models" / "candidate")

@@ -72,7 +72,7 @@ def run_train(params, ws: Workspace, member: str, init_from: Path | None) -> dic
 
 
 class CopySynthesis:
-    """Stands in for a :class:`~polyvox.ensemble.voice.Voice` in ``score_systems``: "synthesising" a
+    """Stands in for a :class:`~polyvox.runtime.voice.Voice` in ``score_systems``: "synthesising" a
     test sentence vocodes a real take's mel of it, so what is scored is the vocoder alone. Takes of one
     text are handed out in the rows' order, which is the order ``score_systems`` synthesises them in."""
 
@@ -107,7 +107,7 @@ def run_copy(params, ws: Workspace, member: str, vocoder: str, tag: str, limit: 
     import shutil
     import tempfile
 
-    from polyvox.ensemble.voice import Voice
+    from polyvox.runtime.voice import Voice
     from polyvox.evaluate.stage import score_systems, test_rows
     from polyvox.judges import Judge
 

@@ -38,7 +38,7 @@ SENTENCE = "Please call Stella and ask her to bring these things with her."  # t
 
 
 def build_bundle(target: Path) -> Path:
-    from polyvox.registry.bundle import build_bundle as build
+    from polyvox.runtime.bundle import build_bundle as build
 
     metrics = json.loads((WORKSPACE / "reports/evaluate/metrics.json").read_text())
     if target.exists():

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from polyvox.clean.audio import loudness
+from polyvox.signal.loudness import loudness
 from polyvox.text import phonemes as phonemes_module
 from polyvox.text.normalize import normalize_text, words_for_scoring
 

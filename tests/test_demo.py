@@ -10,7 +10,7 @@ import soundfile as sf
 
 from polyvox.corpus.demo.avatars import VoiceProfile, draw_avatar, f0_track
 from polyvox.corpus.demo.build import build_demo_corpus, choose_prompts, load_prompts
-from polyvox.corpus.demo.voices import CATALOG, SynthesisError, TeacherVoice, resolve_voices, synthesize
+from polyvox.engines import CATALOG, SynthesisError, TeacherVoice, resolve_voices, synthesize
 from polyvox.corpus.prepare import prepare
 from polyvox.workspace import Workspace
 

@@ -15,10 +15,10 @@ import soundfile as sf
 import torch
 
 from polyvox.config import ConfigError
-from polyvox.ensemble import VoiceError
+from polyvox.runtime import VoiceError
 from polyvox.ensemble.fit import aligned_l1, fit_weights
 from polyvox.ensemble.stage import ensemble
-from polyvox.ensemble.voice import Voice
+from polyvox.runtime.voice import Voice
 from polyvox.evaluate.scoring import paired_bootstrap
 from polyvox.judges import Judge
 from polyvox.workspace import Workspace
@@ -160,7 +160,7 @@ def test_an_ensemble_of_identical_members_is_not_kept(trained, tmp_path):
 
 
 def test_rerank_keeps_the_candidate_with_the_best_score(trained, monkeypatch, tmp_path):
-    from polyvox.evaluate import metrics
+    from polyvox.judges import scores
 
     params, ws = trained
     voice = Voice.from_members({"a": ws.models / "a", "b": ws.models / "b"}, mode="rerank", vocoder=ws.vocoder)
@@ -168,7 +168,7 @@ def test_rerank_keeps_the_candidate_with_the_best_score(trained, monkeypatch, tm
     lengths = {name: voice.vocode(mel).size for name, mel in own.items()}
     assert lengths["a"] != lengths["b"], "the test needs the members' syntheses to differ in length"
     # a stand-in ASR that understands member b's synthesis perfectly and member a's not at all
-    monkeypatch.setattr(metrics, "asr_scores", lambda wave, rate, text, judge: metrics.AsrScore(
+    monkeypatch.setattr(scores, "asr_scores", lambda wave, rate, text, judge: scores.AsrScore(
         "", 4, 0, 10, 0 if wave.size == lengths["b"] else 10))
     wave, _ = voice.synthesize("Pick the better one.", speaker=voice.speakers[0])
     assert wave.size == lengths["b"]

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from polyvox.features.extract import load_arrays
+from polyvox.fileio import load_arrays
 from polyvox.fileio import OutputNotWritten, atomic_path
 
 import corpora
@@ -249,7 +249,7 @@ def _untrained_candidate(ws: Path) -> None:
     """models/candidate: one untrained member that knows the corpus's speaker (training adds nothing here)."""
     import torch
 
-    from polyvox.ensemble.voice import Voice
+    from polyvox.runtime.voice import Voice
     from voices import make_member
 
     member = make_member(ws / "models/m")

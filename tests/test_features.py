@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from polyvox.config import SplitConfig, load_params
-from polyvox.features.extract import compute_features, load_arrays
+from polyvox.features.extract import compute_features
+from polyvox.fileio import load_arrays
 from polyvox.features.splits import assign_splits, prompt_group
 
 import corpora

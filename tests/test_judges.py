@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from polyvox.config import ConfigError
-from polyvox.evaluate.metrics import asr_scores
+from polyvox.judges.scores import asr_scores
 from polyvox.fileio import sha256_file
 from polyvox.judges import POCKETSPHINX, Judge
 from polyvox.judges import whisper as w

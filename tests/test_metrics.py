@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from polyvox.corpus.demo.voices import resolve_voices, synthesize
+from polyvox.engines import resolve_voices, synthesize
 from polyvox.evaluate import metrics as m
 from polyvox.judges import POCKETSPHINX, Judge
+from polyvox.judges.dnsmos import dnsmos
+from polyvox.judges.scores import asr_scores, corpus_error_rates
+from polyvox.judges.speaker import SpeakerEncoder
 
 PROMPT = "arctic_a0289"
 TEXT = "They are not regular oyster pirates, Nicholas continued."
@@ -48,15 +51,15 @@ def test_log_f0_rmse_same_speaker_below_other_voice(analyses):
 @pytest.mark.parametrize("judge", [Judge("whisper"), POCKETSPHINX], ids=lambda j: j.name)
 def test_wer_of_speech_far_below_wer_of_noise(renditions, judge):
     signal, rate = renditions["take1"]
-    speech = m.asr_scores(signal, rate, TEXT, judge)
-    noise = m.asr_scores(np.random.default_rng(0).normal(0, 0.1, len(signal)).astype(np.float32), rate, TEXT, judge)
+    speech = asr_scores(signal, rate, TEXT, judge)
+    noise = asr_scores(np.random.default_rng(0).normal(0, 0.1, len(signal)).astype(np.float32), rate, TEXT, judge)
     assert speech.wer <= 0.5 and noise.wer >= 0.9 and speech.cer < noise.cer
-    assert m.corpus_error_rates([speech, noise])["wer"] == pytest.approx(
+    assert corpus_error_rates([speech, noise])["wer"] == pytest.approx(
         (speech.word_errors + noise.word_errors) / (speech.words + noise.words))
 
 
 def test_speaker_similarity_same_speaker_above_other_voice(renditions):
-    encoder = m.SpeakerEncoder()
+    encoder = SpeakerEncoder()
     centroid = encoder.centroid([encoder.embed(*renditions[n]) for n in ("take1", "other")])
     same = encoder.similarity(encoder.embed(*renditions["take2"]), centroid)
     other = encoder.similarity(encoder.embed(*renditions["flite"]), centroid)
@@ -65,7 +68,7 @@ def test_speaker_similarity_same_speaker_above_other_voice(renditions):
 
 def test_dnsmos_prefers_speech_to_noise(renditions):
     signal, rate = renditions["take1"]
-    speech = m.dnsmos(signal, rate)
-    noise = m.dnsmos(np.random.default_rng(1).normal(0, 0.3, len(signal)).astype(np.float32), rate)
+    speech = dnsmos(signal, rate)
+    noise = dnsmos(np.random.default_rng(1).normal(0, 0.3, len(signal)).astype(np.float32), rate)
     assert set(speech) == {"mos_ovrl", "mos_sig", "mos_bak", "mos_p808"}
     assert speech["mos_ovrl"] > noise["mos_ovrl"] + 0.5

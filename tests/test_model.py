@@ -156,7 +156,7 @@ def test_every_conditioning_subset_synthesises(real_batch):
 def test_griffin_lim_inverts_the_feature_analysis(kathleen_files):
     import librosa
 
-    from polyvox.models.vocoder import griffin_lim
+    from polyvox.signal.griffin_lim import griffin_lim
 
     cfg = load_params(REPO / "params.yaml").audio
     signal, rate = sf.read(kathleen_files[2], dtype="float32")

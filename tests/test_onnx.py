@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from polyvox.ensemble.voice import Voice
-from polyvox.serve.onnx import OnnxAcoustic, export_voice
+from polyvox.runtime.voice import Voice
+from polyvox.runtime.onnx import OnnxAcoustic, export_voice
 
 from voices import make_bundle, make_member
 

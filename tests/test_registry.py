@@ -72,7 +72,7 @@ def test_gate_rules_pass_and_fail_on_crafted_evaluations(tmp_path, params):
 
 
 def test_the_gate_and_the_model_card_name_the_judge(tmp_path, params):
-    from polyvox.registry.bundle import model_card
+    from polyvox.runtime.bundle import model_card
 
     voice = make_voice(tmp_path / "candidate")
     strict = params.promote.model_copy(update={"max_wer": 0.5})
@@ -147,7 +147,7 @@ def test_bundle_loads_in_a_fresh_process_without_training_code_or_mlflow(project
     script = f"""
 import sys
 from pathlib import Path
-from polyvox.registry.bundle import load_bundle
+from polyvox.runtime.bundle import load_bundle
 voice, meta = load_bundle(Path({str(ws.champion)!r}))
 wave, rate = voice.synthesize("hello there", speaker="alice")
 assert wave.size > rate // 20 and meta["version"] == "1", (wave.size, meta)

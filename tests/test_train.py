@@ -147,7 +147,7 @@ def test_train_command_trains_every_listed_member(featured, tmp_path, monkeypatc
 
 
 def test_audio_only_member_has_no_image_path(featured, tmp_path):
-    from polyvox.models.synthesis import Synthesizer
+    from polyvox.runtime.synthesizer import Synthesizer
 
     params, ws = featured
     target = _copy_features(ws, tmp_path / "audio-only")
@@ -229,7 +229,7 @@ def test_mlflow_tracking_when_uri_is_set(featured, tmp_path, monkeypatch):
 def test_synthesize_with_every_conditioning(featured, tmp_path, kathleen_files):
     from PIL import Image
 
-    from polyvox.models.synthesis import Synthesizer
+    from polyvox.runtime.synthesizer import Synthesizer
 
     params, ws = featured
     target = _copy_features(ws, tmp_path / "synth")
@@ -352,7 +352,7 @@ def test_pretrain_builds_a_base_that_fine_tunes_keep_conditioned_on_audio_and_im
     """A corpus of one's own: `polyvox pretrain` builds the teacher corpus beside it (pretrain/),
     trains the base there and publishes it; a member fine-tuned from it (train.init_from: base)
     starts from its weights, image encoder included, and answers to a speaker and to an image."""
-    from polyvox.models.synthesis import Synthesizer
+    from polyvox.runtime.synthesizer import Synthesizer
     from polyvox.train.pretrain import pretrain
     from polyvox.train.trainer import completed
 
@@ -421,7 +421,7 @@ def test_teacher_input_is_rendered_aligned_warped_and_learned(featured, tmp_path
     (the projection starts at zero) and learns to use it, and synthesis renders it again."""
     from polyvox.features.stage import features
     from polyvox.models.acoustic import TeacherTrack, warp_teacher
-    from polyvox.models.synthesis import Synthesizer
+    from polyvox.runtime.synthesizer import Synthesizer
     from polyvox.models.variance import frame_tokens
     from polyvox.train.data import Corpus
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from polyvox.validate.asr import character_error_rate, word_error_rate
+from polyvox.judges.scores import character_error_rate, word_error_rate
 from polyvox.validate.errors import ValidationFailed
 from polyvox.validate.probes import speech_probes
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from polyvox.features.extract import log_mel
+from polyvox.signal.mel import log_mel
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos, load_vocoder
 from polyvox.train.vocoder import Clips, VocoderLoss, VocoderTrainSettings, train_vocoder, vocoder_config
 from polyvox.workspace import Workspace
@@ -184,7 +184,7 @@ def test_cli_and_synthesizer_use_the_trained_vocoder(featured, tmp_path, monkeyp
     from typer.testing import CliRunner
 
     from polyvox.cli import app
-    from polyvox.models.synthesis import Synthesizer
+    from polyvox.runtime.synthesizer import Synthesizer
     from polyvox.train.trainer import train
 
     from conftest import REPO

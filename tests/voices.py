@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from polyvox.config import load_params
-from polyvox.ensemble.voice import Voice
+from polyvox.runtime.voice import Voice
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.models.symbols import Vocabulary
 
@@ -43,7 +43,7 @@ def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: s
             "symbols": symbols, "speakers": list(SPEAKERS), "audio": params.audio.model_dump(),
             "image_size": params.features.image_size, "text": {"language": "en-us", "phonemizer": "graphemes"}, "teacher": None}
     if teacher_voice is not None:
-        from polyvox.features.teacher import TeacherSettings
+        from polyvox.frontends.teacher import TeacherSettings
 
         meta["teacher"] = TeacherSettings(teacher_voice, params.audio, params.clean.trim_top_db,
                                           params.clean.loudness_lufs).to_dict()
@@ -64,7 +64,7 @@ def make_bundle(folder: Path, seed: int = 0, version: str = "1", onnx: bool = Fa
     import shutil
     import tempfile
 
-    from polyvox.registry.bundle import build_bundle
+    from polyvox.runtime.bundle import build_bundle
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".bundle-"))

@@ -19,9 +19,9 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
-from polyvox.corpus.demo.voices import SynthesisError
+from polyvox.engines import SynthesisError
 from polyvox.corpus.schema import CorpusError
-from polyvox.ensemble import VoiceError
+from polyvox.runtime import VoiceError
 from polyvox.fileio import OutputNotWritten
 from polyvox.lock import WorkspaceBusy, workspace_lock
 from polyvox.registry.store import RegistryError
@@ -275,7 +275,7 @@ def synth(
     """Synthesise one text to a WAV file from the command line."""
     import soundfile as sf
 
-    from polyvox.ensemble.voice import Voice
+    from polyvox.runtime.voice import Voice
     from polyvox.fileio import atomic_path
 
     try:

@@ -122,7 +122,7 @@ class SplitConfig(_Section):
 class FeaturesConfig(_Section):
     image_size: int = Field(ge=16, le=512)
     splits: SplitConfig
-    # A teacher voice (polyvox.corpus.demo.voices.CATALOG) whose rendering of each text is an input of
+    # A teacher voice (polyvox.engines.CATALOG) whose rendering of each text is an input of
     # the acoustic model (polyvox.features.teacher); null: text only.
     teacher_voice: str | None = None
 
@@ -291,7 +291,7 @@ class PromoteSection(_Section):
     max_mcd_db: float = Field(gt=0)
     max_rtf: float = Field(gt=0)  # one CPU thread
     require_ensemble_gain: bool  # an ensemble candidate must have beaten its best member on validation
-    export_onnx: bool  # put the acoustic model in ONNX into the bundle (polyvox.serve.onnx)
+    export_onnx: bool  # put the acoustic model in ONNX into the bundle (polyvox.runtime.onnx)
 
 
 class ServeSection(_Section):

@@ -1,15 +1,20 @@
-"""Small I/O helpers used at the edges: atomic writes and content hashes."""
+"""Small I/O helpers used at the edges: atomic writes, content hashes, and the ``.npz`` arrays
+that features write and training, the vocoder and the ensemble read."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 CHUNK = 1 << 20
 
@@ -117,3 +122,17 @@ def replace_folder(staging: Path, target: Path) -> None:
     staging.rename(target)
     if previous.exists():
         shutil.rmtree(previous)
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` whose bytes depend only on the arrays (np.savez stamps the current time)."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}

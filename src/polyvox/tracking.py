@@ -202,18 +202,28 @@ class Run:
             self._lost_server(exc, f"the end of the run ({status})")
 
 
-def tracked(stage: str, output: Callable[[Any], Path], sections: tuple[str, ...]):
-    """Decorate a stage function ``f(params, workspace, ...)`` so that each call is an MLflow run:
-    the params ``sections`` it reads, the data version (hash of ``output(workspace)``, the file the
-    stage writes last), the git commit, and the numeric fields of its result as metrics. A failed
-    call is recorded as a FAILED run and its exception propagates unchanged."""
+def stage_run(stage: str, params, workspace, tags: dict[str, str] | None = None, name: str | None = None) -> Run:
+    """The MLflow run of one call of ``stage``: its declared settings (:data:`polyvox.stages.STAGES`)
+    as params, and its name, code version and the git commit as tags."""
+    from polyvox.stages import STAGES
+
+    spec = STAGES[stage]
+    configured = {"registry": params.model_dump(by_alias=True).get("registry")}  # where to track to
+    return Run(name or stage, spec.settings(params) | configured,
+               {"stage": stage, "code_version": spec.code_digest(), "git_commit": git_commit() or "unknown",
+                **(tags or {})}, workspace)
+
+
+def tracked(stage: str, output: Callable[[Any], Path]):
+    """Decorate a stage function ``f(params, workspace, ...)`` so that each call is an MLflow run
+    (:func:`stage_run`) that also records the data version (hash of ``output(workspace)``, the file
+    the stage writes last) and the numeric fields of its result as metrics. A failed call is
+    recorded as a FAILED run and its exception propagates unchanged."""
 
     def decorate(function):
         @functools.wraps(function)
         def run(params, workspace, *args, **kwargs):
-            dumped = params.model_dump(by_alias=True)
-            tracker = Run(stage, {k: dumped[k] for k in sections if k in dumped} | {"registry": dumped.get("registry")},
-                          {"stage": stage, "git_commit": git_commit() or "unknown"}, workspace)
+            tracker = stage_run(stage, params, workspace)
             try:
                 result = function(params, workspace, *args, **kwargs)
             except BaseException:

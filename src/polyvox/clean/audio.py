@@ -13,9 +13,7 @@ import numpy as np
 import soundfile as sf
 
 from polyvox.fileio import atomic_path
-
-# pyloudnorm measures over 400 ms blocks (BS.1770); shorter clips get an RMS-based estimate.
-LOUDNESS_BLOCK_SECONDS = 0.4
+from polyvox.signal.loudness import loudness
 
 
 @dataclass(frozen=True)
@@ -30,16 +28,6 @@ class CleanAudioTask:
     # Silence trimming resolution, from the analysis settings in params (audio.win_length/hop_length).
     frame_length: int
     hop_length: int
-
-
-def loudness(signal: np.ndarray, rate: int) -> float:
-    """Integrated loudness in LUFS (ITU-R BS.1770 via pyloudnorm); -inf for digital silence."""
-    import pyloudnorm
-
-    if signal.size >= LOUDNESS_BLOCK_SECONDS * rate:
-        return float(pyloudnorm.Meter(rate).integrated_loudness(signal))
-    rms = float(np.sqrt(np.mean(signal.astype(np.float64) ** 2))) if signal.size else 0.0
-    return 20 * np.log10(rms) - 0.691 if rms > 0 else float("-inf")
 
 
 def clean_audio(task: CleanAudioTask) -> dict[str, float]:

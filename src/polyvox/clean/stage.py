@@ -66,7 +66,7 @@ def _remove_unreferenced(folder: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-@tracked("clean", lambda ws: ws.clean_manifest, ('audio', 'clean'))
+@tracked("clean", lambda ws: ws.clean_manifest)
 def clean(params: Params, workspace: Workspace) -> CleanResult:
     accepted = pq.read_table(workspace.accepted_manifest).to_pandas()
     out = workspace.clean

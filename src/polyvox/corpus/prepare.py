@@ -236,7 +236,7 @@ def ingest(
     return records, copied, reused
 
 
-@tracked("prepare", lambda ws: ws.raw_manifest, ('seed', 'prepare', 'demo'))
+@tracked("prepare", lambda ws: ws.raw_manifest)
 def prepare(params: Params, workspace: Workspace, build_demo: Callable[..., Path] | None = None) -> PrepareResult:
     """Read the configured corpus (or build the demo corpus) and write ``data/raw``."""
     cfg = params.prepare

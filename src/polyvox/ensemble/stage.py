@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-import torch
 
 from polyvox.config import ConfigError, Params
 from polyvox.ensemble.fit import aligned_l1, fit_weights
-from polyvox.ensemble.voice import Voice
-from polyvox.features.extract import load_arrays
+from polyvox.runtime.voice import Voice
+from polyvox.fileio import load_arrays
 from polyvox.fileio import atomic_path, atomic_write_text
-from polyvox.fingerprint import current_stamp, fingerprint, source_digest, tree_digest
+from polyvox.fingerprint import current_stamp, fingerprint, tree_digest
+from polyvox.stages import STAGES
 from polyvox.judges import Judge
 from polyvox.progress import track
-from polyvox.tracking import Run, git_commit
+from polyvox.tracking import stage_run
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def fit_rows(params: Params, workspace: Workspace) -> tuple[pd.DataFrame, str]:
 
 def speaker_centroids(workspace: Workspace, speakers: list[str], takes: int) -> dict[str, np.ndarray]:
     """resemblyzer centroid of each speaker's first ``takes`` real training takes."""
-    from polyvox.evaluate.metrics import SpeakerEncoder
+    from polyvox.judges.speaker import SpeakerEncoder
 
     index = pd.read_parquet(workspace.features_index)
     index = index.merge(pd.read_parquet(workspace.clean_manifest)[["id", "audio"]], on="id", how="left")
@@ -161,10 +161,9 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
     folders = member_folders(params, workspace)
     vocoder = vocoder_folder(params, workspace)
     judge = rerank_judge(params)
-    return fingerprint(workspace.data_version(), params.seed, params.ensemble.model_dump(),
-                       params.evaluate.centroid_takes, {name: tree_digest(folder) for name, folder in folders.items()},
-                       tree_digest(vocoder) if vocoder else None, judge.identity() if judge else None,
-                       source_digest("ensemble", "models", *(("judges", "validate/asr") if judge else ())))
+    return fingerprint(workspace.data_version(), STAGES["ensemble"].identity(params),
+                       {name: tree_digest(folder) for name, folder in folders.items()},
+                       tree_digest(vocoder) if vocoder else None, judge.identity() if judge else None)
 
 
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
@@ -230,9 +229,8 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
     with atomic_path(workspace.reports / "ensemble.csv") as tmp:
         table.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)
 
-    tracker = Run("ensemble", params.model_dump(by_alias=True),
-                  {"stage": "ensemble", "data_version": info["data_version"], "git_commit": git_commit() or "unknown",
-                   "candidate": result.candidate}, workspace)
+    tracker = stage_run("ensemble", params, workspace,
+                        {"data_version": info["data_version"], "candidate": result.candidate})
     tracker.metrics({"ensemble_score": ensemble_score, **{f"member_score.{n}": v for n, v in member_scores.items()},
                      **{f"weight.{n}": v for n, v in weights.items()}, "kept": float(kept)}, step=0)
     tracker.artifacts([workspace.reports / "ensemble.json", workspace.reports / "ensemble.csv"])

@@ -9,11 +9,9 @@
   each other, and only roughly with papers that use SPTK's ``mcep``.
 - :func:`log_f0_rmse`: RMSE of natural-log F0 (pYIN) over frames voiced in both, on the same
   DTW path; reported in cents too (1 ln-unit = 1731 cents).
-- :func:`asr_scores`: what a judge (:mod:`polyvox.judges`: Whisper, or pocketsphinx) heard, against
-  the reference text, with one normalisation for both texts.
-- :class:`SpeakerEncoder`: resemblyzer d-vectors (its weights ship in the package), cosine
-  similarity to a speaker's centroid.
-- :func:`dnsmos`: DNSMOS P.835 (speechmos; its ONNX models ship in the package) overall MOS.
+
+What needs no reference rendition (what an ASR heard, speaker similarity, DNSMOS) is a judge's,
+in :mod:`polyvox.judges`, which validate and the ensemble's rerank use too.
 """
 
 from __future__ import annotations
@@ -21,10 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from polyvox.judges import Judge, recognize
-from polyvox.text.normalize import words_for_scoring
-from polyvox.validate.asr import ASR_RATE, edit_distance
 
 CEPSTRA = 25  # c0..c24; c0 dropped in the distance
 MCD_SCALE = 10.0 / np.log(10.0) * np.sqrt(2.0)
@@ -82,73 +76,3 @@ def log_f0_rmse(a: Analysis, b: Analysis, path: np.ndarray | None = None) -> flo
     if not both.any():
         return None
     return float(np.sqrt(np.mean((np.log(fa[both]) - np.log(fb[both])) ** 2)))
-
-
-@dataclass(frozen=True)
-class AsrScore:
-    hypothesis: str
-    words: int  # reference words
-    word_errors: int
-    characters: int
-    character_errors: int
-
-    @property
-    def wer(self) -> float:
-        return self.word_errors / max(1, self.words)
-
-    @property
-    def cer(self) -> float:
-        return self.character_errors / max(1, self.characters)
-
-
-def asr_scores(signal: np.ndarray, rate: int, reference_text: str, judge: Judge) -> AsrScore:
-    hypothesis = recognize(np.asarray(signal, dtype=np.float32), rate, judge)
-    ref_words, hyp_words = words_for_scoring(reference_text), words_for_scoring(hypothesis)
-    ref_chars, hyp_chars = " ".join(ref_words), " ".join(hyp_words)
-    return AsrScore(hypothesis=hypothesis, words=len(ref_words), word_errors=edit_distance(ref_words, hyp_words),
-                    characters=len(ref_chars), character_errors=edit_distance(ref_chars, hyp_chars))
-
-
-def corpus_error_rates(scores: list[AsrScore]) -> dict[str, float]:
-    """Corpus-level WER/CER: total edits over total reference words/characters."""
-    return {"wer": sum(s.word_errors for s in scores) / max(1, sum(s.words for s in scores)),
-            "cer": sum(s.character_errors for s in scores) / max(1, sum(s.characters for s in scores))}
-
-
-class SpeakerEncoder:
-    """resemblyzer's d-vector encoder (GE2E, 256-d, unit norm), loaded once."""
-
-    def __init__(self, device: str = "cpu"):
-        from resemblyzer import VoiceEncoder
-
-        self.encoder = VoiceEncoder(device, verbose=False)
-
-    def embed(self, signal: np.ndarray, rate: int) -> np.ndarray:
-        from resemblyzer import preprocess_wav
-
-        return self.encoder.embed_utterance(preprocess_wav(np.asarray(signal, dtype=np.float32), source_sr=rate))
-
-    @staticmethod
-    def centroid(embeddings: list[np.ndarray]) -> np.ndarray:
-        mean = np.mean(embeddings, axis=0)
-        return mean / np.linalg.norm(mean)
-
-    @staticmethod
-    def similarity(embedding: np.ndarray, centroid: np.ndarray) -> float:
-        return float(embedding @ centroid / (np.linalg.norm(embedding) * np.linalg.norm(centroid)))
-
-
-def dnsmos(signal: np.ndarray, rate: int) -> dict[str, float]:
-    """DNSMOS P.835 (signal, background, overall) and P.808 MOS of one utterance, at 16 kHz."""
-    import librosa
-    from speechmos import dnsmos as model
-
-    signal = np.asarray(signal, dtype=np.float32).reshape(-1)
-    if rate != ASR_RATE:
-        signal = librosa.resample(signal, orig_sr=rate, target_sr=ASR_RATE, res_type="soxr_hq")
-    peak = float(np.abs(signal).max()) if signal.size else 0.0
-    if peak > 1.0:
-        signal = signal / peak
-    scores = model.run(signal, sr=ASR_RATE)
-    return {"mos_ovrl": float(scores["ovrl_mos"]), "mos_sig": float(scores["sig_mos"]),
-            "mos_bak": float(scores["bak_mos"]), "mos_p808": float(scores["p808_mos"])}

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from polyvox.config import Params
-from polyvox.ensemble.voice import Voice
+from polyvox.runtime.voice import Voice
 from polyvox.evaluate.stage import score_systems, test_rows
 from polyvox.fileio import atomic_path
 from polyvox.judges import Judge

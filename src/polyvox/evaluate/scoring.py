@@ -14,14 +14,17 @@ import soundfile as sf
 
 from polyvox.evaluate import metrics as m
 from polyvox.judges import Judge
+from polyvox.judges.dnsmos import dnsmos
+from polyvox.judges.scores import asr_scores
+from polyvox.judges.speaker import SpeakerEncoder
 
-_encoder: m.SpeakerEncoder | None = None
+_encoder: SpeakerEncoder | None = None
 
 
-def _speaker_encoder() -> m.SpeakerEncoder:
+def _speaker_encoder() -> SpeakerEncoder:
     global _encoder
     if _encoder is None:
-        _encoder = m.SpeakerEncoder()
+        _encoder = SpeakerEncoder()
     return _encoder
 
 
@@ -50,13 +53,13 @@ def score(item: ScoreItem) -> dict:
         return out
     if item.judge is None:
         raise ValueError(f"{item.audio}: a {item.kind!r} item needs a judge to score its intelligibility")
-    asr = m.asr_scores(signal, rate, item.text, item.judge)
+    asr = asr_scores(signal, rate, item.text, item.judge)
     out.update({"hypothesis": asr.hypothesis, "words": asr.words, "word_errors": asr.word_errors,
                 "characters": asr.characters, "character_errors": asr.character_errors, "wer": asr.wer, "cer": asr.cer,
-                "seconds": len(signal) / rate, **m.dnsmos(signal, rate)})
+                "seconds": len(signal) / rate, **dnsmos(signal, rate)})
     second = item.judge.second_opinion()
     if second is not None:
-        ps = m.asr_scores(signal, rate, item.text, second)
+        ps = asr_scores(signal, rate, item.text, second)
         out.update({"ps_hypothesis": ps.hypothesis, "ps_words": ps.words, "ps_word_errors": ps.word_errors,
                     "ps_characters": ps.characters, "ps_character_errors": ps.character_errors, "ps_wer": ps.wer,
                     "ps_cer": ps.cer})

@@ -31,15 +31,16 @@ import soundfile as sf
 import torch
 
 from polyvox.config import ConfigError, ParallelConfig, Params
-from polyvox.ensemble.voice import Voice
+from polyvox.runtime.voice import Voice
 from polyvox.evaluate.scoring import ScoreItem, paired_bootstrap, score
-from polyvox.evaluate.metrics import SpeakerEncoder
+from polyvox.judges.speaker import SpeakerEncoder
 from polyvox.fileio import atomic_path, atomic_write_text
-from polyvox.fingerprint import current_stamp, fingerprint, source_digest, voice_digest
+from polyvox.fingerprint import current_stamp, fingerprint, voice_digest
+from polyvox.stages import STAGES
 from polyvox.judges import Judge
 from polyvox.parallel import map_items
 from polyvox.progress import track
-from polyvox.tracking import Run, git_commit
+from polyvox.tracking import stage_run
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -216,11 +217,9 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
     champion_voice = voice_digest(workspace.champion)
     judge = Judge.from_params(params)
     second = judge.second_opinion()
-    return fingerprint(workspace.data_version(), params.seed, params.evaluate.model_dump(), params.audio.f0_min,
-                       params.audio.f0_max, params.audio.f0_resolution, candidate_voice,
+    return fingerprint(workspace.data_version(), STAGES["evaluate"].identity(params), candidate_voice,
                        None if champion_voice in ("", candidate_voice) else champion_voice,
-                       judge.identity(), second.identity() if second else None,
-                       source_digest("evaluate", "ensemble", "models", "judges", "validate/asr"))
+                       judge.identity(), second.identity() if second else None)
 
 
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
@@ -282,10 +281,10 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     metrics["seconds"] = time.monotonic() - started
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
 
-    tracker = Run("evaluate", params.model_dump(by_alias=True),
-                  {"stage": "evaluate", "data_version": metrics["data_version"], "git_commit": git_commit() or "unknown",
-                   "champion_scored": str("champion" in systems), "speakers": ",".join(speakers)[:5000],
-                   "asr": judge.name, "asr_second_opinion": second.name if second else "none"}, workspace)
+    tracker = stage_run("evaluate", params, workspace,
+                        {"data_version": metrics["data_version"], "champion_scored": str("champion" in systems),
+                         "speakers": ",".join(speakers)[:5000], "asr": judge.name,
+                         "asr_second_opinion": second.name if second else "none"})
     tracker.metrics({f"{system}.{k}": v for system, figures in summary.items() for k, v in figures.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0)
     tracker.artifacts([out / "metrics.json", out / "per_utterance.csv", report])

@@ -7,20 +7,15 @@ fixed zip timestamps, so the same audio gives the same bytes; load with ``np.loa
 
 from __future__ import annotations
 
-import io
-import zipfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from polyvox.config import AudioConfig
-from polyvox.fileio import atomic_path
-
-# log(max(mel, MEL_FLOOR)): the floor of HiFi-GAN/Tacotron recipes, about -11.5 in log units.
-MEL_FLOOR = 1e-5
+from polyvox.fileio import save_arrays
+from polyvox.signal.mel import log_mel
 
 
 @dataclass(frozen=True)
@@ -28,24 +23,6 @@ class FeatureTask:
     audio: str
     target: str
     cfg: AudioConfig
-
-
-@lru_cache(maxsize=2)
-def mel_transform(cfg: AudioConfig):
-    import torchaudio
-
-    return torchaudio.transforms.MelSpectrogram(
-        sample_rate=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
-        f_min=cfg.f_min, f_max=cfg.f_max, n_mels=cfg.n_mels, power=1.0, norm="slaney", mel_scale="slaney",
-        center=True,
-    )
-
-
-def log_mel(wave, cfg: AudioConfig):
-    """(samples,) float tensor → (n_mels, frames) log-magnitude mel."""
-    import torch
-
-    return torch.log(torch.clamp(mel_transform(cfg)(wave), min=MEL_FLOOR))
 
 
 def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarray]:
@@ -68,20 +45,6 @@ def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarr
         "f0": np.nan_to_num(f0[:frames], nan=0.0).astype(np.float32),
         "energy": energy[:frames].astype(np.float32),
     }
-
-
-def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """An ``.npz`` whose bytes depend only on the arrays (np.savez stamps the current time)."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name in sorted(arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-            archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buffer.getvalue())
-
-
-def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
 
 
 def extract(task: FeatureTask) -> dict[str, object]:

@@ -30,7 +30,9 @@ from polyvox.cache import content_key, load_index, save_index, sharded
 from polyvox.config import Params
 from polyvox.features.extract import FeatureTask, extract
 from polyvox.features.splits import SPLITS, assign_splits
-from polyvox.features.teacher import TEACHER_VERSION, TeacherSettings, TeacherTask, render
+from polyvox.features.teacher import TEACHER_VERSION, TeacherTask, render
+from polyvox.frontends.image import image_tensor
+from polyvox.frontends.teacher import TeacherSettings
 from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from polyvox.parallel import map_items
 from polyvox.workspace import Workspace
@@ -54,15 +56,6 @@ class FeaturesResult:
     def summary(self) -> str:
         splits = ", ".join(f"{name} {count}" for name, count in self.splits.items())
         return f"{self.rows} utterances ({splits}), {self.speakers} speakers; {self.processed} computed, {self.reused} reused"
-
-
-def image_tensor(path: Path, size: int) -> np.ndarray:
-    """(3, size, size) float32 in [0, 1]."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    return (np.asarray(rgb, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
 
 
 def _mean_std(total: float, squares: float, count: float) -> tuple[float, float]:
@@ -129,7 +122,7 @@ def _remove_unreferenced(folder: Path, keep: set[str], suffix: str) -> None:
             path.unlink()
 
 
-@tracked("features", lambda ws: ws.features_index, ('seed', 'audio', 'features'))
+@tracked("features", lambda ws: ws.features_index)
 def features(params: Params, workspace: Workspace) -> FeaturesResult:
     manifest = pq.read_table(workspace.clean_manifest).to_pandas()
     out = workspace.features

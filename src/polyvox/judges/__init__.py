@@ -3,7 +3,7 @@
 One :class:`Judge` (``evaluate.asr``, ``evaluate.whisper_model``, ``clean.language``) serves every
 place intelligibility is measured: evaluate, the ensemble's rerank, validate's transcript check,
 and so the gate. ``whisper`` (faster-whisper, :mod:`polyvox.judges.whisper`) is the judge;
-``pocketsphinx`` (:mod:`polyvox.validate.asr`) is the fallback, and with ``whisper`` a second
+``pocketsphinx`` (:mod:`polyvox.judges.pocketsphinx`) is the fallback, and with ``whisper`` a second
 opinion that evaluate scores beside it. A judge is a small frozen value, so it travels to worker
 processes with the work.
 """
@@ -102,7 +102,7 @@ def _threads() -> int:
 def recognize(signal: np.ndarray, rate: int, judge: Judge) -> str:
     """What ``judge`` hears in mono float audio in [-1, 1]."""
     if judge.asr == "pocketsphinx":
-        from polyvox.validate.asr import recognize as pocketsphinx
+        from polyvox.judges.pocketsphinx import recognize as pocketsphinx
 
         return pocketsphinx(signal, rate)
     from polyvox.judges.whisper import transcribe

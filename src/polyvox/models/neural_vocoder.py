@@ -4,7 +4,7 @@ A ConvNeXt backbone runs at the frame rate (no upsampling), and a head predicts 
 log-magnitude and phase; ``torch.istft`` (centred, as the analysis was) turns them into audio, so
 frame ``t`` of the input mel is rendered around sample ``t * hop_length``. Siuzdak, "Vocos: Closing
 the gap between time-domain and Fourier-based neural vocoders" (2023). The input is the log-mel of
-:func:`polyvox.features.extract.log_mel`; trained by :mod:`polyvox.train.vocoder`.
+:func:`polyvox.signal.mel.log_mel`; trained by :mod:`polyvox.train.vocoder`.
 """
 
 from __future__ import annotations

@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from polyvox.config import ConfigError, Params
-from polyvox.ensemble.voice import Voice
+from polyvox.runtime.voice import Voice
 from polyvox.fileio import atomic_write_text
 from polyvox.fingerprint import file_digest, fingerprint, read_stamp, voice_digest
-from polyvox.registry.bundle import build_bundle
+from polyvox.runtime.bundle import build_bundle
 from polyvox.registry.gate import judge, passed
 from polyvox.registry.store import Registry
+from polyvox.stages import STAGES
 from polyvox.tracking import check_reachable, git_commit, tracking_uri
 from polyvox.workspace import Workspace
 
@@ -86,8 +87,8 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
         return PromoteResult(version=before, promoted=bool(previous.get("promoted", True)),
                              champion_before=previous.get("champion_before"), champion_after=before,
                              rules=previous.get("rules", []))
-    inputs = fingerprint(file_digest(metrics_path), params.registry.model_dump(), params.promote.model_dump(), before,
-                         registry.uri)
+    stage = STAGES["promote"]
+    inputs = fingerprint(file_digest(metrics_path), stage.identity(params), before, registry.uri)
     previous = read_stamp(workspace.reports / "promote.json")
     if previous and previous.get("inputs") == inputs:
         log.info("promote: this evaluation was already judged (version %s); nothing to register", previous["version"])
@@ -100,8 +101,9 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
     ok = passed(rules)
     decision = {"promoted": ok, "rules": [r.to_dict() for r in rules], "champion_before": before}
     commit = git_commit() or "unknown"
-    run_id = registry.start_run("promote", params.model_dump(by_alias=True),
+    run_id = registry.start_run("promote", stage.settings(params),
                                 {"data_version": metrics["data_version"], "git_commit": commit,
+                                 "code_version": stage.code_digest(),
                                  "decision": "promoted" if ok else "refused"})
     staging = Path(tempfile.mkdtemp(prefix="bundle-"))
     try:
@@ -114,8 +116,8 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
         version = registry.register(bundle, run_id, tags)
         decision["version"] = version
         # what was judged; a promote that moved the alias changes the champion, hence the next fingerprint
-        decision["inputs"] = inputs if not ok else fingerprint(file_digest(metrics_path), params.registry.model_dump(),
-                                                                params.promote.model_dump(), version, registry.uri)
+        decision["inputs"] = inputs if not ok else fingerprint(file_digest(metrics_path), stage.identity(params), version,
+                                                                registry.uri)
         workspace.reports.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workspace.reports / "promote.json", json.dumps(decision, indent=1) + "\n")
         registry.client.log_artifact(run_id, str(workspace.reports / "promote.json"))

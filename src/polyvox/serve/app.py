@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from polyvox.config import ServeSection
-from polyvox.registry.bundle import load_bundle
+from polyvox.runtime.bundle import load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class VoiceHolder:
         voice, meta = load_bundle(self.folder)  # fully loaded before anyone sees it
         onnx = None
         if self.runtime == "onnx" and meta.get("onnx") and voice.mode == "weighted":
-            from polyvox.serve.onnx import OnnxAcoustic
+            from polyvox.runtime.onnx import OnnxAcoustic
 
             onnx = OnnxAcoustic(voice, self.folder / "onnx", threads=torch.get_num_threads())
         if self._stamp() != stamp:  # replaced while we read it: the next poll takes the newer one

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from polyvox.features.extract import load_arrays
+from polyvox.fileio import load_arrays
 from polyvox.models.acoustic import Batch
 from polyvox.models.symbols import Vocabulary
 from polyvox.workspace import Workspace

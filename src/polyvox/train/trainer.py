@@ -28,12 +28,13 @@ import torch.distributed as dist
 
 from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fileio import atomic_write_text
-from polyvox.fingerprint import file_digest, fingerprint, read_stamp, source_digest
-from polyvox.features.teacher import TeacherSettings
+from polyvox.fingerprint import file_digest, fingerprint, read_stamp
+from polyvox.stages import STAGES
+from polyvox.frontends.teacher import TeacherSettings
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
 from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
-from polyvox.tracking import Run, git_commit
+from polyvox.tracking import stage_run
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
 
@@ -269,9 +270,10 @@ def training_fingerprint(params: Params, workspace: Workspace, member: str, seed
     members', the warm start, the code —, how long it runs)."""
     spec = member_spec(params, member)
     init = init_from if init_from is not None else params.train.init_from
-    identity = fingerprint(workspace.data_version(), params.seed, params.audio.model_dump(), params.model.model_dump(),
-                           params.train.model_dump(exclude={"members", *BOUNDS}), spec.model_dump(), seed,
-                           init_identity(workspace, init), source_digest("models", "train"))
+    stage = STAGES["train"]  # the base too: pretrain's settings reach here as base_params' train section
+    settings = stage.settings(params) | {"train": params.train.model_dump(exclude={"members", *BOUNDS})}
+    identity = fingerprint(workspace.data_version(), stage.identity(params, settings), spec.model_dump(), seed,
+                           init_identity(workspace, init))
     return identity, fingerprint(params.train.model_dump(include=BOUNDS))
 
 
@@ -393,10 +395,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     if writer:
         writer.writerows([header, *kept])
 
-    tracker = Run(f"train-{member}", params.model_dump(by_alias=True),
-                  {"stage": "pretrain" if member == BASE else "train", "member": member, "data_version": data_version(workspace),
-                   "git_commit": git_commit() or "unknown", "resumed_from_step": str(start),
-                   "warm_start": str(init_from) if warm else ""}, workspace) if rank == 0 else None
+    tracker = stage_run("pretrain" if member == BASE else "train", params, workspace,
+                        {"member": member, "data_version": data_version(workspace), "resumed_from_step": str(start),
+                         "warm_start": str(init_from) if warm else ""}, name=f"train-{member}") if rank == 0 else None
     began = time.monotonic()
     stopped_by, step = "steps", start
     status = "FAILED"

@@ -33,14 +33,16 @@ import torch
 from torch import nn
 
 from polyvox.config import AudioConfig, Params
-from polyvox.features.extract import MEL_FLOOR, mel_transform, load_arrays
+from polyvox.fileio import load_arrays
+from polyvox.signal.mel import MEL_FLOOR, mel_transform
 from polyvox.fileio import atomic_write_text
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 from polyvox.progress import track
 from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
-from polyvox.fingerprint import fingerprint, read_stamp, source_digest
+from polyvox.fingerprint import fingerprint, read_stamp
+from polyvox.stages import STAGES
 from polyvox.tracking import tracked
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,7 @@ class VocoderLoss(nn.Module):
             self.register_buffer(f"window_{n_fft}", torch.hann_window(n_fft), persistent=False)
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """(batch, samples) → (batch, n_mels, frames), as :func:`polyvox.features.extract.log_mel`."""
+        """(batch, samples) → (batch, n_mels, frames), as :func:`polyvox.signal.mel.log_mel`."""
         return torch.log(torch.clamp(self.mel_transform(wave.float()), min=MEL_FLOOR))
 
     def _magnitude(self, wave: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -214,8 +216,9 @@ def vocoder_fingerprints(params: Params, workspace: Workspace,
     """(what the vocoder learns from, how long it trains); ``cfg`` defaults to params.yaml's ``vocoder``."""
     cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
     settings = asdict(cfg)
-    identity = fingerprint(workspace.data_version(), params.seed, params.audio.model_dump(),
-                           {k: v for k, v in settings.items() if k not in BOUNDS}, source_digest("models", "train"))
+    stage = STAGES["train-vocoder"]
+    shaping = stage.settings(params) | {"vocoder": {k: v for k, v in settings.items() if k not in BOUNDS}}
+    identity = fingerprint(workspace.data_version(), stage.identity(params, shaping))
     return identity, fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
 
 
@@ -231,7 +234,7 @@ def vocoder_completed(params: Params, workspace: Workspace, name: str = "vocoder
     return done if (done.get("identity"), done.get("bounds")) == vocoder_fingerprints(params, workspace, cfg) else None
 
 
-@tracked("train-vocoder", lambda ws: ws.features_index, ("seed", "audio", "vocoder"))
+@tracked("train-vocoder", lambda ws: ws.features_index)
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
                   cfg: VocoderTrainSettings | None = None, resume: bool = True) -> VocoderResult:
     """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,

@@ -83,7 +83,7 @@ def probe(task: ProbeTask) -> dict[str, object]:
     result.update(speech_probes(mono, rate))
     if task.judge is not None and task.text:
         from polyvox.judges import recognize
-        from polyvox.validate.asr import character_error_rate
+        from polyvox.judges.scores import character_error_rate
 
         hypothesis = recognize(mono, rate, task.judge)
         result.update(asr_judge=task.judge.name, asr_hypothesis=hypothesis,

@@ -136,7 +136,7 @@ def _probe_all(
     return [fresh[i] if i in fresh else {"row": tasks[i].row, **index[keys[i]]} for i in range(len(tasks))], probed
 
 
-@tracked("validate", lambda ws: ws.accepted_manifest, ('validate',))
+@tracked("validate", lambda ws: ws.accepted_manifest)
 def validate(params: Params, workspace: Workspace) -> ValidateResult:
     cfg = params.validate_
     manifest = read_manifest(workspace.raw_manifest)

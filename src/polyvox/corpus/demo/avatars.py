@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
 
-from polyvox.corpus.demo.voices import TeacherVoice
+from polyvox.engines import TeacherVoice
 
 ACCENT_COLOURS = {"us": (32, 52, 110), "scottish": (30, 110, 60), "british": (150, 25, 45)}
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from polyvox.config import DemoConfig
 from polyvox.corpus.demo.avatars import draw_avatar, measure_voice
-from polyvox.corpus.demo.voices import TeacherVoice, resolve_voices, synthesize
+from polyvox.engines import TeacherVoice, resolve_voices, synthesize
 from polyvox.fileio import atomic_write_bytes, atomic_write_text
 from polyvox.progress import track
 

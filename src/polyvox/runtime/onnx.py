@@ -13,7 +13,7 @@ Each member becomes two graphs (``torch.onnx.export`` with the dynamo exporter, 
 
 Between them, durations are rounded and tokens repeated in numpy (the positions, the teacher's
 alignment and its warp come from the same functions the model trains with) — the same shared-duration
-ensemble as :class:`polyvox.ensemble.voice.Voice` (mean log-durations, weighted log-mels). The
+ensemble as :class:`polyvox.runtime.voice.Voice` (mean log-durations, weighted log-mels). The
 ONNX path covers conditioning by speaker name (the serving hot path); reference audio and images
 go through PyTorch. The vocoder stays in PyTorch (its iSTFT head has no ONNX export).
 """

@@ -33,11 +33,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from polyvox.ensemble import VoiceError
+from polyvox.runtime import VoiceError
 from polyvox.fileio import replace_folder
 from polyvox.judges import POCKETSPHINX, Judge
 from polyvox.models.acoustic import AcousticModel
-from polyvox.models.synthesis import Synthesizer
+from polyvox.runtime.synthesizer import Synthesizer
 
 FORMAT = 1
 Mode = Literal["weighted", "rerank"]
@@ -249,7 +249,7 @@ class Voice:
         if self.vocoder is not None:
             wave = self.vocoder.synthesize(mel)
         else:
-            from polyvox.models.vocoder import griffin_lim
+            from polyvox.signal.griffin_lim import griffin_lim
 
             wave = griffin_lim(mel.cpu(), self.audio)
         return wave.reshape(-1).cpu().numpy().astype(np.float32)
@@ -277,14 +277,15 @@ class Voice:
 
     def _rerank_scorer(self):
         if self._scorer is None:
-            from polyvox.evaluate.metrics import SpeakerEncoder
+            from polyvox.judges.speaker import SpeakerEncoder
 
             self._scorer = SpeakerEncoder()
         return self._scorer
 
     def rerank(self, text: str, speaker=None, reference_audio=None, image=None) -> tuple[np.ndarray, list[dict]]:
         """Every member's synthesis scored; the best one and every candidate's scores."""
-        from polyvox.evaluate.metrics import SpeakerEncoder, asr_scores
+        from polyvox.judges.scores import asr_scores
+        from polyvox.judges.speaker import SpeakerEncoder
 
         mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=False)
         target = self._target_embedding(speaker, reference_audio)

@@ -11,8 +11,7 @@ from functools import lru_cache
 import torch
 
 from polyvox.config import AudioConfig
-
-MEL_FLOOR = 1e-5
+from polyvox.signal.mel import MEL_FLOOR
 
 
 @lru_cache(maxsize=2)

@@ -17,7 +17,7 @@ import torch
 from polyvox.config import AudioConfig
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.models.symbols import Vocabulary
-from polyvox.models.vocoder import griffin_lim
+from polyvox.signal.griffin_lim import griffin_lim
 from polyvox.text.normalize import normalize_text
 from polyvox.text.phonemes import phonemize
 
@@ -39,8 +39,8 @@ class Synthesizer:
         self.conditioning = meta.get("conditioning", "audio+image")
         self.teacher = None  # the teacher voice that reads each text for a model with teacher input
         if meta.get("teacher"):
-            from polyvox.corpus.demo.voices import resolve_voices
-            from polyvox.features.teacher import TeacherSettings
+            from polyvox.engines import resolve_voices
+            from polyvox.frontends.teacher import TeacherSettings
 
             self.teacher = TeacherSettings.from_dict(meta["teacher"])
             resolve_voices([self.teacher.voice])  # its engine is installed here, or an error that names the package
@@ -71,7 +71,7 @@ class Synthesizer:
     def _reference(self, reference_audio) -> tuple[torch.Tensor, torch.Tensor]:
         import librosa
 
-        from polyvox.features.extract import log_mel
+        from polyvox.signal.mel import log_mel
 
         if isinstance(reference_audio, (str, Path)):
             signal, rate = sf.read(str(reference_audio), dtype="float32", always_2d=True)
@@ -84,7 +84,7 @@ class Synthesizer:
         return mel[None].to(self.device), torch.tensor([mel.shape[1]], device=self.device)
 
     def _image(self, image) -> torch.Tensor:
-        from polyvox.features.stage import image_tensor
+        from polyvox.frontends.image import image_tensor
 
         array = image_tensor(Path(image), self.image_size) if isinstance(image, (str, Path)) else np.asarray(image)
         return torch.tensor(array, dtype=torch.float32)[None].to(self.device)
@@ -107,7 +107,7 @@ class Synthesizer:
         training; None for a model without teacher input."""
         if self.teacher is None:
             return None
-        from polyvox.features.teacher import teacher_mel
+        from polyvox.frontends.teacher import teacher_mel
 
         return torch.from_numpy(teacher_mel(normalize_text(text), self.teacher, repr(text[:60])))[None].to(self.device)
 

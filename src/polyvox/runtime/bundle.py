@@ -7,9 +7,9 @@ plain state dicts, loaded with ``torch.load(weights_only=True)``) plus:
                     text front-end and audio settings, the evaluation's summary, the gate decision
     metrics.json    the full evaluation (``reports/evaluate/metrics.json``)
     MODEL_CARD.md   what it is, how it scored next to the real recordings, what it is not for
-    onnx/           the acoustic model exported to ONNX (``polyvox.serve.onnx``), when exported
+    onnx/           the acoustic model exported to ONNX (``polyvox.runtime.onnx``), when exported
 
-:func:`load_bundle` needs only ``polyvox.ensemble.voice`` and the model modules it imports.
+:func:`load_bundle` needs only ``polyvox.runtime.voice`` and the model modules it imports.
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def build_bundle(candidate: Path, metrics: dict, decision: dict, data_version: s
     MODEL_CARD.md, and with ``export_onnx`` its acoustic model in ONNX under ``onnx/``."""
     shutil.copytree(candidate, target)
     if export_onnx:
-        from polyvox.ensemble.voice import Voice
-        from polyvox.serve.onnx import export_voice
+        from polyvox.runtime.voice import Voice
+        from polyvox.runtime.onnx import export_voice
 
         export_voice(Voice.load(candidate), target / "onnx")
     voice = json.loads((candidate / "voice.json").read_text(encoding="utf-8"))
@@ -117,7 +117,7 @@ def build_bundle(candidate: Path, metrics: dict, decision: dict, data_version: s
 
 def load_bundle(folder: Path):
     """The bundle's voice and its ``bundle.json``; safe loaders only, no training code, no MLflow."""
-    from polyvox.ensemble.voice import Voice
+    from polyvox.runtime.voice import Voice
 
     folder = Path(folder)
     meta_path = folder / "bundle.json"

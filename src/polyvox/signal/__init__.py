@@ -1,0 +1,1 @@
+"""Signal processing with no learning: the log-mel analysis, Griffin-Lim and loudness."""

@@ -1,0 +1,111 @@
+"""The pipeline's stages, each declared once: the params it reads, the data it reads and writes, and
+the module it runs, whose import closure is the code it depends on.
+
+Everything else derives from these declarations or is checked against them:
+
+- the stage's fingerprint digests :meth:`Stage.code` and reads :meth:`Stage.settings` (a stage
+  reruns when its code or its settings change, the same rule DVC applies);
+- the MLflow run of a stage records :meth:`Stage.settings` (:func:`polyvox.tracking.tracked`);
+- ``dvc.yaml`` lists the same cmd, params, deps (data + code) and outputs: ``tests/test_stages.py``
+  fails when they drift, and prints what a stage's entry should say.
+
+A stage's code is package-grained: a stage that imports one module of ``models`` depends on the
+whole ``models`` folder, so that ``dvc.yaml`` names folders, as DVC users expect, and never misses a
+file that a new import pulls in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from polyvox.fingerprint import fingerprint, source_digest
+from polyvox.imports import closure, unit
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # what the stage runs; its import closure is the stage's code
+    params: tuple[str, ...]  # params.yaml keys it reads: a section, or section.key
+    deps: tuple[str, ...] = ()  # the data it reads (workspace paths)
+    outs: tuple[str, ...] = ()  # what it writes: DVC outs, metrics and plots alike
+    cmd: str | None = None  # the CLI command, when it is not `polyvox <name>`
+
+    @property
+    def command(self) -> str:
+        return self.cmd or f"polyvox {self.name}"
+
+    @cached_property
+    def code(self) -> tuple[str, ...]:
+        """The parts of the package (folders, or top-level modules as ``name.py``) that the stage's
+        module imports, transitively; paths relative to ``src/polyvox``."""
+        return tuple(sorted({unit(m) for m in closure(self.module)} - BOOKKEEPING))
+
+    def code_digest(self) -> str:
+        return source_digest(*(part.removesuffix(".py") for part in self.code))
+
+    def dvc_deps(self) -> list[str]:
+        return [*self.deps, *(f"src/polyvox/{part}" for part in self.code)]
+
+    def identity(self, params, settings: dict[str, Any] | None = None) -> str:
+        """Fingerprint of what, besides its data, makes the stage's outputs: its settings (``settings``
+        when the caller narrowed them, e.g. without the bounds of a resumable run) and its code."""
+        return fingerprint(self.settings(params) if settings is None else settings, self.code_digest())
+
+    def settings(self, params) -> dict[str, Any]:
+        """The values of :attr:`params`, nested as in params.yaml (``{"audio": {"f0_min": …}}``)."""
+        dumped = params.model_dump(by_alias=True)
+        chosen: dict[str, Any] = {}
+        for key in self.params:
+            section, _, field = key.partition(".")
+            if not field:
+                chosen[section] = dumped[section]
+            else:
+                chosen.setdefault(section, {})[field] = dumped[section][field]
+        return chosen
+
+
+# Parts every stage imports that do not shape any output: the package marker, these declarations
+# (what they change, a stage's settings, is digested on its own), the import graph, the MLflow
+# logging and the progress bars. Editing them reruns nothing.
+BOOKKEEPING = frozenset({"__init__.py", "stages.py", "imports.py", "tracking.py", "progress.py"})
+
+# What the base reads of the train section: not the fine-tune's lr, bounds, warm start or members.
+PRETRAIN_TRAIN_KEYS = ("batch_size", "warmup_steps", "lr_schedule", "calibration_steps", "precision", "grad_clip")
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("prepare", "polyvox.corpus.prepare", ("seed", "prepare", "demo"), outs=("data/raw",)),
+    Stage("validate", "polyvox.validate.stage",
+          # the judge of validate.asr_check
+          ("validate", "evaluate.asr", "evaluate.whisper_model", "clean.language"),
+          deps=("data/raw",), outs=("data/validated",)),
+    Stage("clean", "polyvox.clean.stage", ("audio.sample_rate", "audio.win_length", "audio.hop_length", "clean"),
+          deps=("data/raw", "data/validated/accepted.parquet"), outs=("data/clean",)),
+    Stage("features", "polyvox.features.stage",
+          # the teacher rendering (features.teacher_voice) is cleaned as a corpus take is
+          ("seed", "audio", "features", "clean.trim_top_db", "clean.loudness_lufs"),
+          deps=("data/raw", "data/clean"), outs=("data/features",)),
+    Stage("pretrain", "polyvox.train.pretrain",
+          ("seed", "demo", "audio", "model", "pretrain", *(f"train.{k}" for k in PRETRAIN_TRAIN_KEYS)),
+          deps=("data/features",), outs=("models/base",)),
+    Stage("train", "polyvox.train.trainer", ("seed", "audio", "model", "train"),
+          deps=("data/features", "models/base"), cmd="polyvox train --member ${item.name}",
+          outs=tuple(f"models/${{item.name}}/{f}" for f in ("best.pt", "last.pt", "model.json", "speakers.pt",
+                                                             "metrics.csv"))),
+    Stage("train-vocoder", "polyvox.train.vocoder", ("seed", "audio", "vocoder"), deps=("data/clean", "data/features"),
+          outs=tuple(f"models/vocoder/{f}" for f in ("best.pt", "last.pt", "vocoder.json", "metrics.csv"))),
+    # deps: also every member's best.pt (models/<member>/best.pt for each of train.members)
+    Stage("ensemble", "polyvox.ensemble.stage",
+          ("seed", "ensemble", "evaluate.centroid_takes", "evaluate.asr", "evaluate.whisper_model", "clean.language"),
+          deps=("data/clean", "data/features", "models/vocoder/best.pt"),
+          outs=("models/candidate", "reports/ensemble.csv", "reports/ensemble.json")),
+    Stage("evaluate", "polyvox.evaluate.stage",
+          ("seed", "audio.f0_min", "audio.f0_max", "audio.f0_resolution", "clean.language", "evaluate"),
+          deps=("data/clean", "data/features", "models/candidate"),
+          outs=("reports/evaluate/audio", "reports/evaluate/plots", "reports/evaluate/report.html",
+                "reports/evaluate/metrics.json", "reports/evaluate/per_utterance.csv")),
+    Stage("promote", "polyvox.registry.stage", ("registry", "promote"),
+          deps=("models/candidate", "reports/evaluate/metrics.json"), outs=("reports/promote.json",)),
+)}
