@@ -25,9 +25,9 @@ from polyvox.workspace import Workspace
 
 import corpora
 from stages import params_for, run_stages
+from tiny_project import TINY_TRAINING
 
-TINY = ["train.init_from=null", "model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
-        "train.batch_size=2", "train.warmup_steps=2", "train.validate_every=10", "train.checkpoint_every=10",
+TINY = [*TINY_TRAINING, "train.validate_every=10", "train.checkpoint_every=10",
         "train.max_steps=20", "train.lr=0.003",
         "train.members=[{name: a, seed: 1, conditioning: audio+image, variant: {}},"
         " {name: b, seed: 2, conditioning: audio, variant: {kernel_size: 3}}]",

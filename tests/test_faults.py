@@ -22,10 +22,10 @@ from polyvox.fileio import OutputNotWritten, atomic_path
 
 import corpora
 from conftest import REPO
+from tiny_project import TINY_TRAINING
 
 POLYVOX = str(REPO / ".venv" / "bin" / "polyvox")
-TINY = ["train.init_from=null", "model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
-        "train.batch_size=2", "train.warmup_steps=2", "train.validate_every=4", "train.checkpoint_every=2"]
+TINY = [*TINY_TRAINING, "train.validate_every=4", "train.checkpoint_every=2"]
 
 
 def _overrides(corpus: Path, *extra: str) -> list[str]:
@@ -196,13 +196,13 @@ def test_the_flow_retries_a_failed_training_task_and_the_retry_resumes(tmp_path,
 
     from polyvox import flow as pipeline
     from polyvox.config import load_params
-    from polyvox.train import trainer
+    from polyvox.train import loop, trainer
 
     ws = _workspace(tmp_path, featured)
     monkeypatch.chdir(ws)
     params = load_params(ws / "params.yaml", _overrides(corpus, "train.max_steps=4",
                                                         "train.members=[{name: m, seed: 1, conditioning: audio, variant: {}}]"))
-    optimise, restore = trainer.optimise, trainer.restore_training_state
+    optimise, restore = trainer.optimise, loop.restore_training_state
     steps, resumed_at = [], []
 
     def optimise_or_crash(*args, **kwargs):
@@ -217,7 +217,7 @@ def test_the_flow_retries_a_failed_training_task_and_the_retry_resumes(tmp_path,
         return start, best
 
     monkeypatch.setattr(trainer, "optimise", optimise_or_crash)
-    monkeypatch.setattr(trainer, "restore_training_state", restore_and_note)
+    monkeypatch.setattr(loop, "restore_training_state", restore_and_note)
 
     @flow(name="train-with-a-crash")
     def train_one(params):

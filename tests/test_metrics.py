@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from polyvox.config import load_params
 from polyvox.engines import resolve_voices, synthesize
 from polyvox.evaluate import metrics as m
 from polyvox.judges import POCKETSPHINX, Judge
 from polyvox.judges.dnsmos import dnsmos
 from polyvox.judges.scores import asr_scores, corpus_error_rates
 from polyvox.judges.speaker import SpeakerEncoder
+
+from conftest import REPO
 
 PROMPT = "arctic_a0289"
 TEXT = "They are not regular oyster pirates, Nicholas continued."
@@ -30,7 +33,9 @@ def renditions(kathleen, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def analyses(renditions):
-    return {name: m.analyse(signal, rate) for name, (signal, rate) in renditions.items()}
+    audio = load_params(REPO / "params.yaml").audio  # the pitch range and resolution evaluate tracks with
+    return {name: m.analyse(signal, rate, audio.f0_min, audio.f0_max, audio.f0_resolution)
+            for name, (signal, rate) in renditions.items()}
 
 
 def test_mcd_is_zero_on_itself_and_orders_takes_before_another_voice(analyses):

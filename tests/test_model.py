@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from conftest import REPO
 def tiny_config(vocab_size: int) -> ModelConfig:
     return ModelConfig(vocab_size=vocab_size, n_mels=80, channels=64, text_layers=2, decoder_layers=2, heads=2,
                        kernel_size=3, variance_kernel_size=3, postnet_layers=3, dropout=0.0, modality_dropout=0.3,
-                       contrastive_temperature=0.1)
+                       contrastive_temperature=0.1, alignment_prior=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +103,10 @@ def test_token_dropout_regularises_the_token_level_modules_only():
     def rates(module):
         return {m.p for m in module.modules() if isinstance(m, nn.Dropout)}
 
-    model = AcousticModel(replace(tiny_config(20), dropout=0.0, token_dropout=0.2), torch.zeros(80), torch.ones(80))
+    model = AcousticModel(tiny_config(20).model_copy(update={"dropout": 0.0, "token_dropout": 0.2}), torch.zeros(80), torch.ones(80))
     assert rates(model.text) == rates(model.variance) == {0.2}
     assert rates(model.decoder) == rates(model.reference) == {0.0}
-    same = AcousticModel(replace(tiny_config(20), dropout=0.1), torch.zeros(80), torch.ones(80))  # None: as dropout
+    same = AcousticModel(tiny_config(20).model_copy(update={"dropout": 0.1}), torch.zeros(80), torch.ones(80))  # None: as dropout
     assert rates(same.text) == rates(same.variance) == rates(same.decoder) == {0.1}
     # in training mode it changes the token states; in eval mode synthesis is deterministic
     tokens, lengths = torch.tensor([[3, 4, 5, 6]]), torch.tensor([4])

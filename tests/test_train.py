@@ -16,10 +16,10 @@ from polyvox.workspace import Workspace
 
 import corpora
 from conftest import REPO
+from tiny_project import TINY_TRAINING
 from stages import params_for, run_stages
 
-TINY = ["train.init_from=null", "model.channels=32", "model.text_layers=1", "model.decoder_layers=1", "model.postnet_layers=2",
-        "train.batch_size=2", "train.warmup_steps=2", "train.validate_every=2", "train.checkpoint_every=2",
+TINY = [*TINY_TRAINING, "train.validate_every=2", "train.checkpoint_every=2",
         # a schedule that does not depend on max_steps: the resume tests grow max_steps between runs
         "train.lr_schedule=inverse_sqrt"]
 
@@ -277,7 +277,8 @@ def test_images_reach_the_batches_and_train_the_image_encoder(featured, tmp_path
 
 
 def test_lr_schedules_warm_up_then_decay(params):
-    from polyvox.train.trainer import LR_FLOOR, lr_factor
+    from polyvox.train.loop import LR_FLOOR
+    from polyvox.train.trainer import lr_factor
 
     cosine = params.train.model_copy(update={"lr_schedule": "cosine", "warmup_steps": 10, "max_steps": 110})
     factor = lr_factor(cosine)
@@ -313,7 +314,7 @@ class FakeClock:
 
 def test_auto_steps_spend_the_minutes_and_a_resume_keeps_the_plan(featured, tmp_path, monkeypatch):
     from polyvox.train import trainer
-    from polyvox.train.trainer import LR_FLOOR
+    from polyvox.train.loop import LR_FLOOR
 
     monkeypatch.setattr(trainer, "time", FakeClock())
     params, ws = featured

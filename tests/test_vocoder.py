@@ -10,13 +10,14 @@ import torch
 
 from polyvox.signal.mel import log_mel
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos, load_vocoder
-from polyvox.train.vocoder import Clips, VocoderLoss, VocoderTrainSettings, train_vocoder, vocoder_config
+from polyvox.config import VocoderSection
+from polyvox.train.vocoder import Clips, VocoderLoss, train_vocoder, vocoder_config
 from polyvox.workspace import Workspace
 
 import corpora
 from stages import params_for, run_stages
 
-TINY = VocoderTrainSettings(channels=32, layers=2, intermediate=96, segment_frames=32, batch_size=4, lr=2e-3,
+TINY = VocoderSection(channels=32, layers=2, intermediate=96, segment_frames=32, batch_size=4, lr=2e-3,
                             max_steps=10, max_minutes=10.0, checkpoint_every=5, validate_every=5, grad_clip=1.0)
 
 
@@ -95,7 +96,7 @@ def test_segments_are_deterministic_and_aligned(featured, params):
 def test_tiny_vocoder_learns(featured, tmp_path):
     params, ws = featured
     target = _copy_features(ws, tmp_path / "learn")
-    settings = replace(TINY, max_steps=150, validate_every=150, checkpoint_every=150)
+    settings = TINY.model_copy(update=dict(max_steps=150, validate_every=150, checkpoint_every=150))
     clips = Clips(target, "train", params.audio)
     loss = VocoderLoss(params.audio)
     probe = [clips.segments(10**6 + i, 8, settings.segment_frames, seed=99) for i in range(2)]
@@ -145,7 +146,7 @@ def test_exact_resume_after_a_kill(featured, tmp_path, monkeypatch):
 def test_load_vocoder_round_trip(featured, tmp_path):
     params, ws = featured
     target = _copy_features(ws, tmp_path / "load")
-    train_vocoder(params, target, "v", replace(TINY, max_steps=3, validate_every=3))
+    train_vocoder(params, target, "v", TINY.model_copy(update=dict(max_steps=3, validate_every=3)))
     folder = target.models / "v"
     described = json.loads((folder / "vocoder.json").read_text())
     assert described["audio"] == params.audio.model_dump() and described["model"]["channels"] == TINY.channels
@@ -166,7 +167,7 @@ def test_load_vocoder_round_trip(featured, tmp_path):
 def test_time_bound_stops_and_checkpoints(featured, tmp_path):
     params, ws = featured
     target = _copy_features(ws, tmp_path / "timed")
-    result = train_vocoder(params, target, "t", replace(TINY, max_steps=10_000, max_minutes=1e-6))
+    result = train_vocoder(params, target, "t", TINY.model_copy(update=dict(max_steps=10_000, max_minutes=1e-6)))
     assert result.stopped_by == "time" and result.steps < 10_000
     assert torch.load(target.models / "t/last.pt", weights_only=True)["step"] == result.steps
 
@@ -175,7 +176,7 @@ def test_time_bound_stops_and_checkpoints(featured, tmp_path):
 def test_gpu_training_steps(featured, tmp_path):
     params, ws = featured
     target = _copy_features(ws, tmp_path / "gpu")
-    result = train_vocoder(params, target, "g", replace(TINY, max_steps=4))
+    result = train_vocoder(params, target, "g", TINY.model_copy(update=dict(max_steps=4)))
     assert result.device.startswith("cuda") and result.best_val_mel is not None
     assert load_vocoder(target.models / "g", "cuda").synthesize(torch.zeros(params.audio.n_mels, 5)).is_cuda
 

@@ -7,6 +7,19 @@ from pathlib import Path
 
 import yaml
 
+# The one tiny model of the test suite: the sizes every test that trains uses (model.* and vocoder.*).
+TINY_MODEL = {"channels": 32, "text_layers": 1, "decoder_layers": 1, "postnet_layers": 2}
+TINY_VOCODER = {"channels": 16, "layers": 1, "intermediate": 32, "batch_size": 2}
+
+
+def as_overrides(section: str, values: dict) -> list[str]:
+    """``{"channels": 32}`` → ``["model.channels=32"]`` (``-S`` overrides)."""
+    return [f"{section}.{key}={value}" for key, value in values.items()]
+
+
+# A member trained from scratch in a few cheap steps (the warm-up ends before them).
+TINY_TRAINING = [*as_overrides("model", TINY_MODEL), "train.init_from=null", "train.batch_size=2", "train.warmup_steps=2"]
+
 
 def tiny_params(params_file: Path) -> dict:
     params = yaml.safe_load(params_file.read_text())
@@ -16,10 +29,10 @@ def tiny_params(params_file: Path) -> dict:
     # takes a voice (checked 2026-12-02; it also did for the six voices params.yaml once had).
     params["seed"] = 11
     params["demo"]["utterances_per_speaker"] = 2
-    params["model"].update(channels=32, text_layers=1, decoder_layers=1, postnet_layers=2)
+    params["model"].update(TINY_MODEL)
     params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
     params["pretrain"].update(max_steps=2)
-    params["vocoder"].update(channels=16, layers=1, intermediate=32, max_steps=2, batch_size=2)
+    params["vocoder"].update(TINY_VOCODER, max_steps=2)
     params["features"]["splits"].update(val=0.25, test=0.25)
     params["ensemble"].update(fit_utterances=2, fit_steps=20)
     params["evaluate"].update(max_utterances=2, rtf_sentences=1, report_samples=1, centroid_takes=2,

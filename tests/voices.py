@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import string
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: s
     symbols = Vocabulary([*string.ascii_lowercase, "|", ",", ".", "?", "!", "'", "-"]).symbols
     cfg = ModelConfig(vocab_size=len(symbols), n_mels=params.audio.n_mels, channels=channels, text_layers=1,
                       decoder_layers=1, heads=2, kernel_size=3, variance_kernel_size=3, postnet_layers=2, dropout=0.0,
-                      modality_dropout=0.0, contrastive_temperature=0.1, phone_positions=phone_positions,
+                      modality_dropout=0.0, contrastive_temperature=0.1, alignment_prior=0.0, phone_positions=phone_positions,
                       teacher_input=teacher_voice is not None)
     torch.manual_seed(seed)
     model = AcousticModel(cfg, torch.full((cfg.n_mels,), -5.0), torch.full((cfg.n_mels,), 2.0))
@@ -39,7 +38,7 @@ def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: s
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, folder / "best.pt")
     torch.save({name: torch.randn(channels) for name in SPEAKERS}, folder / "speakers.pt")
-    meta = {"member": folder.name, "seed": seed, "conditioning": conditioning, "model": asdict(cfg), "init_from": None,
+    meta = {"member": folder.name, "seed": seed, "conditioning": conditioning, "model": cfg.model_dump(), "init_from": None,
             "symbols": symbols, "speakers": list(SPEAKERS), "audio": params.audio.model_dump(),
             "image_size": params.features.image_size, "text": {"language": "en-us", "phonemizer": "graphemes"}, "teacher": None}
     if teacher_voice is not None:

@@ -31,8 +31,8 @@ class Analysis:
     f0: np.ndarray  # (frames,) Hz, 0 where unvoiced
 
 
-def analyse(signal: np.ndarray, rate: int, f0_min: float = 65.0, f0_max: float = 600.0, sample_rate: int = 22050,
-            n_fft: int = 1024, hop: int = 256, n_mels: int = 80, f0_resolution: float = 0.1) -> Analysis:
+def analyse(signal: np.ndarray, rate: int, f0_min: float, f0_max: float, f0_resolution: float, sample_rate: int = 22050,
+            n_fft: int = 1024, hop: int = 256, n_mels: int = 80) -> Analysis:
     """Mel cepstra and F0 on one frame grid, after resampling to ``sample_rate`` and trimming silence."""
     import librosa
     import scipy.fft

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from polyvox.config import AudioConfig
 from polyvox.evaluate import metrics as m
 from polyvox.judges import Judge
 from polyvox.judges.dnsmos import dnsmos
@@ -34,9 +35,7 @@ class ScoreItem:
     audio: str  # path of the WAV/FLAC to score
     text: str = ""
     real: str | None = None
-    f0_min: float = 65.0
-    f0_max: float = 600.0
-    f0_resolution: float = 0.1  # semitones (audio.f0_resolution)
+    pitch: AudioConfig | None = None  # its f0_min, f0_max and f0_resolution track the pitch of "synthesis"
     judge: Judge | None = None  # the ASR for "real" and "synthesis"
 
 
@@ -65,8 +64,10 @@ def score(item: ScoreItem) -> dict:
                     "ps_cer": ps.cer})
     if item.kind == "synthesis" and item.real is not None:
         real, real_rate = _read(item.real)
-        ours = m.analyse(signal, rate, item.f0_min, item.f0_max, f0_resolution=item.f0_resolution)
-        theirs = m.analyse(real, real_rate, item.f0_min, item.f0_max, f0_resolution=item.f0_resolution)
+        if item.pitch is None:
+            raise ValueError(f"{item.audio}: a 'synthesis' item needs the audio settings its pitch is tracked with")
+        f0 = (item.pitch.f0_min, item.pitch.f0_max, item.pitch.f0_resolution)
+        ours, theirs = m.analyse(signal, rate, *f0), m.analyse(real, real_rate, *f0)
         path = m.dtw_path(theirs, ours)
         f0 = m.log_f0_rmse(theirs, ours, path)
         out.update({"mcd_db": m.mel_cepstral_distortion(theirs, ours, path),

@@ -164,8 +164,7 @@ def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple
     index = index.merge(pd.read_parquet(workspace.clean_manifest)[["id", "audio"]], on="id", how="left")
     centroid_rows = pd.concat([index[(index["speaker"] == s) & (index["split"] == "train")].head(cfg.centroid_takes)
                                for s in speakers])
-    settings = {"f0_min": params.audio.f0_min, "f0_max": params.audio.f0_max,
-                "f0_resolution": params.audio.f0_resolution, "judge": Judge.from_params(params)}
+    settings = {"pitch": params.audio, "judge": Judge.from_params(params)}
     items = [ScoreItem("centroid", str(workspace.clean / a)) for a in centroid_rows["audio"]]
     keys = [("centroid", r.speaker, r.id) for r in centroid_rows.itertuples()]
     for row in rows.itertuples():

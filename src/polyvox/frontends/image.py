@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 
-def image_tensor(path: Path, size: int) -> np.ndarray:
-    """(3, size, size) float32 in [0, 1]."""
+def image_tensor(path: Path | BinaryIO, size: int) -> np.ndarray:
+    """(3, size, size) float32 in [0, 1], from a file or its bytes (an upload)."""
     from PIL import Image
 
     with Image.open(path) as image:

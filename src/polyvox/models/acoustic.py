@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from polyvox.config import ModelSection
 from polyvox.models.decoder import MelDecoder
 from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
 from polyvox.models.layers import sequence_mask
@@ -28,23 +30,12 @@ from polyvox.models.variance import (POSITION_FEATURES, VarianceAdaptor, frame_t
                                      regulate_length, token_average, token_spans)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    n_mels: int
-    channels: int
-    text_layers: int
-    decoder_layers: int
-    heads: int
-    kernel_size: int
-    variance_kernel_size: int
-    postnet_layers: int
-    dropout: float
-    modality_dropout: float
-    contrastive_temperature: float
-    alignment_prior: float = 0.0  # weight of the beta-binomial prior in the alignment search (0: none)
-    phone_positions: bool = False  # decoder input gets each frame's position inside its phone
-    token_dropout: float | None = None  # dropout of the token-level modules (text encoder, variance adaptor); None: dropout
+class ModelConfig(ModelSection):
+    """The acoustic model's hyperparameters: the ``model`` section of params.yaml (one member's, with
+    its variant) and what the data fixes. model.json stores it; a synthesiser rebuilds the model from it."""
+
+    vocab_size: int = Field(ge=2)
+    n_mels: int = Field(ge=8)
     teacher_input: bool = False  # the decoder also reads a teacher voice's rendering of the text
 
 

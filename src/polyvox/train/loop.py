@@ -1,13 +1,30 @@
-"""Pieces both trainers (acoustic model, vocoder) share: one optimiser step, the resumable training
-state, and atomic checkpoints."""
+"""The training loop both trainers (acoustic model, vocoder) run: the done.json contract of a
+resumable run (:func:`run_once`), its bookkeeping (:class:`Session`: exact resume, metrics log,
+best/last checkpoints, time bound), one optimiser step, the learning-rate schedules and the
+train/validation split. A trainer owns only its model, its batches and its losses."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import pandas as pd
 import torch
 
-from polyvox.fileio import atomic_path
+from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.fingerprint import read_stamp
+from polyvox.workspace import Workspace
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def optimise(loss: torch.Tensor, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
@@ -48,3 +65,128 @@ def restore_training_state(path: Path, device: torch.device, model: torch.nn.Mod
     if amp and state.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(state["rng_cuda"])
     return int(state["step"]), state[best_key]
+
+
+# The schedules: the rate rises linearly over the warm-up, then decays along a cosine to LR_FLOOR of
+# its peak (not zero: the last steps still learn), or as the inverse square root of the step.
+LR_FLOOR = 0.05
+
+
+def warmup_cosine(warmup: int, max_steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then a cosine from the peak down to ``LR_FLOOR`` of it at ``max_steps``."""
+    warmup = max(1, min(warmup, max_steps - 1))
+
+    def factor(step: int) -> float:
+        if step + 1 < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
+        return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def held_out(workspace: Workspace, load: Callable[[str], T]) -> tuple[T, T]:
+    """(training data, validation data) of a run: ``load("train")``, ``load("val")``. A corpus too
+    small to hold out prompts (features.splits.val) validates on its training data, and says so."""
+    train = load("train")
+    if (pd.read_parquet(workspace.features_index, columns=["split"])["split"] == "val").any():
+        return train, load("val")
+    log.warning("%s: no validation utterances; best.pt is chosen on the training data", workspace.features_index)
+    return train, train
+
+
+def finished(out: Path, identity: str, bounds: str, files: tuple[str, ...]) -> dict | None:
+    """``out/done.json`` of a run that finished on exactly these inputs and bounds, with ``files`` in place."""
+    done = read_stamp(out / "done.json")
+    if done is None or not all((out / f).is_file() for f in files):
+        return None
+    return done if (done.get("identity"), done.get("bounds")) == (identity, bounds) else None
+
+
+def run_once(out: Path, identity: str, bounds: str, files: tuple[str, ...], resume: bool, label: str,
+             fit: Callable[[bool], R], result: Callable[..., R], stamp: bool = True) -> R:
+    """The contract of a resumable run into ``out``: ``done.json`` records the inputs (``identity``)
+    and the bounds of a run that finished. Called again on the same inputs it returns that run's
+    result and trains nothing; with only the bounds changed it resumes and trains on; on other
+    inputs (data, settings, code) it trains afresh. A run that did not finish resumes from last.pt.
+    ``fit(resume)`` trains; ``stamp`` is False on the ranks of a distributed run that write nothing."""
+    done = read_stamp(out / "done.json")
+    if done is not None and resume:
+        if finished(out, identity, bounds, files) is not None:
+            log.info("%s: already trained on these inputs; nothing to do", label)
+            return result(**done["result"])
+        if done.get("identity") != identity:
+            log.info("%s: the data, settings or code changed since the run in %s; training afresh", label, out)
+            resume = False
+    trained = fit(resume)
+    if stamp:
+        atomic_write_text(out / "done.json", json.dumps({"identity": identity, "bounds": bounds,
+                                                         "result": dataclasses.asdict(trained)}, indent=1))
+    return trained
+
+
+class Session:
+    """The bookkeeping of one run of a training loop into ``out``: the exact resume from last.pt,
+    the metrics log (metrics.csv), the best and last checkpoints and the time bound. The caller
+    owns the steps; only rank 0 (``write``) writes files."""
+
+    def __init__(self, out: Path, model: torch.nn.Module, optimiser, scheduler, scaler, *, device: torch.device,
+                 amp: bool, best_key: str, losses: tuple[str, ...], val_name: str, max_minutes: float,
+                 validate_every: int, checkpoint_every: int, resume: bool, write: bool = True,
+                 extra: Callable[[], dict] = dict):
+        self.out, self.write, self.extra = out, write, extra
+        self._objects = (model, optimiser, scheduler, scaler)
+        self.best_key, self.amp, self.losses = best_key, amp, losses
+        self.max_minutes, self.validate_every, self.checkpoint_every = max_minutes, validate_every, checkpoint_every
+        out.mkdir(parents=True, exist_ok=True)
+        self.start, self.best = 0, None
+        if resume and (out / "last.pt").is_file():
+            self.start, self.best = restore_training_state(out / "last.pt", device, *self._objects, best_key, amp)
+        self.metrics_path = out / "metrics.csv"
+        kept: list[list[str]] = []
+        if self.start > 0 and self.metrics_path.is_file():  # a killed run may have logged steps past last.pt's
+            with open(self.metrics_path, newline="") as handle:
+                kept = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= self.start]
+        self._metrics = open(self.metrics_path, "w", newline="") if write else None
+        self._writer = csv.writer(self._metrics) if self._metrics else None
+        if self._writer:
+            self._writer.writerows([["step", *losses, val_name, "lr", "seconds"], *kept])
+        self.began = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.began
+
+    def out_of_time(self) -> bool:
+        return self.elapsed() > self.max_minutes * 60
+
+    def validation_due(self, step: int, last: bool) -> bool:
+        return step % self.validate_every == 0 or last
+
+    def state(self, step: int) -> dict:
+        return {**training_state(*self._objects, step, self.best, self.best_key, self.amp), **self.extra()}
+
+    def keep_if_best(self, val: float, step: int) -> None:
+        if self.best is None or val < self.best:
+            self.best = val
+            if self.write:
+                save_checkpoint(self.out / "best.pt", self.state(step))
+
+    def record(self, step: int, losses: dict[str, torch.Tensor], val: float | None, last: bool) -> None:
+        """Log step ``step`` (done), then checkpoint it when due. The row goes out before the
+        checkpoint: a kill between the two leaves a row past last.pt's step, which the resume
+        drops and redoes; the other order would lose the row."""
+        if self._writer:
+            self._writer.writerow([step, *(f"{float(losses[n].detach()):.5f}" for n in self.losses),
+                                   "" if val is None else f"{val:.5f}", f"{self._objects[2].get_last_lr()[0]:.6g}",
+                                   f"{self.elapsed():.2f}"])
+            self._metrics.flush()  # readable while training runs (DVC plots, tail -f)
+        if self.write and (step % self.checkpoint_every == 0 or last):
+            save_checkpoint(self.out / "last.pt", self.state(step))
+
+    def finish(self, step: int, stopped_by: str) -> None:
+        """A run the clock stopped keeps its last step in last.pt (a run of all its steps saved it already)."""
+        if self.write and stopped_by == "time":
+            save_checkpoint(self.out / "last.pt", self.state(step))
+
+    def close(self) -> None:
+        if self._metrics:
+            self._metrics.close()

@@ -11,29 +11,27 @@ validation loss) and ``last.pt`` are kept apart. Checkpoints load with ``weights
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.distributed as dist
 
 from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fileio import atomic_write_text
-from polyvox.fingerprint import file_digest, fingerprint, read_stamp
+from polyvox.fingerprint import file_digest, fingerprint
 from polyvox.stages import STAGES
 from polyvox.frontends.teacher import TeacherSettings
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.progress import track
-from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
+from polyvox.train.loop import Session, finished, held_out, optimise, run_once, save_checkpoint, warmup_cosine
 from polyvox.tracking import stage_run
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
@@ -41,7 +39,6 @@ from polyvox.workspace import Workspace
 log = logging.getLogger(__name__)
 
 BASE = "base"  # train.init_from's name for models/base, the output of `polyvox pretrain`
-LR_FLOOR = 0.05  # the cosine schedule ends at this share of the peak rate, not at zero
 LOSS_NAMES = ("total", "mel", "prior", "duration", "pitch", "energy", "cross_modal")
 
 
@@ -161,18 +158,6 @@ def warmup_inverse_sqrt(warmup: int):
     return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
 
 
-def warmup_cosine(warmup: int, max_steps: int):
-    """Linear warm-up, then a cosine from the peak down to ``LR_FLOOR`` of it at ``max_steps``."""
-    warmup = max(1, min(warmup, max_steps - 1))
-
-    def factor(step: int) -> float:
-        if step + 1 < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
-        return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
 def lr_factor(cfg, total_steps: Callable[[], int | None] | None = None) -> Callable[[int], float]:
     """The multiplier of ``train.lr`` at each step, for ``train.lr_schedule``. ``total_steps`` gives
     the planned step count once it is known (``max_steps: auto``); until then (the timed start,
@@ -277,42 +262,26 @@ def training_fingerprint(params: Params, workspace: Workspace, member: str, seed
     return identity, fingerprint(params.train.model_dump(include=BOUNDS))
 
 
+FILES = ("last.pt", "model.json", "speakers.pt")  # what a finished run leaves (best.pt too, when it validated)
+
+
 def completed(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
               init_from: str | Path | None = None) -> dict | None:
     """``done.json`` of a finished run on exactly these inputs and bounds, with its outputs in place;
     None when :func:`train` would train."""
-    out = checkpoint_dir(workspace, member)
-    done = read_stamp(out / "done.json")
-    if done is None or not all((out / f).is_file() for f in ("last.pt", "model.json", "speakers.pt")):
-        return None
-    identity, bounds = training_fingerprint(params, workspace, member, seed, init_from)
-    return done if (done.get("identity"), done.get("bounds")) == (identity, bounds) else None
+    return finished(checkpoint_dir(workspace, member), *training_fingerprint(params, workspace, member, seed, init_from),
+                    FILES)
 
 
 def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
           resume: bool = True, init_from: str | Path | None = None) -> TrainResult:
-    """Train one ensemble member into ``models/<member>/``.
-
-    ``done.json`` records the inputs of a run that finished (by steps or by time). Called again on
-    the same inputs it returns that run's result and trains nothing; with only the bounds changed
-    (``max_steps``, ``max_minutes``) it resumes and trains on; on other inputs (new data, other
-    settings, other code) it trains afresh. A run that did not finish resumes from last.pt."""
-    out = checkpoint_dir(workspace, member)
+    """Train one ensemble member into ``models/<member>/``, a no-op when it is trained already
+    (:func:`polyvox.train.loop.run_once`: a change of bounds only resumes, of anything else trains afresh)."""
     identity, bounds = training_fingerprint(params, workspace, member, seed, init_from)
-    done = read_stamp(out / "done.json")
-    if done is not None and resume:
-        if completed(params, workspace, member, seed, init_from) is not None:
-            log.info("train %s: already trained on these inputs (data %s); nothing to do", member,
-                     workspace.data_version())
-            return TrainResult(**done["result"])
-        if done.get("identity") != identity:
-            log.info("train %s: the data, settings or code changed since the run in %s; training afresh", member, out)
-            resume = False
-    result = fit(params, workspace, member, seed, resume, init_from)[0]
-    if _distributed()[0] == 0:
-        atomic_write_text(out / "done.json", json.dumps({"identity": identity, "bounds": bounds,
-                                                         "result": asdict(result)}, indent=1))
-    return result
+    return run_once(checkpoint_dir(workspace, member), identity, bounds, FILES, resume,
+                    f"train {member} (data {workspace.data_version()})",
+                    lambda resume: fit(params, workspace, member, seed, resume, init_from)[0], TrainResult,
+                    stamp=_distributed()[0] == 0)
 
 
 def fit(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
@@ -333,12 +302,8 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     vocab, speakers = vocabulary_and_speakers(workspace)
     images = spec.conditioning == "audio+image"
     teachers = TeacherSettings.from_params(params)
-    train_corpus = Corpus(workspace, "train", vocab, speakers, images=images, teachers=teachers is not None)
-    if (pd.read_parquet(workspace.features_index, columns=["split"])["split"] == "val").any():
-        val_corpus = Corpus(workspace, "val", vocab, speakers, images=images, teachers=teachers is not None)
-    else:  # a corpus too small to hold out prompts (features.splits.val): say so, and select on training loss
-        log.warning("%s: no validation utterances; best.pt is chosen by the training-set loss", workspace.features_index)
-        val_corpus = train_corpus
+    train_corpus, val_corpus = held_out(workspace, lambda split: Corpus(workspace, split, vocab, speakers, images=images,
+                                                                        teachers=teachers is not None))
     model = AcousticModel(model_config(params, len(vocab), spec), *mel_statistics(workspace))
     out = checkpoint_dir(workspace, member)
     resuming = resume and (out / "last.pt").is_file()
@@ -357,21 +322,24 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
-    out.mkdir(parents=True, exist_ok=True)
-    start, best = 0, None
-    if resuming:
-        if plan["steps"] is None:  # keep the plan of the run being resumed (made on its timed start)
-            saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-            # None (killed before its plan was made) or spent already (the bounds grew): plan again
-            planned = saved.get("planned_steps")
-            plan["steps"] = int(planned) if planned and planned > int(saved["step"]) else None
-            trained_before = float(saved.get("trained_seconds") or 0.0)
-            del saved
-        start, best = restore_training_state(out / "last.pt", device, model, optimiser, scheduler, scaler, "best_val_loss", amp)
+    if resuming and plan["steps"] is None:  # keep the plan of the run being resumed (made on its timed start)
+        saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        # None (killed before its plan was made) or spent already (the bounds grew): plan again
+        planned = saved.get("planned_steps")
+        plan["steps"] = int(planned) if planned and planned > int(saved["step"]) else None
+        trained_before = float(saved.get("trained_seconds") or 0.0)
+        del saved
+    session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_loss",
+                      losses=LOSS_NAMES, val_name="val_loss", max_minutes=cfg.max_minutes,
+                      validate_every=cfg.validate_every, checkpoint_every=cfg.checkpoint_every, resume=resuming,
+                      write=rank == 0, extra=lambda: {"planned_steps": plan["steps"],
+                                                      "trained_seconds": trained_before + session.elapsed()})
+    start = session.start
+    if start:
         log.info("resuming %s from step %d", member, start)
     if rank == 0:
         atomic_write_text(out / "model.json", json.dumps({
-            "member": member, "seed": seed, "conditioning": spec.conditioning, "model": asdict(model.cfg),
+            "member": member, "seed": seed, "conditioning": spec.conditioning, "model": model.cfg.model_dump(),
             "init_from": None if init_from is None else str(init_from),
             # which base, by content (a copy of the checkpoint it started from has the same hash)
             "init_sha256": init_identity(workspace, init_from), "symbols": vocab.symbols,
@@ -381,38 +349,19 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             "teacher": teachers.to_dict() if teachers is not None else None},
             indent=1, ensure_ascii=False) + "\n")
 
-    def checkpoint(step: int) -> dict:
-        return {**training_state(model, optimiser, scheduler, scaler, step, best, "best_val_loss", amp),
-                "planned_steps": plan["steps"], "trained_seconds": trained_before + time.monotonic() - began}
-
-    metrics_path = out / "metrics.csv"
-    header = ["step", *LOSS_NAMES, "val_loss", "lr", "seconds"]
-    kept: list[list[str]] = []
-    if start > 0 and metrics_path.is_file():  # a killed run may have logged steps past its last checkpoint
-        kept = [row for row in list(csv.reader(open(metrics_path, newline="")))[1:] if row and int(row[0]) <= start]
-    metrics = open(metrics_path, "w", newline="") if rank == 0 else None
-    writer = csv.writer(metrics) if metrics else None
-    if writer:
-        writer.writerows([header, *kept])
-
     tracker = stage_run("pretrain" if member == BASE else "train", params, workspace,
                         {"member": member, "data_version": data_version(workspace), "resumed_from_step": str(start),
                          "warm_start": str(init_from) if warm else ""}, name=f"train-{member}") if rank == 0 else None
-    began = time.monotonic()
     stopped_by, step = "steps", start
     status = "FAILED"
 
     validation_seconds = [0.0]  # the last validation pass's
 
     def validate_and_keep(done: int) -> float:
-        nonlocal best
         started = time.monotonic()
         val = validation_loss(model, val_corpus, cfg.batch_size, device, seed)
         validation_seconds[0] = time.monotonic() - started
-        if best is None or val < best:
-            best = val
-            if rank == 0:
-                save_checkpoint(out / "best.pt", checkpoint(done))
+        session.keep_if_best(val, done)
         return val
 
     def run_step(step: int, validate: bool) -> int:
@@ -423,16 +372,8 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
         done = step + 1
         last = done == plan["steps"]
-        val = validate_and_keep(done) if validate or done % cfg.validate_every == 0 or last else None
-        # The step's row goes out before its checkpoint: a kill between the two leaves a row past
-        # last.pt's step, which the resume drops and redoes; the other order would lose the row.
-        if writer:
-            writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
-                             "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
-                             f"{time.monotonic() - began:.2f}"])
-            metrics.flush()  # readable while training runs (DVC plots, tail -f)
-        if rank == 0 and (done % cfg.checkpoint_every == 0 or last):
-            save_checkpoint(out / "last.pt", checkpoint(done))
+        val = validate_and_keep(done) if validate or session.validation_due(done, last) else None
+        session.record(done, losses, val, last)
         if tracker:
             tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES}
                             | {"lr": scheduler.get_last_lr()[0]} | ({} if val is None else {"val_loss": val}), done)
@@ -441,11 +382,10 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         if val is not None and rank == 0:
             log.info("%s step %d: train loss %.4f (mel %.4f), val loss %.4f, %.2f s/step", member, done,
                      float(losses["total"].detach()), float(losses["mel"].detach()), val,
-                     (time.monotonic() - began) / (done - start))
+                     session.elapsed() / (done - start))
         return done
 
-    def out_of_time() -> bool:
-        return time.monotonic() - began > cfg.max_minutes * 60
+    out_of_time = session.out_of_time
 
     auto = not isinstance(cfg.max_steps, int)
 
@@ -471,7 +411,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                 stopped_by = "time"
             else:
                 pace = statistics.mean(timed[min(3, len(timed) - 1):])
-                plan["steps"] = agreed(plan_steps(step, trained_before + time.monotonic() - began, pace,
+                plan["steps"] = agreed(plan_steps(step, trained_before + session.elapsed(), pace,
                                                   validation_seconds[0], cfg.max_minutes, cfg.validate_every))
                 log.info("train %s: %.3f s/step and %.1f s a validation pass here; %d steps fit train.max_minutes %g",
                          member, pace, validation_seconds[0], plan["steps"], cfg.max_minutes)
@@ -496,27 +436,25 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                 # may be busier or freer than during the timed start, and the schedule should end
                 # with the budget, not past it or well before it.
                 pace = (time.monotonic() - paced_from[1]) / (step - paced_from[0])
-                replanned = agreed(plan_steps(step, trained_before + time.monotonic() - began, pace, 0.0,
+                replanned = agreed(plan_steps(step, trained_before + session.elapsed(), pace, 0.0,
                                               cfg.max_minutes, cfg.validate_every))
                 if abs(replanned - plan["steps"]) > max(1, plan["steps"] // 100):
                     log.info("train %s: %.3f s/step so far; %d steps fit train.max_minutes %g (planned %d)",
                              member, pace, replanned, cfg.max_minutes, plan["steps"])
                     plan["steps"] = replanned
-        if rank == 0 and stopped_by == "time":
-            save_checkpoint(out / "last.pt", checkpoint(step))
+        session.finish(step, stopped_by)
         status = "FINISHED"
     finally:
-        if metrics:
-            metrics.close()
+        session.close()
         if tracker:
             if status == "FINISHED":
-                tracker.artifacts([out / "model.json", metrics_path])
+                tracker.artifacts([out / "model.json", session.metrics_path])
             tracker.end(status)
-    seconds = time.monotonic() - began
+    seconds = session.elapsed()
     if rank == 0:
         save_checkpoint(out / "speakers.pt", speaker_embeddings(model, train_corpus, cfg.batch_size, device, seed, speakers))
     result = TrainResult(
-        member=member, steps=step, best_val_loss=best, last_checkpoint=str(out / "last.pt"),
+        member=member, steps=step, best_val_loss=session.best, last_checkpoint=str(out / "last.pt"),
         best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),
         world_size=world, seconds=seconds, stopped_by=stopped_by, seconds_per_step=seconds / max(1, step - start),
         planned_steps=plan["steps"], precision=precision,

@@ -18,11 +18,8 @@ step (exact resume), ``best.pt`` the lowest validation mel L1. Checkpoints load 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,16 +29,16 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from polyvox.config import AudioConfig, Params
+from polyvox.config import AudioConfig, Params, VocoderSection
 from polyvox.fileio import load_arrays
 from polyvox.signal.mel import MEL_FLOOR, mel_transform
 from polyvox.fileio import atomic_write_text
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 from polyvox.progress import track
-from polyvox.train.loop import optimise, restore_training_state, save_checkpoint, training_state
+from polyvox.train.loop import Session, finished, held_out, optimise, run_once, warmup_cosine
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
-from polyvox.fingerprint import fingerprint, read_stamp
+from polyvox.fingerprint import fingerprint
 from polyvox.stages import STAGES
 from polyvox.tracking import tracked
 
@@ -50,26 +47,8 @@ log = logging.getLogger(__name__)
 # (n_fft, hop) of the STFT loss, window = n_fft: the resolutions of Parallel WaveGAN's multi-resolution loss,
 # scaled to 22.05 kHz; short windows see transients, long ones harmonics.
 RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
-LR_FLOOR = 0.05  # the cosine decay ends at this share of the peak rate, not at zero
 VALIDATION_CLIPS = 32  # the first utterances of the val split, whole: a fixed set, comparable across validations
 LOSS_NAMES = ("total", "mel", "spectral_convergence", "log_magnitude")
-
-
-@dataclass(frozen=True)
-class VocoderTrainSettings:
-    """The ``vocoder:`` section of params.yaml (model size and training), as one value."""
-
-    channels: int
-    layers: int
-    intermediate: int
-    segment_frames: int  # frames of mel (and their audio) per training segment
-    batch_size: int
-    lr: float
-    max_steps: int
-    max_minutes: float
-    checkpoint_every: int
-    validate_every: int
-    grad_clip: float
 
 
 @dataclass(frozen=True)
@@ -90,7 +69,7 @@ class VocoderResult:
                 f"stopped by {self.stopped_by}); best val mel L1 {best}")
 
 
-def vocoder_config(audio: AudioConfig, settings: VocoderTrainSettings) -> VocoderConfig:
+def vocoder_config(audio: AudioConfig, settings: VocoderSection) -> VocoderConfig:
     """The vocoder inverts the analysis STFT of ``features``: same n_fft, hop and window."""
     return VocoderConfig(n_mels=audio.n_mels, n_fft=audio.n_fft, hop_length=audio.hop_length,
                          win_length=audio.win_length, channels=settings.channels, layers=settings.layers,
@@ -189,10 +168,6 @@ class VocoderLoss(nn.Module):
         return losses
 
 
-def cosine_decay(max_steps: int):
-    return lambda step: LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(step, max_steps) / max_steps))
-
-
 @torch.no_grad()
 def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: torch.device) -> float:
     """Mean log-mel L1 over the first :data:`VALIDATION_CLIPS` utterances, each rendered whole."""
@@ -212,97 +187,68 @@ BOUNDS = {"max_steps", "max_minutes", "checkpoint_every", "validate_every"}  # h
 
 
 def vocoder_fingerprints(params: Params, workspace: Workspace,
-                         cfg: VocoderTrainSettings | None = None) -> tuple[str, str]:
+                         cfg: VocoderSection | None = None) -> tuple[str, str]:
     """(what the vocoder learns from, how long it trains); ``cfg`` defaults to params.yaml's ``vocoder``."""
-    cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
-    settings = asdict(cfg)
+    cfg = params.vocoder if cfg is None else cfg
+    settings = cfg.model_dump()
     stage = STAGES["train-vocoder"]
     shaping = stage.settings(params) | {"vocoder": {k: v for k, v in settings.items() if k not in BOUNDS}}
     identity = fingerprint(workspace.data_version(), stage.identity(params, shaping))
     return identity, fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
 
 
+FILES = ("last.pt", "vocoder.json")  # what a finished run leaves (best.pt too, when it validated)
+
+
 def vocoder_completed(params: Params, workspace: Workspace, name: str = "vocoder",
-                      cfg: VocoderTrainSettings | None = None) -> dict | None:
+                      cfg: VocoderSection | None = None) -> dict | None:
     """``done.json`` of a finished vocoder run on exactly these inputs and bounds, with its outputs in
     place; None when :func:`train_vocoder` would train."""
-    cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
-    out = workspace.models / name
-    done = read_stamp(out / "done.json")
-    if done is None or not all((out / f).is_file() for f in ("last.pt", "vocoder.json")):
-        return None
-    return done if (done.get("identity"), done.get("bounds")) == vocoder_fingerprints(params, workspace, cfg) else None
+    return finished(workspace.models / name, *vocoder_fingerprints(params, workspace, cfg), FILES)
 
 
 @tracked("train-vocoder", lambda ws: ws.features_index)
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
-                  cfg: VocoderTrainSettings | None = None, resume: bool = True) -> VocoderResult:
+                  cfg: VocoderSection | None = None, resume: bool = True) -> VocoderResult:
     """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,
     ``metrics.csv``); load it with :func:`polyvox.models.neural_vocoder.load_vocoder`. ``cfg`` defaults
     to params.yaml's ``vocoder`` section.
 
-    Like the acoustic trainer: ``done.json`` makes a rerun on the same inputs a no-op, a change of
-    bounds only resumes, any other change (data, settings, code) trains afresh."""
-    cfg = VocoderTrainSettings(**params.vocoder.model_dump()) if cfg is None else cfg
-    out = workspace.models / name
-    identity, bounds = vocoder_fingerprints(params, workspace, cfg)
-    done = read_stamp(out / "done.json")
-    if done is not None and resume:
-        if vocoder_completed(params, workspace, name, cfg) is not None:
-            log.info("vocoder %s: already trained on these inputs; nothing to do", name)
-            return VocoderResult(**done["result"])
-        if done.get("identity") != identity:
-            log.info("vocoder %s: the data, settings or code changed since the run in %s; training afresh", name, out)
-            resume = False
-    result = _fit(params, workspace, name, cfg, resume)
-    atomic_write_text(out / "done.json", json.dumps({"identity": identity, "bounds": bounds,
-                                                     "result": asdict(result)}, indent=1))
-    return result
+    Like the acoustic trainer (:func:`polyvox.train.loop.run_once`): a rerun on the same inputs is a
+    no-op, a change of bounds only resumes, any other change (data, settings, code) trains afresh."""
+    cfg = params.vocoder if cfg is None else cfg
+    return run_once(workspace.models / name, *vocoder_fingerprints(params, workspace, cfg), FILES, resume,
+                    f"vocoder {name}", lambda resume: _fit(params, workspace, name, cfg, resume), VocoderResult)
 
 
-def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderTrainSettings, resume: bool) -> VocoderResult:
+def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, resume: bool) -> VocoderResult:
     seed = params.seed
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
 
-    train_clips = Clips(workspace, "train", params.audio)
-    if (pd.read_parquet(workspace.features_index, columns=["split"])["split"] == "val").any():
-        val_clips = Clips(workspace, "val", params.audio)
-    else:
-        log.warning("%s: no validation utterances; best.pt is chosen on training clips", workspace.features_index)
-        val_clips = train_clips
+    train_clips, val_clips = held_out(workspace, lambda split: Clips(workspace, split, params.audio))
     model = Vocos(vocoder_config(params.audio, cfg)).to(device)
     loss_fn = VocoderLoss(params.audio).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.9), weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_decay(cfg.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(0, cfg.max_steps))
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     out = workspace.models / name
-    out.mkdir(parents=True, exist_ok=True)
-    start, best = 0, None
-    if resume and (out / "last.pt").is_file():
-        start, best = restore_training_state(out / "last.pt", device, model, optimiser, scheduler, scaler, "best_val_mel", amp)
+    session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_mel",
+                      losses=LOSS_NAMES, val_name="val_mel", max_minutes=cfg.max_minutes,
+                      validate_every=cfg.validate_every, checkpoint_every=cfg.checkpoint_every, resume=resume)
+    start = step = session.start
+    if start:
         log.info("resuming vocoder %s from step %d", name, start)
     atomic_write_text(out / "vocoder.json", json.dumps({
         "name": name, "seed": seed, "model": asdict(model.cfg), "audio": params.audio.model_dump(),
-        "train": asdict(cfg)}, indent=1) + "\n")
+        "train": cfg.model_dump()}, indent=1) + "\n")
 
-    def checkpoint(step: int) -> dict:
-        return training_state(model, optimiser, scheduler, scaler, step, best, "best_val_mel", amp)
-
-    metrics_path = out / "metrics.csv"
-    kept: list[list[str]] = []
-    if start > 0 and metrics_path.is_file():  # a killed run may have logged steps past its last checkpoint
-        with open(metrics_path, newline="") as handle:
-            kept = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= start]
-    began = time.monotonic()
-    stopped_by, step = "steps", start
-    with open(metrics_path, "w", newline="") as metrics:
-        writer = csv.writer(metrics)
-        writer.writerows([["step", *LOSS_NAMES, "val_mel", "lr", "seconds"], *kept])
+    stopped_by = "steps"
+    try:
         for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train vocoder {name}", log):
-            if time.monotonic() - began > cfg.max_minutes * 60:
+            if session.out_of_time():
                 stopped_by = "time"
                 break
             mel, wave = (t.to(device) for t in train_clips.segments(step, cfg.batch_size, cfg.segment_frames, seed))
@@ -311,28 +257,22 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderTrainSetti
             losses = loss_fn(predicted, wave)
             optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
 
-            done = step + 1
+            done, last = step + 1, step + 1 == cfg.max_steps
             val = None
-            if done % cfg.validate_every == 0 or done == cfg.max_steps:
+            if session.validation_due(done, last):
                 val = validation_mel_l1(model, val_clips, loss_fn, device)
-                if best is None or val < best:
-                    best = val
-                    save_checkpoint(out / "best.pt", checkpoint(done))
+                session.keep_if_best(val, done)
                 log.info("vocoder %s step %d: train loss %.4f (mel %.4f), val mel L1 %.4f, %.3f s/step", name, done,
                          float(losses["total"].detach()), float(losses["mel"].detach()), val,
-                         (time.monotonic() - began) / (done - start))
-            if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-                save_checkpoint(out / "last.pt", checkpoint(done))
-            writer.writerow([done, *(f"{float(losses[n].detach()):.5f}" for n in LOSS_NAMES),
-                             "" if val is None else f"{val:.5f}", f"{scheduler.get_last_lr()[0]:.6g}",
-                             f"{time.monotonic() - began:.2f}"])
-            metrics.flush()  # readable while training runs (DVC plots, tail -f)
+                         session.elapsed() / (done - start))
+            session.record(done, losses, val, last)
             step = done
-    if stopped_by == "time":
-        save_checkpoint(out / "last.pt", checkpoint(step))
-    seconds = time.monotonic() - began
+        session.finish(step, stopped_by)
+    finally:
+        session.close()
+    seconds = session.elapsed()
     result = VocoderResult(
-        name=name, steps=step, best_val_mel=best, last_checkpoint=str(out / "last.pt"),
+        name=name, steps=step, best_val_mel=session.best, last_checkpoint=str(out / "last.pt"),
         best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),
         seconds=seconds, stopped_by=stopped_by, seconds_per_step=seconds / max(1, step - start),
     )
