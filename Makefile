@@ -36,7 +36,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 # The whole pipeline on the demo corpus, through the Prefect flow, with params.yaml as it is: the
 # recipe there (two teacher voices, one compact member trained for train.max_minutes) is sized for
-# ~30 minutes on a 2-core CPU, and it is the same voice `dvc repro` and the nightly deployment train.
+# a 2-core CPU (benchmarks/README.md has the run's minutes), and it is the same voice `dvc repro`
+# and the nightly deployment train.
 demo: setup
 	$(BIN)/polyvox run
 	@$(BIN)/python scripts/demo_summary.py

@@ -76,6 +76,19 @@ def test_health_voices_and_metrics(service):
     assert 'polyvox_bundle_info{data_version="test",version="1"} 1.0' in metrics
 
 
+def test_metrics_count_every_response_by_route_not_by_path(service):
+    _, url = service
+    for index in range(30):  # paths a client makes up: one label between them, not one each
+        assert httpx.get(f"{url}/made-up/{index}").status_code == 404
+    assert httpx.post(f"{url}/synthesize", data={"text": "hello", "speaker": "nobody"}).status_code == 422
+    assert httpx.post(f"{url}/synthesize", data={}).status_code == 422  # no text: FastAPI's own validation
+    metrics = httpx.get(f"{url}/metrics").text
+    series = [line for line in metrics.splitlines() if line.startswith("polyvox_requests_total{")]
+    assert 'polyvox_requests_total{endpoint="unmatched",status="404"} 30.0' in series, series
+    assert not any("made-up" in line for line in series), series
+    assert any(line.startswith('polyvox_requests_total{endpoint="synthesize",status="422"}') for line in series), series
+
+
 def test_synthesize_returns_wav_for_each_conditioning(service, kathleen_files):
     _, url = service
     short, rate = _wav(httpx.post(f"{url}/synthesize", data={"text": "Hello there.", "speaker": "alice"}, timeout=60))

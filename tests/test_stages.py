@@ -92,6 +92,7 @@ def test_specs_name_real_params_commands_and_code():
     for name, spec in STAGES.items():
         assert set(spec.params) <= keys, (name, set(spec.params) - keys)
         assert spec.command.split()[1] in commands, spec.command
+        assert callable(spec.function()), name  # the stage function the CLI, the flow and DVC run
         settings = spec.settings(params)
         assert set(settings) == {k.partition(".")[0] for k in spec.params}, name
         assert all((REPO / d).exists() for d in spec.dvc_deps() if d.startswith("src/")), name

@@ -22,6 +22,7 @@ from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.engines import SynthesisError
 from polyvox.corpus.schema import CorpusError
 from polyvox.runtime import VoiceError
+from polyvox.stages import STAGES
 from polyvox.fileio import OutputNotWritten
 from polyvox.lock import WorkspaceBusy, workspace_lock
 from polyvox.registry.store import RegistryError
@@ -73,10 +74,11 @@ def _load(params: Path, overrides: list[str] | None) -> Params:
     return load_params(params, overrides or [])
 
 
-def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides: list[str] | None) -> T:
+def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides: list[str] | None,
+               command: str | None = None) -> T:
     """Load params, run one stage function in the current directory, holding it (one writer per
     workspace); user errors exit cleanly."""
-    command = "polyvox " + sys._getframe(1).f_code.co_name.replace("_", "-")  # the command function calling
+    command = command or "polyvox " + sys._getframe(1).f_code.co_name.replace("_", "-")  # the command function calling
     try:
         loaded = _load(params, overrides)
         workspace = Workspace.here()
@@ -84,6 +86,18 @@ def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides:
             return stage(loaded, workspace)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+def _stage_command(name: str) -> None:
+    """Register ``polyvox <name>`` for a stage that takes nothing but params: its spec's function on
+    the params file, its summary printed, its spec's ``about`` as the help."""
+    spec = STAGES[name]
+
+    def command(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
+        typer.echo(_run_stage(spec.function(), params, set_, spec.command).summary())
+
+    command.__doc__ = spec.about
+    app.command(name)(command)
 
 
 def _fail(exc: Exception) -> NoReturn:
@@ -133,31 +147,8 @@ def validate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
         typer.echo(f"Data Docs: {result.data_docs}")
 
 
-@app.command()
-def clean(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
-    """Clean accepted rows: resample, downmix, trim, loudness-normalise; spoken-form text and phonemes."""
-    from polyvox.clean.stage import clean as run_clean
-
-    result = _run_stage(run_clean, params, set_)
-    typer.echo(result.summary())
-
-
-@app.command()
-def features(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
-    """Compute log-mel, F0, energy and image tensors, speaker statistics and leakage-free splits."""
-    from polyvox.features.stage import features as run_features
-
-    result = _run_stage(run_features, params, set_)
-    typer.echo(result.summary())
-
-
-@app.command()
-def pretrain(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
-    """Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or copied from pretrain.source."""
-    from polyvox.train.pretrain import pretrain as run_pretrain
-
-    result = _run_stage(run_pretrain, params, set_)
-    typer.echo(result.summary())
+for _name in ("clean", "features", "pretrain"):
+    _stage_command(_name)
 
 
 @app.command()
@@ -196,22 +187,8 @@ def train_vocoder(
     typer.echo(result.summary())
 
 
-@app.command()
-def ensemble(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
-    """Combine the trained members into models/candidate (kept only if it beats its best member on validation)."""
-    from polyvox.ensemble.stage import ensemble as run_ensemble
-
-    result = _run_stage(run_ensemble, params, set_)
-    typer.echo(result.summary())
-
-
-@app.command()
-def evaluate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
-    """Score the candidate, the champion (if any) and the real takes on the test split; write reports/evaluate/."""
-    from polyvox.evaluate.stage import evaluate as run_evaluate
-
-    result = _run_stage(run_evaluate, params, set_)
-    typer.echo(result.summary())
+for _name in ("ensemble", "evaluate"):
+    _stage_command(_name)
 
 
 @app.command()
@@ -241,7 +218,7 @@ def rollback(
 
 @app.command()
 def serve(
-    bundle: Annotated[Optional[Path], typer.Option(help="Bundle to serve (default: serve.bundle, the champion).")] = None,
+    bundle: Annotated[Optional[Path], typer.Option(help="Bundle to serve (default: models/champion, the champion).")] = None,
     host: Annotated[Optional[str], typer.Option(help="Interface (default: serve.host, 127.0.0.1).")] = None,
     port: Annotated[Optional[int], typer.Option(help="Port (default: serve.port).")] = None,
     params: ParamsOption = DEFAULT_PARAMS_FILE,
@@ -254,7 +231,7 @@ def serve(
         loaded = _load(params, set_)
     except USER_ERRORS as exc:
         _fail(exc)
-    folder = bundle or Workspace.here().resolve(loaded.serve.bundle)
+    folder = bundle or Workspace.here().champion
     if not (folder / "bundle.json").is_file():
         _fail(ConfigError(f"{folder}: no serving bundle; run the pipeline and `polyvox promote` first"))
     run_serve(folder, loaded.serve, host=host, port=port)
@@ -279,9 +256,9 @@ def synth(
     from polyvox.fileio import atomic_path
 
     try:
-        loaded = _load(params, set_)
+        _load(params, set_)  # a broken params file or override is refused here too
         ws = Workspace.here()
-        folder = voice or next((f for f in (ws.resolve(loaded.serve.bundle), ws.candidate)
+        folder = voice or next((f for f in (ws.champion, ws.candidate)
                                 if (f / "voice.json").is_file()), None)
         if folder is None:
             raise ConfigError("no voice to speak with: no champion bundle and no models/candidate; pass --voice")

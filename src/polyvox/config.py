@@ -299,7 +299,6 @@ class ServeSection(_Section):
 
     host: str
     port: int = Field(ge=0, le=65535)
-    bundle: Path  # the bundle served (models/champion, kept current by promote and rollback)
     max_text_chars: int = Field(ge=1)
     max_upload_mb: float = Field(gt=0)
     reload_seconds: float = Field(gt=0)

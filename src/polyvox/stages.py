@@ -16,6 +16,8 @@ file that a new import pulls in.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -32,10 +34,15 @@ class Stage:
     deps: tuple[str, ...] = ()  # the data it reads (workspace paths)
     outs: tuple[str, ...] = ()  # what it writes: DVC outs, metrics and plots alike
     cmd: str | None = None  # the CLI command, when it is not `polyvox <name>`
+    about: str = ""  # one line: what it does (the CLI's help)
 
     @property
     def command(self) -> str:
         return self.cmd or f"polyvox {self.name}"
+
+    def function(self) -> Callable:
+        """What the stage runs: ``<module>.<name>`` (``-`` as ``_``), a function of (params, workspace)."""
+        return getattr(importlib.import_module(self.module), self.name.replace("-", "_"))
 
     @cached_property
     def code(self) -> tuple[str, ...]:
@@ -82,14 +89,18 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("validate", "evaluate.asr", "evaluate.whisper_model", "clean.language"),
           deps=("data/raw",), outs=("data/validated",)),
     Stage("clean", "polyvox.clean.stage", ("audio.sample_rate", "audio.win_length", "audio.hop_length", "clean"),
-          deps=("data/raw", "data/validated/accepted.parquet"), outs=("data/clean",)),
+          deps=("data/raw", "data/validated/accepted.parquet"), outs=("data/clean",),
+          about="Clean accepted rows: resample, downmix, trim, loudness-normalise; spoken-form text and phonemes."),
     Stage("features", "polyvox.features.stage",
           # the teacher rendering (features.teacher_voice) is cleaned as a corpus take is
           ("seed", "audio", "features", "clean.trim_top_db", "clean.loudness_lufs"),
-          deps=("data/raw", "data/clean"), outs=("data/features",)),
+          deps=("data/raw", "data/clean"), outs=("data/features",),
+          about="Compute log-mel, F0, energy and image tensors, speaker statistics and leakage-free splits."),
     Stage("pretrain", "polyvox.train.pretrain",
           ("seed", "demo", "audio", "model", "pretrain", *(f"train.{k}" for k in PRETRAIN_TRAIN_KEYS)),
-          deps=("data/features",), outs=("models/base",)),
+          deps=("data/features",), outs=("models/base",),
+          about="Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or "
+                "copied from pretrain.source."),
     Stage("train", "polyvox.train.trainer", ("seed", "audio", "model", "train"),
           deps=("data/features", "models/base"), cmd="polyvox train --member ${item.name}",
           outs=tuple(f"models/${{item.name}}/{f}" for f in ("best.pt", "last.pt", "model.json", "speakers.pt",
@@ -100,12 +111,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("ensemble", "polyvox.ensemble.stage",
           ("seed", "ensemble", "evaluate.centroid_takes", "evaluate.asr", "evaluate.whisper_model", "clean.language"),
           deps=("data/clean", "data/features", "models/vocoder/best.pt"),
-          outs=("models/candidate", "reports/ensemble.csv", "reports/ensemble.json")),
+          outs=("models/candidate", "reports/ensemble.csv", "reports/ensemble.json"),
+          about="Combine the trained members into models/candidate (kept only if it beats its best member on "
+                "validation)."),
     Stage("evaluate", "polyvox.evaluate.stage",
           ("seed", "audio.f0_min", "audio.f0_max", "audio.f0_resolution", "clean.language", "evaluate"),
           deps=("data/clean", "data/features", "models/candidate"),
           outs=("reports/evaluate/audio", "reports/evaluate/plots", "reports/evaluate/report.html",
-                "reports/evaluate/metrics.json", "reports/evaluate/per_utterance.csv")),
+                "reports/evaluate/metrics.json", "reports/evaluate/per_utterance.csv"),
+          about="Score the candidate, the champion (if any) and the real takes on the test split; write "
+                "reports/evaluate/."),
     Stage("promote", "polyvox.registry.stage", ("registry", "promote"),
           deps=("models/candidate", "reports/evaluate/metrics.json"), outs=("reports/promote.json",)),
 )}

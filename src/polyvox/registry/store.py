@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from polyvox.fileio import replace_folder
+from polyvox.runtime.bundle import BundleMeta
 from polyvox.tracking import client_and_experiment, flatten, pipeline_run
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,7 @@ class Registry:
         try:
             fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging),
                                                                tracking_uri=self.uri))
-            stamp = fetched / "bundle.json"
-            meta = json.loads(stamp.read_text(encoding="utf-8"))
-            meta["version"] = str(version)
-            stamp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+            BundleMeta.read(fetched).model_copy(update={"version": str(version)}).write(fetched)
             fetched.chmod(0o755)
             replace_folder(fetched, target)
         finally:

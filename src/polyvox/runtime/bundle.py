@@ -18,8 +18,55 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from polyvox.config import AudioConfig
+from polyvox.fileio import atomic_write_text
+from polyvox.models.meta import MemberMeta, TextFrontEnd
 
 FORMAT = 1
+
+
+class BundleMeta(BaseModel):
+    """``bundle.json``: what a serving bundle is, as one typed value (piper's ``PiperConfig`` in spirit)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")  # a newer polyvox may add keys; they are kept
+
+    format: int
+    registered_model: str
+    version: str | None  # the registry's version; None until promote registers the bundle
+    data_version: str
+    git_commit: str
+    created: str
+    text: TextFrontEnd
+    audio: AudioConfig
+    speakers: list[str]
+    onnx: bool
+    summary: dict[str, Any]  # the candidate's figures in the evaluation
+    decision: dict[str, Any]  # the gate's: promoted, rules
+
+    @classmethod
+    def read(cls, folder: Path) -> "BundleMeta":
+        path = Path(folder) / "bundle.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: no bundle.json — not a serving bundle (promote a candidate first)")
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: unreadable: {exc}") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else None
+            raise ValueError(f"{path}: bundle format {found!r}, this polyvox reads {FORMAT}")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            raise ValueError(f"{path}: not a bundle's metadata ({problems})") from None
+
+    def write(self, folder: Path) -> None:
+        atomic_write_text(Path(folder) / "bundle.json", json.dumps(self.model_dump(mode="json"), indent=1) + "\n")
 
 
 def _asr(metrics: dict) -> str:
@@ -101,29 +148,21 @@ def build_bundle(candidate: Path, metrics: dict, decision: dict, data_version: s
 
         export_voice(Voice.load(candidate), target / "onnx")
     voice = json.loads((candidate / "voice.json").read_text(encoding="utf-8"))
-    first = next(iter(sorted((candidate / "members").iterdir())))
-    member = json.loads((first / "model.json").read_text(encoding="utf-8"))
-    meta = {"format": FORMAT, "registered_model": model_name, "version": None, "data_version": data_version,
-            "git_commit": git_commit, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "text": member["text"], "audio": member["audio"], "speakers": metrics.get("speakers", []),
-            "onnx": export_onnx, "summary": metrics["systems"]["candidate"], "decision": {"promoted": decision["promoted"],
-                                                                     "rules": decision["rules"]}}
-    (target / "bundle.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    member = MemberMeta.read(next(iter(sorted((candidate / "members").iterdir()))))
+    BundleMeta(format=FORMAT, registered_model=model_name, version=None, data_version=data_version,
+               git_commit=git_commit, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), text=member.text,
+               audio=member.audio, speakers=metrics.get("speakers", []), onnx=export_onnx,
+               summary=metrics["systems"]["candidate"],
+               decision={"promoted": decision["promoted"], "rules": decision["rules"]}).write(target)
     (target / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-    (target / "MODEL_CARD.md").write_text(model_card({**voice, "language": member["text"]["language"]}, metrics,
+    (target / "MODEL_CARD.md").write_text(model_card({**voice, "language": member.text.language}, metrics,
                                                      decision, data_version, git_commit), encoding="utf-8")
     return target
 
 
 def load_bundle(folder: Path):
-    """The bundle's voice and its ``bundle.json``; safe loaders only, no training code, no MLflow."""
+    """The bundle's voice and its :class:`BundleMeta`; safe loaders only, no training code, no MLflow."""
     from polyvox.runtime.voice import Voice
 
-    folder = Path(folder)
-    meta_path = folder / "bundle.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder}: no bundle.json — not a serving bundle (promote a candidate first)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path}: bundle format {meta.get('format')!r}, this polyvox reads {FORMAT}")
-    return Voice.load(folder), meta
+    meta = BundleMeta.read(folder)
+    return Voice.load(Path(folder)), meta

@@ -7,15 +7,14 @@ front-end (normalisation + phonemes) that ``clean`` used for training.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from polyvox.config import AudioConfig
-from polyvox.models.acoustic import AcousticModel, ModelConfig
+from polyvox.models.acoustic import AcousticModel
+from polyvox.models.meta import MemberMeta
 from polyvox.models.symbols import Vocabulary
 from polyvox.signal.griffin_lim import griffin_lim
 from polyvox.text.normalize import normalize_text
@@ -26,25 +25,25 @@ class Synthesizer:
     """``vocoder``: None for Griffin-Lim, or a trained neural vocoder's folder (``polyvox train-vocoder``)."""
 
     def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu", vocoder: Path | str | None = None):
-        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        meta = MemberMeta.read(folder)
         path = folder / f"{checkpoint}.pt"
         if not path.is_file():
             path = folder / "last.pt"
         self.checkpoint_path = path
         state = torch.load(path, map_location=device, weights_only=True)
-        self.audio = AudioConfig(**meta["audio"])
-        self.vocab = Vocabulary(meta["symbols"])
-        self.text_frontend = meta["text"]
-        self.image_size = int(meta["image_size"])
-        self.conditioning = meta.get("conditioning", "audio+image")
+        self.audio = meta.audio
+        self.vocab = Vocabulary(meta.symbols)
+        self.text_frontend = meta.text.model_dump()
+        self.image_size = meta.image_size
+        self.conditioning = meta.conditioning
         self.teacher = None  # the teacher voice that reads each text for a model with teacher input
-        if meta.get("teacher"):
+        if meta.teacher:
             from polyvox.engines import resolve_voices
             from polyvox.frontends.teacher import TeacherSettings
 
-            self.teacher = TeacherSettings.from_dict(meta["teacher"])
+            self.teacher = TeacherSettings.from_dict(meta.teacher)
             resolve_voices([self.teacher.voice])  # its engine is installed here, or an error that names the package
-        cfg = ModelConfig(**meta["model"])
+        cfg = meta.model
         self.model = AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
         self.model.load_state_dict(state["model"])
         self.model.eval()

@@ -12,6 +12,9 @@ a message, never a 5xx: empty or too long text (422/413), an unknown speaker (42
 large (413) or not decodable as audio/an image (415), a missing or wrong bearer token (401) when
 ``POLYVOX_TOKEN`` is set. Long text is split into sentences; ``stream=true`` sends each sentence's
 audio as soon as it is synthesised (a WAV with an open-ended header).
+
+What a request may be is decided in :mod:`polyvox.serve.request` (no web framework there); this
+module reads bodies, renders (one path for whole and streamed responses) and counts.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import hmac
 import io
 import logging
 import os
-import re
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,18 +38,13 @@ import torch
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import Match
 
 from polyvox.config import ServeSection
-from polyvox.runtime.bundle import load_bundle
+from polyvox.runtime.bundle import BundleMeta, load_bundle
+from polyvox.serve.request import RequestError, SynthesisRequest, parse
 
 log = logging.getLogger(__name__)
-
-SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/gif")
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in SENTENCE_END.split(text.strip()) if s.strip()]
 
 
 def wav_bytes(wave: np.ndarray, rate: int) -> bytes:
@@ -68,7 +66,7 @@ def pcm16(wave: np.ndarray) -> bytes:
 @dataclass
 class Loaded:
     voice: object
-    meta: dict
+    meta: BundleMeta
     stamp: str  # bundle.json's content: a new version or rebuild changes it
     onnx: object | None = None  # OnnxAcoustic when the bundle has ONNX graphs and the runtime is onnx
 
@@ -96,7 +94,7 @@ class VoiceHolder:
             return False
         voice, meta = load_bundle(self.folder)  # fully loaded before anyone sees it
         onnx = None
-        if self.runtime == "onnx" and meta.get("onnx") and voice.mode == "weighted":
+        if self.runtime == "onnx" and meta.onnx and voice.mode == "weighted":
             from polyvox.runtime.onnx import OnnxAcoustic
 
             onnx = OnnxAcoustic(voice, self.folder / "onnx", threads=torch.get_num_threads())
@@ -105,7 +103,7 @@ class VoiceHolder:
         with self._lock:
             self.current = Loaded(voice, meta, stamp, onnx)
             self.reloads += 1
-        log.info("serving %s version %s", self.folder, meta.get("version"))
+        log.info("serving %s version %s", self.folder, meta.version)
         return True
 
     def get(self) -> Loaded:
@@ -115,33 +113,82 @@ class VoiceHolder:
             return self.current
 
 
+class ServiceMetrics:
+    """Every figure /metrics exports, in one place: each response counted once, by route and status
+    (the middleware), synthesis time and audio seconds (the renderer), the bundle served (reloads)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("polyvox_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("polyvox_synthesis_seconds", "Time to synthesise one sentence", registry=self.registry,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.audio = Counter("polyvox_audio_seconds", "Seconds of audio synthesised", registry=self.registry)
+        self.version = Gauge("polyvox_bundle_info", "The bundle being served", ["version", "data_version"],
+                             registry=self.registry)
+        self.reloads = Gauge("polyvox_reloads", "Bundles loaded since start", registry=self.registry)
+
+    def response(self, endpoint: str, status: int) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+
+    def synthesised(self, seconds: float, audio_seconds: float) -> None:
+        self.latency.observe(seconds)
+        self.audio.inc(audio_seconds)
+
+    def serving(self, holder: VoiceHolder) -> None:
+        self.version.clear()
+        if holder.current is not None:
+            meta = holder.current.meta
+            self.version.labels(str(meta.version), str(meta.data_version)).set(1)
+        self.reloads.set(holder.reloads)
+
+    def exposition(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def render(loaded: Loaded, request: SynthesisRequest, pause_seconds: float, metrics: ServiceMetrics) -> Iterator[np.ndarray]:
+    """The audio of ``request``, sentence by sentence with the pause between them: what a whole
+    response concatenates and a streamed one sends as it comes."""
+    voice = loaded.voice
+    pause = np.zeros(int(pause_seconds * voice.sample_rate), dtype=np.float32)
+    for index, sentence in enumerate(request.sentences):
+        if index:
+            yield pause
+        started = time.perf_counter()
+        try:
+            with torch.no_grad():
+                if loaded.onnx is not None and request.by_name_only:
+                    wave, _ = loaded.onnx.synthesize(sentence, request.speaker)
+                else:
+                    wave, _ = voice.synthesize(sentence, speaker=request.speaker, reference_audio=request.reference,
+                                               image=request.picture)
+        except ValueError as exc:  # e.g. nothing pronounceable in the sentence
+            raise HTTPException(422, str(exc)) from None
+        metrics.synthesised(time.perf_counter() - started, len(wave) / voice.sample_rate)
+        yield wave
+
+
+def _route(app: FastAPI, scope) -> str:
+    """The route template a request matches (``synthesize``), never the raw path: a label per
+    route, however many paths clients make up."""
+    for route in app.router.routes:
+        if route.matches(scope)[0] == Match.FULL:
+            return getattr(route, "path", "").strip("/") or "root"
+    return "unmatched"
+
+
 def create_app(bundle: Path, settings: ServeSection, token: str | None = None, poll: bool = True) -> FastAPI:
     """The service over ``bundle``; ``token``: a bearer token required on POST (None: open)."""
     holder = VoiceHolder(Path(bundle), settings.runtime)
     holder.reload()
-    metrics = CollectorRegistry()
-    requests = Counter("polyvox_requests", "HTTP requests", ["endpoint", "status"], registry=metrics)
-    latency = Histogram("polyvox_synthesis_seconds", "Time to synthesise one request", registry=metrics,
-                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
-    audio_out = Counter("polyvox_audio_seconds", "Seconds of audio synthesised", registry=metrics)
-    version = Gauge("polyvox_bundle_info", "The bundle being served", ["version", "data_version"], registry=metrics)
-    reloads = Gauge("polyvox_reloads", "Bundles loaded since start", registry=metrics)
+    metrics = ServiceMetrics()
+    metrics.serving(holder)
     stop = threading.Event()
-
-    def refresh_info() -> None:
-        version.clear()
-        if holder.current is not None:
-            meta = holder.current.meta
-            version.labels(str(meta.get("version")), str(meta.get("data_version"))).set(1)
-        reloads.set(holder.reloads)
-
-    refresh_info()
 
     def poller() -> None:
         while not stop.wait(settings.reload_seconds):
             try:
                 if holder.reload():
-                    refresh_info()
+                    metrics.serving(holder)
             except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a half-written bundle: keep serving the old one
                 log.warning("bundle %s not reloaded: %s", bundle, exc)
 
@@ -158,63 +205,40 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     body_limit = int(2 * settings.max_upload_mb * 2**20 + 4 * settings.max_text_chars + 2**16)
 
     @app.middleware("http")
-    async def refuse_oversized_bodies(request, call_next):
+    async def limit_and_count(request, call_next):
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > body_limit):
-            requests.labels(request.url.path.strip("/") or "root", "413").inc()
-            return JSONResponse({"detail": f"request body of {declared} bytes is over the {body_limit}-byte limit "
-                                           f"(serve.max_upload_mb, serve.max_text_chars)"}, status_code=413)
-        return await call_next(request)
+            response = JSONResponse({"detail": f"request body of {declared} bytes is over the {body_limit}-byte limit "
+                                               f"(serve.max_upload_mb, serve.max_text_chars)"}, status_code=413)
+        else:
+            response = await call_next(request)
+        metrics.response(_route(app, request.scope), response.status_code)
+        return response
+
+    @app.exception_handler(RequestError)
+    async def refused(_request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:
             return
         expected = f"Bearer {token}"
         if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
-            requests.labels("synthesize", "401").inc()
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    def read_upload(upload: UploadFile | None, kind: str) -> bytes | None:
-        if upload is None:
-            return None
-        limit = int(settings.max_upload_mb * 2**20)
-        data = upload.file.read(limit + 1)
-        if len(data) > limit:
-            raise HTTPException(413, f"{kind} upload is larger than {settings.max_upload_mb} MB")
-        if not data:
-            raise HTTPException(422, f"{kind} upload is empty")
-        return data
-
-    def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-        try:
-            signal, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-            raise HTTPException(415, f"reference_audio is not audio soundfile can read (WAV, FLAC, OGG): {exc}") from None
-        if signal.shape[0] < rate // 10 or not np.isfinite(signal).all():
-            raise HTTPException(422, "reference_audio must hold at least 0.1 s of finite samples")
-        return signal.mean(axis=1), rate
-
-    def decode_image(data: bytes, size: int) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(data)) as picture:
-                picture = picture.convert("RGB").resize((size, size), Image.BICUBIC)
-                return np.asarray(picture, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise HTTPException(415, f"image is not a picture Pillow can read (PNG, JPEG, WebP): {exc}") from None
+    def read(upload: UploadFile | None) -> bytes | None:
+        """An upload's bytes, one past the limit at most (so that an oversized one shows)."""
+        return None if upload is None else upload.file.read(int(settings.max_upload_mb * 2**20) + 1)
 
     @app.get("/healthz")
     def healthz() -> dict:
         loaded = holder.current
-        requests.labels("healthz", "200").inc()
-        return {"status": "ok" if loaded else "no-voice", "version": loaded.meta.get("version") if loaded else None}
+        return {"status": "ok" if loaded else "no-voice", "version": loaded.meta.version if loaded else None}
 
     @app.get("/voices")
     def voices() -> dict:
         loaded = holder.get()
-        requests.labels("voices", "200").inc()
-        return {"version": loaded.meta.get("version"), "data_version": loaded.meta.get("data_version"),
+        return {"version": loaded.meta.version, "data_version": loaded.meta.data_version,
                 "runtime": "onnx" if loaded.onnx is not None else "torch",
                 "speakers": loaded.voice.speakers, "takes_image": loaded.voice.takes_images,
                 "takes_reference_audio": True, "sample_rate": loaded.voice.sample_rate,
@@ -222,13 +246,13 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
 
     @app.get("/metrics")
     def prometheus() -> Response:
-        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+        return metrics.exposition()
 
     @app.post("/reload", dependencies=[Depends(authorised)])
     def reload_now() -> dict:
         changed = holder.reload(force=True)
-        refresh_info()
-        return {"reloaded": changed, "version": holder.get().meta.get("version")}
+        metrics.serving(holder)
+        return {"reloaded": changed, "version": holder.get().meta.version}
 
     @app.post("/synthesize", dependencies=[Depends(authorised)],
               responses={200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV"}})
@@ -238,67 +262,22 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
                    reference_audio: Annotated[UploadFile | None, File()] = None,
                    image: Annotated[UploadFile | None, File()] = None) -> Response:
         loaded = holder.get()  # this request keeps this voice even if a reload happens meanwhile
-        voice = loaded.voice
-        if len(text) > settings.max_text_chars:
-            requests.labels("synthesize", "413").inc()
-            raise HTTPException(413, f"text is {len(text)} characters; the limit is {settings.max_text_chars}")
-        sentences = split_sentences(text)
-        if not sentences:
-            raise HTTPException(422, "text holds nothing to say")
-        for sentence in sentences:  # refuse before a stream starts, when a 4xx can still be sent
-            try:
-                voice.members[0].synthesizer.tokens(sentence)
-            except ValueError:
-                raise HTTPException(422, f"nothing pronounceable in the sentence {sentence[:80]!r}") from None
-        speaker = speaker or None
-        if speaker is not None and speaker not in voice.speakers:
-            requests.labels("synthesize", "422").inc()
-            raise HTTPException(422, f"unknown speaker {speaker!r}; known: {voice.speakers}")
-        audio_bytes = read_upload(reference_audio, "reference_audio")
-        reference = decode_audio(audio_bytes) if audio_bytes is not None else None
-        image_bytes = read_upload(image, "image")
-        if image_bytes is not None and not voice.takes_images:
-            raise HTTPException(422, "this voice takes no image conditioning")
-        picture = decode_image(image_bytes, voice.members[0].synthesizer.image_size) if image_bytes is not None else None
-        rate = voice.sample_rate
-        pause = np.zeros(int(settings.sentence_pause * rate), dtype=np.float32)
-
-        def render(sentence: str) -> np.ndarray:
-            started = time.perf_counter()
-            try:
-                with torch.no_grad():
-                    if loaded.onnx is not None and speaker is not None and reference is None and picture is None:
-                        wave, _ = loaded.onnx.synthesize(sentence, speaker)
-                    else:
-                        wave, _ = voice.synthesize(sentence, speaker=speaker, reference_audio=reference, image=picture)
-            except ValueError as exc:  # e.g. nothing pronounceable in the sentence
-                raise HTTPException(422, str(exc)) from None
-            latency.observe(time.perf_counter() - started)
-            audio_out.inc(len(wave) / rate)
-            return wave
-
-        if stream:
-            def chunks():
-                yield streaming_wav_header(rate)
-                for index, sentence in enumerate(sentences):
-                    if index:
-                        yield pcm16(pause)
-                    yield pcm16(render(sentence))
-
-            requests.labels("synthesize", "200").inc()
-            return StreamingResponse(chunks(), media_type="audio/wav",
-                                     headers={"X-Polyvox-Version": str(loaded.meta.get("version"))})
-        pieces = []
-        for index, sentence in enumerate(sentences):
-            if index:
-                pieces.append(pause)
-            pieces.append(render(sentence))
-        requests.labels("synthesize", "200").inc()
-        return Response(wav_bytes(np.concatenate(pieces), rate), media_type="audio/wav",
-                        headers={"X-Polyvox-Version": str(loaded.meta.get("version"))})
+        request = parse(loaded.voice, settings, text, speaker, stream, read(reference_audio), read(image))
+        rate = loaded.voice.sample_rate
+        headers = {"X-Polyvox-Version": str(loaded.meta.version)}
+        pieces = render(loaded, request, settings.sentence_pause, metrics)
+        if request.stream:
+            return StreamingResponse(_prepend(streaming_wav_header(rate), map(pcm16, pieces)), media_type="audio/wav",
+                                     headers=headers)
+        return Response(wav_bytes(np.concatenate(list(pieces)), rate), media_type="audio/wav", headers=headers)
 
     app.state.holder = holder
     return app
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
 
 
 def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: int | None = None) -> None:

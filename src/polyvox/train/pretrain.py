@@ -14,13 +14,13 @@ which is checked and copied in, and nothing is trained.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from polyvox.models.meta import MemberMeta
 from polyvox.config import ConfigError, MemberConfig, Params
 from polyvox.fingerprint import file_digest
 from polyvox.fileio import replace_folder
@@ -66,17 +66,17 @@ def teacher_workspace(params: Params, workspace: Workspace) -> Workspace:
     return workspace if params.prepare.corpus is None else Workspace(workspace.root / "pretrain")
 
 
-def check_base(folder: Path) -> dict:
+def check_base(folder: Path) -> MemberMeta:
     """The model.json of a base folder, or a ConfigError naming what is missing or unreadable."""
     missing = [name for name in BASE_FILES if not (folder / name).is_file()]
     if missing:
         raise ConfigError(f"pretrain.source: {folder} is not a trained base (missing {', '.join(missing)})")
     try:
-        meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"pretrain.source: {folder / 'model.json'} is unreadable: {exc}") from None
-    if meta.get("conditioning") != "audio+image":
-        raise ConfigError(f"pretrain.source: {folder} was trained with conditioning {meta.get('conditioning')!r}; "
+        meta = MemberMeta.read(folder)
+    except ValueError as exc:
+        raise ConfigError(f"pretrain.source: {exc}") from None
+    if meta.conditioning != "audio+image":
+        raise ConfigError(f"pretrain.source: {folder} was trained with conditioning {meta.conditioning!r}; "
                           "a base needs audio+image so that its fine-tunes keep the image path")
     return meta
 

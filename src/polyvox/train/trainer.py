@@ -11,7 +11,6 @@ validation loss) and ``last.pt`` are kept apart. Checkpoints load with ``weights
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,11 +24,11 @@ import torch
 import torch.distributed as dist
 
 from polyvox.config import ConfigError, MemberConfig, Params
-from polyvox.fileio import atomic_write_text
 from polyvox.fingerprint import file_digest, fingerprint
 from polyvox.stages import STAGES
 from polyvox.frontends.teacher import TeacherSettings
 from polyvox.models.acoustic import AcousticModel, ModelConfig
+from polyvox.models.meta import MemberMeta, TextFrontEnd
 from polyvox.progress import track
 from polyvox.train.loop import Session, finished, held_out, optimise, run_once, save_checkpoint, warmup_cosine
 from polyvox.tracking import stage_run
@@ -119,7 +118,7 @@ def warm_start(model: AcousticModel, symbols: list[str], source: Path) -> dict[s
         raise ConfigError(f"train.init_from: {source} holds no model.json with best.pt or last.pt")
     folder = checkpoint.parent
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
-    old_symbols = json.loads((folder / "model.json").read_text(encoding="utf-8"))["symbols"]
+    old_symbols = MemberMeta.read(folder).symbols
     own = model.state_dict()
     copied, skipped, shared = 0, 0, 0
     with torch.no_grad():
@@ -338,16 +337,11 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     if start:
         log.info("resuming %s from step %d", member, start)
     if rank == 0:
-        atomic_write_text(out / "model.json", json.dumps({
-            "member": member, "seed": seed, "conditioning": spec.conditioning, "model": model.cfg.model_dump(),
-            "init_from": None if init_from is None else str(init_from),
-            # which base, by content (a copy of the checkpoint it started from has the same hash)
-            "init_sha256": init_identity(workspace, init_from), "symbols": vocab.symbols,
-            "speakers": speakers, "audio": params.audio.model_dump(), "image_size": params.features.image_size,
-            "text": {"language": params.clean.language, "phonemizer": params.clean.phonemizer},
-            # what synthesis must render the same way (features.teacher_voice), or null
-            "teacher": teachers.to_dict() if teachers is not None else None},
-            indent=1, ensure_ascii=False) + "\n")
+        MemberMeta(member=member, seed=seed, conditioning=spec.conditioning, model=model.cfg,
+                   init_from=None if init_from is None else str(init_from), init_sha256=init_identity(workspace, init_from),
+                   symbols=vocab.symbols, speakers=speakers, audio=params.audio, image_size=params.features.image_size,
+                   text=TextFrontEnd(language=params.clean.language, phonemizer=params.clean.phonemizer),
+                   teacher=teachers.to_dict() if teachers is not None else None).write(out)
 
     tracker = stage_run("pretrain" if member == BASE else "train", params, workspace,
                         {"member": member, "data_version": data_version(workspace), "resumed_from_step": str(start),
