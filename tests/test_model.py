@@ -167,3 +167,11 @@ def test_griffin_lim_inverts_the_feature_analysis(kathleen_files):
     frames = min(mel.shape[1], again.shape[1])
     # Same spectral envelope back (log-mel L1 about 0.1 measured), far from another take's.
     assert np.abs(again[:, :frames] - mel[:, :frames]).mean() < 0.25
+
+
+def test_a_runaway_duration_is_capped():
+    from polyvox.models.acoustic import MAX_TOKEN_FRAMES
+
+    log_durations = torch.tensor([[0.5, 40.0, float("inf")]])  # e^40 frames: a broken prediction
+    durations = AcousticModel.durations(log_durations, torch.ones(1, 3))
+    assert durations.tolist() == [[1.0, MAX_TOKEN_FRAMES, MAX_TOKEN_FRAMES]]

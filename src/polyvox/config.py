@@ -304,6 +304,15 @@ class ServeSection(_Section):
     reload_seconds: float = Field(gt=0)
     sentence_pause: float = Field(ge=0)  # seconds of silence between sentences
     runtime: Literal["onnx", "torch"]  # onnx: the bundle's ONNX acoustic model for requests by speaker name
+    # What one request may cost: syntheses at once (the rest get 503 + Retry-After), sentences and
+    # phoneme tokens per sentence after normalisation, seconds of wall time, and the decoded size of
+    # uploads (a compressed file's header says how big it decodes before anything is decoded).
+    max_concurrent: int = Field(ge=1)
+    max_sentences: int = Field(ge=1)
+    max_sentence_tokens: int = Field(ge=1)
+    request_seconds: float = Field(gt=0)
+    max_reference_seconds: float = Field(gt=0)
+    max_image_pixels: int = Field(ge=1)
 
 
 class Params(_Section):

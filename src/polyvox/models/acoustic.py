@@ -39,6 +39,11 @@ class ModelConfig(ModelSection):
     teacher_input: bool = False  # the decoder also reads a teacher voice's rendering of the text
 
 
+# No phone of read speech lasts 1.5 s (128 frames at hop 256, 22.05 kHz): a longer predicted
+# duration is a broken prediction, and the frames it would add cost the decoder quadratically.
+MAX_TOKEN_FRAMES = 128
+
+
 @dataclass
 class Batch:
     """A training batch; frame-level tensors share the mel's frame grid."""
@@ -228,8 +233,9 @@ class AcousticModel(nn.Module):
 
     @staticmethod
     def durations(log_durations: torch.Tensor, token_mask: torch.Tensor, duration_scale: float = 1.0) -> torch.Tensor:
-        """Whole frames per token (at least one), (batch, tokens); 0 on padding."""
-        return torch.clamp(torch.round((torch.exp(log_durations) - 1) * duration_scale), min=1) * token_mask
+        """Whole frames per token (one to :data:`MAX_TOKEN_FRAMES`), (batch, tokens); 0 on padding."""
+        frames = torch.round((torch.exp(log_durations) - 1) * duration_scale)
+        return torch.clamp(frames, min=1, max=MAX_TOKEN_FRAMES) * token_mask
 
     @torch.no_grad()
     def decode(self, hidden: torch.Tensor, token_mask: torch.Tensor, durations: torch.Tensor,

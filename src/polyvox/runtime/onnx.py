@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polyvox.models.acoustic import AcousticModel, warp_teacher
+from polyvox.models.acoustic import MAX_TOKEN_FRAMES, AcousticModel, warp_teacher
 from polyvox.models.variance import POSITION_FEATURES, frame_tokens, phone_positions
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class OnnxAcoustic:
             embedding = member.synthesizer.speakers[speaker][None].cpu().numpy().astype(np.float32)
             encoded[member.name] = self.sessions[member.name][0].run(None, {"tokens": tokens, "embedding": embedding})
         log_durations = np.mean([outputs[1] for outputs in encoded.values()], axis=0)[0]
-        durations = np.maximum(np.round(np.exp(log_durations) - 1.0), 1).astype(np.int64)
+        durations = np.clip(np.round(np.exp(log_durations) - 1.0), 1, MAX_TOKEN_FRAMES).astype(np.int64)
         total = sum(m.weight for m in self.voice.members)
         positions = phone_positions(torch.from_numpy(durations)[None]).numpy() if self.placed else None
         mel = None

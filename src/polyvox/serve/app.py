@@ -35,9 +35,10 @@ from typing import Annotated
 import numpy as np
 import soundfile as sf
 import torch
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.background import BackgroundTask
 from starlette.routing import Match
 
 from polyvox.config import ServeSection
@@ -80,6 +81,8 @@ class VoiceHolder:
         self._lock = threading.Lock()
         self.current: Loaded | None = None
         self.reloads = 0
+        self.reload_error: str | None = None  # why the last reload failed; None once one succeeds
+        self.reload_failures = 0
 
     def _stamp(self) -> str | None:
         try:
@@ -106,6 +109,20 @@ class VoiceHolder:
         log.info("serving %s version %s", self.folder, meta.version)
         return True
 
+    def try_reload(self, force: bool = False) -> bool:
+        """:meth:`reload`, surviving any bundle: a half-written one, or an ONNX graph onnxruntime
+        refuses with its own error types. The old voice stays served; why the reload failed is kept
+        for /healthz and /metrics until one succeeds."""
+        try:
+            changed = self.reload(force)
+        except Exception as exc:  # noqa: BLE001 - recorded and reported, never swallowed
+            self.reload_failures += 1
+            self.reload_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.warning("bundle %s not reloaded (still serving the previous voice): %s", self.folder, self.reload_error)
+            return False
+        self.reload_error = None
+        return changed
+
     def get(self) -> Loaded:
         with self._lock:
             if self.current is None:
@@ -126,6 +143,10 @@ class ServiceMetrics:
         self.version = Gauge("polyvox_bundle_info", "The bundle being served", ["version", "data_version"],
                              registry=self.registry)
         self.reloads = Gauge("polyvox_reloads", "Bundles loaded since start", registry=self.registry)
+        self.reload_failures = Gauge("polyvox_reload_failures", "Reloads that failed since start (the old voice "
+                                     "is served meanwhile)", registry=self.registry)
+        self.busy = Counter("polyvox_refused_busy", "Syntheses refused with 503: every slot was taken",
+                            registry=self.registry)
 
     def response(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -140,17 +161,26 @@ class ServiceMetrics:
             meta = holder.current.meta
             self.version.labels(str(meta.version), str(meta.data_version)).set(1)
         self.reloads.set(holder.reloads)
+        self.reload_failures.set(holder.reload_failures)
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def render(loaded: Loaded, request: SynthesisRequest, pause_seconds: float, metrics: ServiceMetrics) -> Iterator[np.ndarray]:
+def render(loaded: Loaded, request: SynthesisRequest, pause_seconds: float, metrics: ServiceMetrics,
+           deadline: float) -> Iterator[np.ndarray]:
     """The audio of ``request``, sentence by sentence with the pause between them: what a whole
-    response concatenates and a streamed one sends as it comes."""
+    response concatenates and a streamed one sends as it comes. Past ``deadline`` (monotonic) no
+    sentence starts: a whole response is refused (503), a stream ends where it is."""
     voice = loaded.voice
     pause = np.zeros(int(pause_seconds * voice.sample_rate), dtype=np.float32)
     for index, sentence in enumerate(request.sentences):
+        if time.monotonic() > deadline:
+            log.warning("request over serve.request_seconds after %d of %d sentences", index, len(request.sentences))
+            if request.stream:
+                return
+            raise HTTPException(503, f"synthesis took longer than serve.request_seconds after {index} of "
+                                     f"{len(request.sentences)} sentences; send less text", headers={"Retry-After": "5"})
         if index:
             yield pause
         started = time.perf_counter()
@@ -165,6 +195,62 @@ def render(loaded: Loaded, request: SynthesisRequest, pause_seconds: float, metr
             raise HTTPException(422, str(exc)) from None
         metrics.synthesised(time.perf_counter() - started, len(wave) / voice.sample_rate)
         yield wave
+
+
+class Gate:
+    """The service's door, before FastAPI reads a byte: the bearer token of a protected route is
+    checked before its body; a body is counted as it arrives and refused past ``limit`` (a chunked
+    upload declares no length, and FastAPI would spool it whole before any check); every response
+    is counted once, by route template (``route_of``)."""
+
+    def __init__(self, app, *, limit: int, token: str | None, protected: tuple[str, ...], metrics: ServiceMetrics,
+                 route_of):
+        self.app, self.limit, self.token, self.protected = app, limit, token, protected
+        self.metrics, self.route_of = metrics, route_of
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def send_counted(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_counted)
+                return
+            received = 0
+
+            async def receive_counted():
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.limit:
+                        raise HTTPException(413, f"request body over the {self.limit}-byte limit "
+                                                 "(serve.max_upload_mb, serve.max_text_chars)")
+                return message
+
+            await self.app(scope, receive_counted, send_counted)
+        finally:
+            self.metrics.response(self.route_of(scope), status[0])
+
+    def _refusal(self, scope) -> Response | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token is not None and scope["method"] == "POST" and scope["path"] in self.protected:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return JSONResponse({"detail": f"request body of {declared} bytes is over the {self.limit}-byte limit "
+                                           f"(serve.max_upload_mb, serve.max_text_chars)"}, status_code=413)
+        return None
 
 
 def _route(app: FastAPI, scope) -> str:
@@ -186,11 +272,8 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
 
     def poller() -> None:
         while not stop.wait(settings.reload_seconds):
-            try:
-                if holder.reload():
-                    metrics.serving(holder)
-            except (OSError, ValueError, RuntimeError, KeyError) as exc:  # a half-written bundle: keep serving the old one
-                log.warning("bundle %s not reloaded: %s", bundle, exc)
+            holder.try_reload()
+            metrics.serving(holder)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -200,43 +283,30 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         stop.set()
 
     app = FastAPI(title="polyvox", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan)
-    # Two uploads at their limit, the text at its limit (4 bytes a character at most) and form overhead:
-    # a request declaring more is refused before its body is read (Starlette would spool it all first).
+    # Two uploads at their limit, the text at its limit (4 bytes a character at most) and form overhead.
     body_limit = int(2 * settings.max_upload_mb * 2**20 + 4 * settings.max_text_chars + 2**16)
-
-    @app.middleware("http")
-    async def limit_and_count(request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > body_limit):
-            response = JSONResponse({"detail": f"request body of {declared} bytes is over the {body_limit}-byte limit "
-                                               f"(serve.max_upload_mb, serve.max_text_chars)"}, status_code=413)
-        else:
-            response = await call_next(request)
-        metrics.response(_route(app, request.scope), response.status_code)
-        return response
+    app.add_middleware(Gate, limit=body_limit, token=token, protected=("/synthesize", "/reload"), metrics=metrics,
+                       route_of=lambda scope: _route(app, scope))
+    slots = threading.BoundedSemaphore(settings.max_concurrent)
 
     @app.exception_handler(RequestError)
     async def refused(_request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        expected = f"Bearer {token}"
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
     def read(upload: UploadFile | None) -> bytes | None:
         """An upload's bytes, one past the limit at most (so that an oversized one shows)."""
         return None if upload is None else upload.file.read(int(settings.max_upload_mb * 2**20) + 1)
 
+    # The cheap endpoints are async: they answer on the event loop, never queued behind syntheses
+    # in the thread pool.
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         loaded = holder.current
-        return {"status": "ok" if loaded else "no-voice", "version": loaded.meta.version if loaded else None}
+        return {"status": "ok" if loaded else "no-voice", "version": loaded.meta.version if loaded else None,
+                "reload_error": holder.reload_error}
 
     @app.get("/voices")
-    def voices() -> dict:
+    async def voices() -> dict:
         loaded = holder.get()
         return {"version": loaded.meta.version, "data_version": loaded.meta.data_version,
                 "runtime": "onnx" if loaded.onnx is not None else "torch",
@@ -245,31 +315,42 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
                 "max_text_chars": settings.max_text_chars}
 
     @app.get("/metrics")
-    def prometheus() -> Response:
+    async def prometheus() -> Response:
         return metrics.exposition()
 
-    @app.post("/reload", dependencies=[Depends(authorised)])
+    @app.post("/reload")
     def reload_now() -> dict:
-        changed = holder.reload(force=True)
+        changed = holder.try_reload(force=True)
         metrics.serving(holder)
+        if holder.reload_error is not None:
+            raise HTTPException(503, f"the bundle did not load: {holder.reload_error}")
         return {"reloaded": changed, "version": holder.get().meta.version}
 
-    @app.post("/synthesize", dependencies=[Depends(authorised)],
+    @app.post("/synthesize",
               responses={200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV"}})
     def synthesize(text: Annotated[str, Form(min_length=1)],
                    speaker: Annotated[str | None, Form()] = None,
                    stream: Annotated[bool, Form()] = False,
                    reference_audio: Annotated[UploadFile | None, File()] = None,
                    image: Annotated[UploadFile | None, File()] = None) -> Response:
+        deadline = time.monotonic() + settings.request_seconds
         loaded = holder.get()  # this request keeps this voice even if a reload happens meanwhile
         request = parse(loaded.voice, settings, text, speaker, stream, read(reference_audio), read(image))
+        if not slots.acquire(timeout=0.25):
+            metrics.busy.inc()
+            raise HTTPException(503, f"every synthesis slot is taken (serve.max_concurrent {settings.max_concurrent}); "
+                                     "retry shortly", headers={"Retry-After": "1"})
+        release = _once(slots.release)
         rate = loaded.voice.sample_rate
         headers = {"X-Polyvox-Version": str(loaded.meta.version)}
-        pieces = render(loaded, request, settings.sentence_pause, metrics)
-        if request.stream:
-            return StreamingResponse(_prepend(streaming_wav_header(rate), map(pcm16, pieces)), media_type="audio/wav",
-                                     headers=headers)
-        return Response(wav_bytes(np.concatenate(list(pieces)), rate), media_type="audio/wav", headers=headers)
+        pieces = render(loaded, request, settings.sentence_pause, metrics, deadline)
+        if request.stream:  # the slot is held until the stream ends or its client goes
+            return StreamingResponse(_released(_prepend(streaming_wav_header(rate), map(pcm16, pieces)), release),
+                                     media_type="audio/wav", headers=headers, background=BackgroundTask(release))
+        try:
+            return Response(wav_bytes(np.concatenate(list(pieces)), rate), media_type="audio/wav", headers=headers)
+        finally:
+            release()
 
     app.state.holder = holder
     return app
@@ -278,6 +359,24 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
+
+
+def _released(chunks: Iterator[bytes], release) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        release()
+
+
+def _once(function):
+    """``function`` made safe to call more than once (a slot released by the stream's end and by the
+    response's background task alike)."""
+    done = threading.Lock()
+
+    def call() -> None:
+        if done.acquire(blocking=False):
+            function()
+    return call
 
 
 def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: int | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,15 @@ import soundfile as sf
 from polyvox.config import ServeSection
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+# What the uploads may be. The rates span telephone to studio audio (a 1 Hz WAV would be resampled
+# 22050×); the image formats are the ones a person sends as a photo (not TIFF, DDS, ICO, PSD, ...).
+AUDIO_RATES = (8000, 192000)
+MAX_CHANNELS = 8
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+# What a decoder raises on bytes crafted to break it, beyond its own error types: none of them is the
+# service's fault, so each is the client's 415.
+DECODE_ERRORS = (OSError, ValueError, TypeError, SyntaxError, NotImplementedError, EOFError, MemoryError,
+                 RuntimeError, struct.error, IndexError, KeyError, ZeroDivisionError)
 
 
 class RequestError(ValueError):
@@ -54,25 +64,46 @@ def check_upload(data: bytes | None, kind: str, settings: ServeSection) -> bytes
     return data
 
 
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
+def decode_audio(data: bytes, settings: ServeSection) -> tuple[np.ndarray, int]:
+    """The upload's mono signal and rate; its header is checked before a sample is decoded."""
     try:
-        signal, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        info = sf.info(io.BytesIO(data))
+    except DECODE_ERRORS as exc:
         raise RequestError(415, f"reference_audio is not audio soundfile can read (WAV, FLAC, OGG): {exc}") from None
+    if not AUDIO_RATES[0] <= info.samplerate <= AUDIO_RATES[1] or not 1 <= info.channels <= MAX_CHANNELS:
+        raise RequestError(422, f"reference_audio: {info.samplerate} Hz, {info.channels} channel(s); expected "
+                                f"{AUDIO_RATES[0]}-{AUDIO_RATES[1]} Hz and 1-{MAX_CHANNELS} channels")
+    if info.frames > settings.max_reference_seconds * info.samplerate:
+        raise RequestError(413, f"reference_audio decodes to {info.frames / info.samplerate:.1f} s; the limit is "
+                                f"{settings.max_reference_seconds} s (serve.max_reference_seconds)")
+    try:
+        signal, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True, frames=info.frames)
+    except DECODE_ERRORS as exc:
+        raise RequestError(415, f"reference_audio does not decode: {exc}") from None
     if signal.shape[0] < rate // 10 or not np.isfinite(signal).all():
         raise RequestError(422, "reference_audio must hold at least 0.1 s of finite samples")
     return signal.mean(axis=1), rate
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def decode_image(data: bytes, size: int, settings: ServeSection) -> np.ndarray:
+    """The upload as the model's image tensor; its format and size are checked before it is decoded."""
+    from PIL import Image
 
-    from polyvox.frontends.image import image_tensor
+    from polyvox.frontends.image import picture_tensor
 
     try:
-        return image_tensor(io.BytesIO(data), size)  # the same front-end as training's images
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise RequestError(415, f"image is not a picture Pillow can read (PNG, JPEG, WebP): {exc}") from None
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as picture:  # reads the header only
+            width, height = picture.size
+            if width * height > settings.max_image_pixels:
+                raise RequestError(413, f"image is {width}×{height} pixels; the limit is {settings.max_image_pixels} "
+                                        "(serve.max_image_pixels)")
+            return picture_tensor(picture, size)  # the same front-end as training's images
+    except RequestError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"image is too large to decode: {exc}") from None
+    except DECODE_ERRORS as exc:
+        raise RequestError(415, f"image is not a picture in {', '.join(IMAGE_FORMATS)}: {exc}") from None
 
 
 def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream: bool,
@@ -84,12 +115,18 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
     sentences = split_sentences(text)
     if not sentences:
         raise RequestError(422, "text holds nothing to say")
+    if len(sentences) > settings.max_sentences:
+        raise RequestError(413, f"text has {len(sentences)} sentences; the limit is {settings.max_sentences}")
     front_end = voice.members[0].synthesizer
     for sentence in sentences:  # refused before a stream starts, while a 4xx can still be sent
         try:
-            front_end.tokens(sentence)
+            tokens = front_end.tokens(sentence)
         except ValueError:
             raise RequestError(422, f"nothing pronounceable in the sentence {sentence[:80]!r}") from None
+        count = tokens.shape[-1] if hasattr(tokens, "shape") else len(tokens)
+        if count > settings.max_sentence_tokens:  # normalisation can multiply text ("1999" → four words)
+            raise RequestError(413, f"the sentence {sentence[:40]!r}… is {count} phoneme tokens once normalised; the "
+                                    f"limit is {settings.max_sentence_tokens} (split it)")
     speaker = speaker or None
     if speaker is not None and speaker not in voice.speakers:
         raise RequestError(422, f"unknown speaker {speaker!r}; known: {voice.speakers}")
@@ -99,5 +136,5 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
         raise RequestError(422, "this voice takes no image conditioning")
     return SynthesisRequest(
         sentences=sentences, speaker=speaker, stream=stream,
-        reference=decode_audio(audio_bytes) if audio_bytes is not None else None,
-        picture=decode_image(image_bytes, front_end.image_size) if image_bytes is not None else None)
+        reference=decode_audio(audio_bytes, settings) if audio_bytes is not None else None,
+        picture=decode_image(image_bytes, front_end.image_size, settings) if image_bytes is not None else None)

@@ -1,0 +1,206 @@
+"""Hostile clients against a real uvicorn (issue 20): bodies that never declare their size, no token,
+decompression bombs, text that explodes when normalised, more clients than slots, and a bundle the
+runtime refuses. Each gets a 4xx or a 503 with a reason, never a 5xx, and the service stays up."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import time
+import urllib.parse
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from test_serve import _start
+from voices import make_bundle
+
+
+def _raw(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _reply(conn: socket.socket, until: bytes = b"\r\n\r\n") -> bytes:
+    reply = b""
+    while until not in reply and (chunk := conn.recv(4096)):
+        reply += chunk
+    return reply
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """A service with a token, small upload limits and one synthesis slot."""
+    root = tmp_path_factory.mktemp("guarded")
+    make_bundle(root / "models" / "champion", seed=1, version="1")
+    process, url = _start(root, "-S", "serve.max_upload_mb=0.25", "-S", "serve.max_concurrent=1",
+                          "-S", "serve.max_image_pixels=1000000", "-S", "serve.max_reference_seconds=5",
+                          # long pauses: a stream no one reads fills the socket and holds its slot
+                          "-S", "serve.sentence_pause=20",
+                          env={"POLYVOX_TOKEN": "s3cret"})
+    yield root, url, {"Authorization": "Bearer s3cret"}
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_no_token_is_refused_before_a_chunked_body_is_read(guarded):
+    _, url, _ = guarded
+    with socket.create_connection(_raw(url), timeout=10) as conn:
+        # a chunked upload (no Content-Length), of which only the first chunk is ever sent
+        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n10\r\n--b\r\n0123456789a\r\n")
+        reply = _reply(conn)
+    assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+
+
+def test_a_chunked_body_past_the_limit_is_cut_off(guarded):
+    _, url, auth = guarded
+    limit = int(2 * 0.25 * 2**20 + 4 * 2000 + 2**16)
+    sent, reply = 0, b""
+    with socket.create_connection(_raw(url), timeout=10) as conn:
+        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Authorization: " + auth["Authorization"].encode() + b"\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+        # a well-formed upload whose file part never ends: only the byte count can stop it
+        part = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        conn.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        chunk = b"x" * 65536
+        try:
+            while sent < 200 * limit:  # a client that would send 200× the limit (120 MB)
+                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+                conn.setblocking(False)
+                try:
+                    reply += conn.recv(4096)
+                except BlockingIOError:
+                    pass
+                finally:
+                    conn.setblocking(True)
+                if reply:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the service stopped reading and closed: what it answered is in the socket
+        conn.settimeout(10)
+        try:
+            reply += _reply(conn, b"}")
+        except (ConnectionResetError, socket.timeout):
+            pass
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:600]
+    # refused once the limit was passed, not after the whole body: what was sent beyond it is what
+    # the loopback's socket buffers took in (a few MB) before the service's answer came back
+    assert sent < 50 * limit, (sent, limit)
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _audio(seconds: float, rate: int, fmt: str, noise: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    samples = int(seconds * rate)
+    signal = np.random.default_rng(0).uniform(-0.5, 0.5, samples) if noise else np.zeros(samples)
+    sf.write(buffer, signal.astype("float32"), rate, format=fmt)
+    return buffer.getvalue()
+
+
+def _tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("files, status, says", [
+    ({"image": ("bomb.png", _png(2000, 2000), "image/png")}, 413, "pixels"),  # 4 Mpx in a few KB
+    ({"image": ("photo.tiff", _tiff(), "image/tiff")}, 415, "not a picture in PNG"),
+    ({"image": ("broken.png", _png(64, 64)[:60], "image/png")}, 415, "not a picture"),
+    ({"reference_audio": ("silence.flac", _audio(120, 16000, "FLAC"), "audio/flac")}, 413, "serve.max_reference_seconds"),
+    ({"reference_audio": ("slow.wav", _audio(50, 1, "WAV"), "audio/wav")}, 422, "1 Hz"),
+    ({"reference_audio": ("cut.flac", _audio(2, 16000, "FLAC", noise=True)[:2000], "audio/flac")}, 415, "reference_audio"),
+])
+def test_bombs_and_odd_formats_are_refused_before_they_are_decoded(guarded, files, status, says):
+    _, url, auth = guarded
+    started = time.monotonic()
+    response = httpx.post(f"{url}/synthesize", data={"text": "Hello there.", "speaker": "alice"}, files=files,
+                          headers=auth, timeout=60)
+    assert response.status_code == status and says in response.json()["detail"], (response.status_code, response.text)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("text, says", [
+    ("1999 " * 150 + ".", "phoneme tokens"),  # 750 characters that normalise to thousands of tokens
+    ("a. " * 666, "sentences"),
+])
+def test_text_that_explodes_is_refused(guarded, text, says):
+    _, url, auth = guarded
+    response = httpx.post(f"{url}/synthesize", data={"text": text}, headers=auth, timeout=60)
+    assert response.status_code == 413 and says in response.json()["detail"], response.text
+
+
+def test_more_syntheses_than_slots_get_503_and_health_stays_quick(guarded):
+    _, url, auth = guarded
+    # A streamed response holds its slot until it is sent: a client with a tiny receive buffer that
+    # reads nothing keeps it (the sentence pauses make the stream far larger than any socket buffer).
+    body = urllib.parse.urlencode({"text": "Go on. " * 60, "speaker": "bob", "stream": "true"}).encode()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    holder.connect(_raw(url))
+    try:
+        holder.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
+                       b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
+                       % (auth["Authorization"].encode(), len(body), body))
+        assert holder.recv(64).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while (busy := httpx.post(f"{url}/synthesize", data={"text": "Me too."}, headers=auth, timeout=60)).status_code != 503:
+            assert time.monotonic() < deadline, "a second synthesis got a slot that was taken"
+            time.sleep(0.2)
+        assert busy.headers["retry-after"] == "1" and "serve.max_concurrent" in busy.json()["detail"]
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+        assert time.monotonic() - started < 1.0
+    finally:
+        holder.close()  # the client goes: the stream ends and gives its slot back
+    deadline = time.monotonic() + 10
+    while (after := httpx.post(f"{url}/synthesize", data={"text": "Now."}, headers=auth, timeout=60)).status_code == 503:
+        assert time.monotonic() < deadline, "the slot was never released"
+        time.sleep(0.2)
+    assert after.status_code == 200
+    assert "polyvox_refused_busy_total" in httpx.get(f"{url}/metrics").text
+
+
+def test_a_bundle_the_runtime_refuses_keeps_the_old_voice_and_says_why(tmp_path):
+    champion = tmp_path / "models" / "champion"
+    make_bundle(champion, seed=1, version="1")
+    process, url = _start(tmp_path)
+    try:
+        broken = make_bundle(tmp_path / "models" / "next", seed=2, version="2")
+        meta = json.loads((broken / "bundle.json").read_text())
+        (broken / "bundle.json").write_text(json.dumps({**meta, "onnx": True}))  # graphs onnxruntime cannot parse
+        for member in json.loads((broken / "voice.json").read_text())["members"]:
+            (broken / "onnx" / member["name"]).mkdir(parents=True)
+            for graph in ("encoder.onnx", "decoder.onnx"):
+                (broken / "onnx" / member["name"] / graph).write_bytes(b"not a protobuf")
+        shutil.rmtree(champion)
+        broken.rename(champion)
+        deadline = time.monotonic() + 30
+        while (health := httpx.get(f"{url}/healthz").json())["reload_error"] is None:
+            assert time.monotonic() < deadline, "the failed reload was never reported"
+            time.sleep(0.2)
+        assert health["version"] == "1" and health["status"] == "ok", health  # the old voice, still served
+        assert httpx.post(f"{url}/synthesize", data={"text": "Still here."}, timeout=60).status_code == 200
+        failures = next(line for line in httpx.get(f"{url}/metrics").text.splitlines()
+                        if line.startswith("polyvox_reload_failures "))
+        assert float(failures.split()[1]) >= 1, failures
+        time.sleep(1.0)  # the poller lives on: it keeps trying (and failing) at every poll
+        assert process.poll() is None
+        assert float(next(line for line in httpx.get(f"{url}/metrics").text.splitlines()
+                          if line.startswith("polyvox_reload_failures ")).split()[1]) > float(failures.split()[1])
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
