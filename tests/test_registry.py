@@ -261,3 +261,115 @@ def test_promote_to_an_mlflow_server(tmp_path, monkeypatch):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+class Killed(BaseException):
+    """A kill at a chosen point (BaseException: no `except Exception` on the way may swallow it)."""
+
+
+def _download_killed_once(monkeypatch):
+    real = Registry.download
+    calls = []
+
+    def download(self, version, target):
+        calls.append(version)
+        if len(calls) == 1:
+            raise Killed(f"killed before the bundle of version {version} was downloaded")
+        return real(self, version, target)
+
+    monkeypatch.setattr(Registry, "download", download)
+    return calls
+
+
+def _on_disk(ws) -> str | None:
+    from polyvox.runtime.bundle import BundleMeta
+
+    return BundleMeta.read(ws.champion).version
+
+
+def test_a_promote_killed_after_the_alias_moved_is_mended_by_the_rerun(project, monkeypatch):
+    params, ws = project
+    make_voice(ws.candidate, seed=1)
+    _evaluate(ws, evaluation(Voice_of(ws)))
+    assert promote(params, ws).version == "1"
+    make_voice(ws.candidate, seed=2)
+    _evaluate(ws, evaluation(Voice_of(ws), champion=(-0.03, -0.05, -0.01)))
+    _download_killed_once(monkeypatch)
+    with pytest.raises(Killed):
+        promote(params, ws)
+    registry = Registry(f"sqlite:///{ws.root.parent / 'mlflow.db'}", params.registry.model_name)
+    assert registry.champion() == "2" and _on_disk(ws) == "1"  # the alias moved, the disk did not
+    assert json.loads((ws.reports / "promote.json").read_text())["version"] == "1"  # the decision was not written
+    again = promote(params, ws)  # the rerun: the bundle on disk is mended to the alias, nothing registered twice
+    assert _on_disk(ws) == registry.champion() == again.version == "2"
+    assert [str(v.version) for v in registry.versions()] == ["1", "2"]
+
+
+def test_a_rollback_killed_halfway_is_finished_not_repeated(project, monkeypatch):
+    params, ws = project
+    for seed, champion in ((1, None), (2, (-0.03, -0.05, -0.01)), (3, (-0.03, -0.05, -0.01))):
+        make_voice(ws.candidate, seed=seed)
+        _evaluate(ws, evaluation(Voice_of(ws), champion=champion))
+        assert promote(params, ws).promoted
+    _download_killed_once(monkeypatch)
+    with pytest.raises(Killed):
+        rollback(params, ws)  # 3 → 2: the alias moved, then the kill
+    registry = Registry(f"sqlite:///{ws.root.parent / 'mlflow.db'}", params.registry.model_name)
+    assert registry.champion() == "2" and _on_disk(ws) == "3"
+    finished = rollback(params, ws)  # the rerun completes 3 → 2 instead of rolling back to 1
+    assert (finished.after, registry.champion(), _on_disk(ws)) == ("2", "2", "2"), finished
+    assert "interrupted" in finished.reason
+
+
+def test_mlflow_failing_at_the_end_neither_masks_the_error_nor_fails_the_work(project, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    params, ws = project
+    make_voice(ws.candidate, seed=1)
+    _evaluate(ws, evaluation(Voice_of(ws)))
+
+    def end_run(self, run_id, status="FINISHED"):
+        raise MlflowException("the tracking server went away")
+
+    monkeypatch.setattr(Registry, "end_run", end_run)
+    assert promote(params, ws).promoted and _on_disk(ws) == "1"  # done work stands
+    make_voice(ws.candidate, seed=2)
+    _evaluate(ws, evaluation(Voice_of(ws), champion=(-0.03, -0.05, -0.01)))
+    monkeypatch.setattr(Registry, "download", lambda self, version, target: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):  # the stage's own error, not MLflow's
+        promote(params, ws)
+
+
+def test_a_kill_between_the_two_renames_of_a_folder_swap_is_recovered(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from polyvox.fileio import recover_folder, replace_folder
+
+    target, staging = tmp_path / "champion", tmp_path / "staging"
+    target.mkdir()
+    (target / "bundle.json").write_text("old")
+    staging.mkdir()
+    (staging / "bundle.json").write_text("new")
+    real, renames = Path.rename, []
+
+    def rename(self, to):
+        renames.append(self)
+        if len(renames) == 2:
+            raise Killed("killed between the renames")
+        return real(self, to)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(Killed):
+        replace_folder(staging, target)
+    monkeypatch.setattr(Path, "rename", real)
+    assert not target.exists() and (tmp_path / ".champion-old" / "bundle.json").read_text() == "old"
+    assert recover_folder(target) and (target / "bundle.json").read_text() == "old"
+    assert not recover_folder(target)  # nothing to recover twice
+    replace_folder(staging, target)  # and the next swap goes through
+    assert (target / "bundle.json").read_text() == "new" and not (tmp_path / ".champion-old").exists()
+
+
+def Voice_of(ws):
+    from polyvox.runtime.voice import Voice
+
+    return Voice.load(ws.candidate)

@@ -204,3 +204,15 @@ def test_a_bundle_the_runtime_refuses_keeps_the_old_voice_and_says_why(tmp_path)
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_service_starts_on_the_bundle_a_killed_swap_left_aside(tmp_path):
+    champion = tmp_path / "models" / "champion"
+    make_bundle(champion, seed=1, version="1")
+    champion.rename(tmp_path / "models" / ".champion-old")  # a promote killed between its two renames
+    process, url = _start(tmp_path)
+    try:
+        assert httpx.get(f"{url}/healthz").json()["version"] == "1" and champion.is_dir()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

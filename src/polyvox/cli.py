@@ -23,7 +23,7 @@ from polyvox.engines import SynthesisError
 from polyvox.corpus.schema import CorpusError
 from polyvox.runtime import VoiceError
 from polyvox.stages import STAGES
-from polyvox.fileio import OutputNotWritten
+from polyvox.fileio import OutputNotWritten, recover_folder
 from polyvox.lock import WorkspaceBusy, workspace_lock
 from polyvox.registry.store import RegistryError
 from polyvox.tracking import TrackingUnavailable
@@ -232,6 +232,7 @@ def serve(
     except USER_ERRORS as exc:
         _fail(exc)
     folder = bundle or Workspace.here().champion
+    recover_folder(folder)  # a promote killed between its two renames left the bundle aside
     if not (folder / "bundle.json").is_file():
         _fail(ConfigError(f"{folder}: no serving bundle; run the pipeline and `polyvox promote` first"))
     run_serve(folder, loaded.serve, host=host, port=port)

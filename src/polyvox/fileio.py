@@ -110,11 +110,23 @@ def atomic_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def recover_folder(target: Path) -> bool:
+    """Undo a :func:`replace_folder` killed between its two renames: ``target`` is missing and the
+    old folder waits aside as ``.<name>-old``, so it goes back. True when it did."""
+    previous = target.with_name(f".{target.name}-old")
+    if target.exists() or not previous.is_dir():
+        return False
+    previous.rename(target)
+    return True
+
+
 def replace_folder(staging: Path, target: Path) -> None:
     """Put the fully written folder ``staging`` in place of ``target``: the old one is renamed aside
-    first and removed last, so a reader finds the old folder or the new one, never a mix; a crash
-    in between leaves ``.<name>-old`` beside it, removed by the next replacement."""
+    first and removed last, so a reader finds the old folder or the new one, never a mix. A kill
+    between the two renames leaves no ``target`` but ``.<name>-old`` beside it; :func:`recover_folder`
+    (which readers of a served folder and this function call first) puts it back."""
     previous = target.with_name(f".{target.name}-old")
+    recover_folder(target)
     if previous.exists():
         shutil.rmtree(previous)
     if target.exists():

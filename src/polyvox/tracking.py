@@ -30,7 +30,7 @@ OFF = ("off", "none", "false", "0")
 PROBE_SECONDS = 5.0
 
 
-def _tracking_errors() -> tuple[type[Exception], ...]:
+def tracking_errors() -> tuple[type[Exception], ...]:
     """What a lost tracking server raises (imported late: MLflow is slow to import)."""
     from mlflow.exceptions import MlflowException
     from requests import RequestException
@@ -179,7 +179,7 @@ class Run:
             while self._pending:
                 self.client.log_batch(self.run_id, metrics=self._pending[:1000])  # MLflow's per-batch limit
                 self._pending = self._pending[1000:]
-        except _tracking_errors() as exc:
+        except tracking_errors() as exc:
             self._lost_server(exc, f"{len(self._pending)} metrics")
 
     def artifacts(self, paths: list[Path], folder: str | None = None) -> None:
@@ -189,7 +189,7 @@ class Run:
             if path.is_file():
                 try:
                     self.client.log_artifact(self.run_id, str(path), folder)
-                except _tracking_errors() as exc:
+                except tracking_errors() as exc:
                     self._lost_server(exc, f"artifact {path}")
 
     def end(self, status: str = "FINISHED") -> None:
@@ -198,7 +198,7 @@ class Run:
         self.flush()
         try:
             self.client.set_terminated(self.run_id, status)
-        except _tracking_errors() as exc:
+        except tracking_errors() as exc:
             self._lost_server(exc, f"the end of the run ({status})")
 
 

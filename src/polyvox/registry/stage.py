@@ -21,13 +21,13 @@ from pathlib import Path
 
 from polyvox.config import ConfigError, Params
 from polyvox.runtime.voice import Voice
-from polyvox.fileio import atomic_write_text
+from polyvox.fileio import atomic_write_text, recover_folder
 from polyvox.fingerprint import file_digest, fingerprint, read_stamp, voice_digest
-from polyvox.runtime.bundle import build_bundle
+from polyvox.runtime.bundle import BundleMeta, build_bundle
 from polyvox.registry.gate import judge, passed
 from polyvox.registry.store import Registry
 from polyvox.stages import STAGES
-from polyvox.tracking import check_reachable, git_commit, tracking_uri
+from polyvox.tracking import tracking_errors, check_reachable, git_commit, tracking_uri
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,36 @@ def registry_for(params: Params, workspace: Workspace) -> Registry:
     return Registry(uri, params.registry.model_name, workspace)
 
 
+def sync_champion(registry: Registry, workspace: Workspace) -> bool:
+    """Make models/champion the bundle of the version the alias names, when a promote or rollback
+    killed between moving the alias and downloading the bundle left them apart (or a kill mid-swap
+    left the old folder aside). True when it had to repair anything."""
+    recovered = recover_folder(workspace.champion)
+    alias = registry.champion()
+    if alias is None:
+        return recovered
+    try:
+        on_disk = BundleMeta.read(workspace.champion).version
+    except (OSError, ValueError):
+        on_disk = None
+    if on_disk == alias:
+        return recovered
+    log.warning("models/champion holds version %s but the registry's champion is %s: downloading %s",
+                on_disk, alias, alias)
+    registry.download(alias, workspace.champion)
+    return True
+
+
+def _end_run(registry: Registry, run_id: str, status: str) -> None:
+    """Close the MLflow run. A tracking server gone at this point must neither mask the error that
+    failed the stage nor fail a stage whose work (and registry writes) are done: it is logged."""
+    try:
+        registry.end_run(run_id, status)
+    except tracking_errors() as exc:
+        log.warning("MLflow did not record the end (%s) of run %s: %s: %s", status, run_id, type(exc).__name__,
+                    str(exc)[:200])
+
+
 def promote(params: Params, workspace: Workspace) -> PromoteResult:
     metrics_path = workspace.evaluation / "metrics.json"
     if not metrics_path.is_file():
@@ -81,6 +111,7 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
 
     registry = registry_for(params, workspace)
     before = registry.champion()
+    sync_champion(registry, workspace)  # a promote or rollback killed halfway left the alias and the disk apart
     if before is not None and voice_digest(workspace.champion) == voice_digest(workspace.candidate):
         previous = read_stamp(workspace.reports / "promote.json") or {}
         log.info("promote: the candidate is the champion (version %s) already; nothing to register", before)
@@ -118,9 +149,6 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
         # what was judged; a promote that moved the alias changes the champion, hence the next fingerprint
         decision["inputs"] = inputs if not ok else fingerprint(file_digest(metrics_path), stage.identity(params), version,
                                                                 registry.uri)
-        workspace.reports.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(workspace.reports / "promote.json", json.dumps(decision, indent=1) + "\n")
-        registry.client.log_artifact(run_id, str(workspace.reports / "promote.json"))
         from mlflow.entities import Metric
 
         registry.client.log_batch(run_id, metrics=[Metric(f"candidate.{k}", float(v), 0, 0) for k, v in
@@ -129,12 +157,17 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
         if ok:
             registry.move_champion(version, "promote", "every gate rule passed", run_id)
             registry.download(version, workspace.champion)
-        registry.end_run(run_id)
+        # The decision is written last: a kill before this line leaves no record that the evaluation
+        # was judged, so the rerun judges it again (and sync_champion mends a half-made move).
+        workspace.reports.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workspace.reports / "promote.json", json.dumps(decision, indent=1) + "\n")
+        registry.client.log_artifact(run_id, str(workspace.reports / "promote.json"))
     except BaseException:
-        registry.end_run(run_id, "FAILED")
+        _end_run(registry, run_id, "FAILED")
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _end_run(registry, run_id, "FINISHED")
     result = PromoteResult(version=version, promoted=ok, champion_before=before,
                            champion_after=version if ok else before, rules=decision["rules"])
     log.info(result.summary())
@@ -144,6 +177,12 @@ def promote(params: Params, workspace: Workspace) -> PromoteResult:
 def rollback(params: Params, workspace: Workspace, to: str | None = None) -> RollbackResult:
     registry = registry_for(params, workspace)
     before = registry.champion()
+    if to is None and sync_champion(registry, workspace):
+        # the last move (a rollback, most likely) was killed after the alias moved: this run
+        # finishes it instead of rolling back one step further
+        result = RollbackResult(before=before, after=before, reason=f"completed the interrupted move to {before}")
+        log.info(result.summary())
+        return result
     if to is None:
         # the champion promoted before the current one (rollbacks do not count as promotions)
         promoted = [m["to"] for m in registry.history() if m["action"] == "promote"]
@@ -158,10 +197,10 @@ def rollback(params: Params, workspace: Workspace, to: str | None = None) -> Rol
     try:
         registry.move_champion(str(to), "rollback", reason, run_id)
         registry.download(str(to), workspace.champion)
-        registry.end_run(run_id)
     except BaseException:
-        registry.end_run(run_id, "FAILED")
+        _end_run(registry, run_id, "FAILED")
         raise
+    _end_run(registry, run_id, "FINISHED")
     result = RollbackResult(before=before, after=str(to), reason=reason)
     log.info(result.summary())
     return result

@@ -42,6 +42,7 @@ from starlette.background import BackgroundTask
 from starlette.routing import Match
 
 from polyvox.config import ServeSection
+from polyvox.fileio import recover_folder
 from polyvox.runtime.bundle import BundleMeta, load_bundle
 from polyvox.serve.request import RequestError, SynthesisRequest, parse
 
@@ -85,6 +86,7 @@ class VoiceHolder:
         self.reload_failures = 0
 
     def _stamp(self) -> str | None:
+        recover_folder(self.folder)  # a promote killed mid-swap left the old bundle aside: serve it
         try:
             return (self.folder / "bundle.json").read_text(encoding="utf-8")
         except FileNotFoundError:
