@@ -118,6 +118,28 @@ def _ingest_audio(record: dict[str, Any], source: str, target: str, known_hash: 
     return not reuse
 
 
+def _ingest_bytes(record: dict[str, Any], data: bytes, target: str, known_hash: str | None) -> bool:
+    """:func:`_ingest_audio` for audio the manifest embeds: written to ``target`` atomically."""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        reuse = known_hash == digest and os.stat(target).st_size == len(data)
+    except FileNotFoundError:
+        reuse = False
+    if not reuse:
+        with atomic_path(Path(target)) as tmp:
+            Path(tmp).write_bytes(data)
+    header = parse_header(data[:CHUNK], len(data))
+    if header is None:
+        try:
+            header = read_header(Path(target))
+        except ValueError as exc:
+            record["probe_error"] = str(exc)
+    record["source_hash"] = digest
+    if header is not None:
+        record.update(duration=header.duration, sample_rate=header.sample_rate, channels=header.channels)
+    return not reuse
+
+
 def _previous_hashes(manifest: Path) -> dict[str, str]:
     """raw-relative path -> sha256 from the last manifest, to skip unchanged files on rerun."""
     if not manifest.is_file():
@@ -139,10 +161,14 @@ def _audio_targets(rows: list[CorpusRow]) -> list[str | None]:
             targets.append(None)
             continue
         stem = f"{AUDIO_DIR}/{safe_name(row.speaker or 'unknown')}/{safe_name(row.id)}"
-        name = f"{stem}{row.audio.suffix.lower()}"
-        if name in taken:  # duplicate ids, or ids that only differ in unsafe characters
-            name = f"{stem}.{index}{row.audio.suffix.lower()}"
-        taken.add(name)
+        suffix = row.audio.suffix.lower()
+        name, copy = f"{stem}{suffix}", 0
+        # duplicate ids, or ids that only differ in unsafe characters, get the first free ".N" name
+        # (an id may itself look like one: "a.2", "a", "a" must still give three files)
+        while name.casefold() in taken:
+            copy += 1
+            name = f"{stem}.{copy}{suffix}"
+        taken.add(name.casefold())
         targets.append(name)
     return targets
 
@@ -201,6 +227,9 @@ def ingest(
             "source_line": row.source_line,
             "parse_error": row.parse_error,
         }
+        if row.audio_bytes is not None and target is not None:
+            record["source_audio"] = f"{row.source_file} row {row.source_line}: embedded {row.audio.name}"
+            return record, _ingest_bytes(record, row.audio_bytes, raw_prefix + target, previous.get(target))
         if source is None or target is None:
             return record, False
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,10 +50,44 @@ def _resolve_file(root: Path, relative: str, column: str, errors: list[str]) -> 
     if path is None:
         errors.append(f"{column} path {relative!r} is absolute or escapes the corpus root")
         return None
-    if not path.is_file():
+    try:
+        os.stat(path)
+    except FileNotFoundError:
         errors.append(f"{column} file not found: {relative}")
         return None
-    return path
+    except OSError as exc:  # a name too long for the filesystem, a loop of links, ...
+        errors.append(f"{column} path {relative[:80]!r}…: {exc.strerror or exc}")
+        return None
+    return path  # whether it is a regular file inside the corpus is checked for every reader at once
+
+
+def contained(root: Path, path: Path) -> str | None:
+    """Why ``path`` must not be read as a corpus file, or None: it must resolve (links followed)
+    inside the corpus root — a link within the corpus is fine, one to ~/secret or / is not — and
+    be a regular file (a FIFO would block the reader forever, a device or folder is no audio)."""
+    try:
+        real, real_root = os.path.realpath(path), os.path.realpath(root)
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            return f"{path.relative_to(root) if path.is_relative_to(root) else path} resolves outside the corpus"
+        mode = os.stat(real).st_mode
+    except OSError as exc:
+        return f"{path.name[:80]}: {exc.strerror or exc}"
+    if not stat.S_ISREG(mode):
+        return f"{path.relative_to(root) if path.is_relative_to(root) else path} is not a regular file"
+    return None
+
+
+def _only_contained_files(root: Path, rows: list[CorpusRow]) -> list[CorpusRow]:
+    for row in rows:
+        for column in ("audio", "reference_audio", "image"):
+            path = getattr(row, column)
+            if path is None or (column == "audio" and row.audio_bytes is not None):
+                continue
+            problem = contained(root, path)
+            if problem is not None:
+                setattr(row, column, None)
+                row.errors.append(f"{column}: {problem}; it is not read")
+    return rows
 
 
 # --- LJSpeech: metadata.csv (id|text or id|text|normalized_text) + wavs/ -----------------------
@@ -126,7 +161,11 @@ def read_vctk(root: Path, mic: str | None = "mic1") -> list[CorpusRow]:
         seen.add((speaker, utt_id))
         errors: list[str] = []
         relative = txt.relative_to(root).as_posix()
-        text = _decode(txt.read_bytes(), relative, errors).strip()
+        try:
+            text = _decode(txt.read_bytes(), relative, errors).strip()
+        except OSError as exc:  # a folder named like a transcript, a file gone, no permission
+            text = None
+            errors.append(f"{relative}: cannot read the transcript ({exc.strerror or exc})")
         row = CorpusRow(id=utt_id, speaker=speaker, text=text, source_file=relative, errors=errors)
         row.audio = audio.get((speaker, utt_id))
         if row.audio is None:
@@ -153,7 +192,7 @@ def read_vctk(root: Path, mic: str | None = "mic1") -> list[CorpusRow]:
 # --- Manifest: CSV or Parquet with id, speaker, text, audio[, reference_audio, image] -----------
 
 
-def _manifest_records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str], list[str]]]]:
+def _manifest_records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str], list[str]]], dict]:
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -166,7 +205,7 @@ def _manifest_records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[s
         raise CorpusError(f"{path}: empty manifest") from None
     except csv.Error as exc:
         raise CorpusError(f"{path}: unreadable header: {exc}") from None
-    records: list[tuple[int, list[str], list[str]]] = []
+    records: list[tuple[int, list[str], list[str]]] = []  # the CSV layout embeds no audio
     while True:
         try:
             fields = next(reader)
@@ -189,21 +228,37 @@ def _manifest_records_csv(path: Path) -> tuple[list[str], list[tuple[int, list[s
         if len(cleaned) != len(header):
             errors.append(f"{path.name} line {reader.line_num}: expected {len(header)} fields, found {len(cleaned)}")
         records.append((reader.line_num, cleaned, list(dict.fromkeys(errors))))
-    return header, records
+    return header, records, {}
 
 
-def _manifest_records_parquet(path: Path) -> tuple[list[str], list[tuple[int, list[str], list[str]]]]:
+def _cell(value, column: str, number: int, errors: list[str], embedded: dict) -> str:
+    """A Parquet cell as text. An audio struct {bytes, path} (the Hugging Face layout) gives its
+    path, and its bytes go to ``embedded`` when the file is inside the manifest."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        if column != "audio" or not ({"bytes", "path"} & set(value)):
+            errors.append(f"row {number}: column {column} holds a struct ({sorted(value)}), not a path")
+            return ""
+        if isinstance(value.get("bytes"), (bytes, bytearray)) and value["bytes"]:
+            embedded[number] = bytes(value["bytes"])
+        return str(value.get("path") or "")
+    return str(value)
+
+
+def _manifest_records_parquet(path: Path) -> tuple[list[str], list[tuple[int, list[str], list[str]]], dict]:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise CorpusError(f"{path}: cannot read Parquet: {exc}") from None
     header = list(table.column_names)
     columns = [table.column(name).to_pylist() for name in header]
-    records = []
+    records, embedded = [], {}
     for index in range(table.num_rows):
-        values = ["" if column[index] is None else str(column[index]) for column in columns]
-        records.append((index + 1, values, []))
-    return header, records
+        errors: list[str] = []
+        values = [_cell(column[index], name, index + 1, errors, embedded) for name, column in zip(header, columns)]
+        records.append((index + 1, values, errors))
+    return header, records, embedded
 
 
 def read_manifest_corpus(path: Path) -> list[CorpusRow]:
@@ -215,7 +270,7 @@ def read_manifest_corpus(path: Path) -> list[CorpusRow]:
         path = found[0]
     root = path.parent
     loader = _manifest_records_parquet if path.suffix.lower() == ".parquet" else _manifest_records_csv
-    header, records = loader(path)
+    header, records, embedded = loader(path)
     missing = [name for name in MANIFEST_REQUIRED if name not in header]
     if missing:
         raise CorpusError(f"{path}: manifest lacks required column(s) {missing}; it has {header}")
@@ -239,7 +294,9 @@ def read_manifest_corpus(path: Path) -> list[CorpusRow]:
             source_line=number,
             errors=errors,
         )
-        if get("audio"):
+        if number in embedded:  # the audio is in the manifest itself
+            row.audio, row.audio_bytes = Path(get("audio") or f"{utt_id}.wav"), embedded[number]
+        elif get("audio"):
             row.audio = _resolve_file(root, get("audio"), "audio", errors)
         else:
             errors.append(f"{path.name} row {number}: empty audio path")
@@ -290,4 +347,4 @@ def read_corpus(
         raise CorpusError(f"{path}: corpus not found")
     rows = readers[corpus_format](path)
     root = path.parent if path.is_file() else path
-    return corpus_format, root, rows
+    return corpus_format, root, _only_contained_files(root, rows)

@@ -66,6 +66,9 @@ class CorpusRow:
     reference_audio: Path | None = None
     image: Path | None = None
     errors: list[str] = field(default_factory=list)
+    # The audio itself, when the corpus embeds it (a Parquet manifest in the Hugging Face layout:
+    # audio as a struct {bytes, path}); ``audio`` is then only its name, for the suffix.
+    audio_bytes: bytes | None = None
 
     @property
     def parse_error(self) -> str | None:
