@@ -87,6 +87,19 @@ def _materialise(source: str, target: str, link: bool) -> None:
         shutil.copyfile(source, tmp_path)
 
 
+def _describe(record: dict[str, Any], head: bytes, size: int, target: str, digest: str) -> None:
+    """The audio's hash and header (parsed from its first bytes, else read from ``target``) into ``record``."""
+    header = parse_header(head, size)
+    if header is None:
+        try:
+            header = read_header(Path(target))
+        except ValueError as exc:
+            record["probe_error"] = str(exc)
+    record["source_hash"] = digest
+    if header is not None:
+        record.update(duration=header.duration, sample_rate=header.sample_rate, channels=header.channels)
+
+
 def _ingest_audio(record: dict[str, Any], source: str, target: str, known_hash: str | None, link: bool) -> bool:
     """Hash ``source`` (header parsed from the same read), link or copy it to ``target``, fill
     ``record``. Returns whether the file was (re)materialised rather than reused."""
@@ -106,15 +119,7 @@ def _ingest_audio(record: dict[str, Any], source: str, target: str, known_hash: 
             pass
     if not reuse:
         _materialise(source, target, link)
-    header = parse_header(head, size)
-    if header is None:
-        try:
-            header = read_header(Path(target))
-        except ValueError as exc:
-            record["probe_error"] = str(exc)
-    record["source_hash"] = digest
-    if header is not None:
-        record.update(duration=header.duration, sample_rate=header.sample_rate, channels=header.channels)
+    _describe(record, head, size, target, digest)
     return not reuse
 
 
@@ -128,15 +133,7 @@ def _ingest_bytes(record: dict[str, Any], data: bytes, target: str, known_hash: 
     if not reuse:
         with atomic_path(Path(target)) as tmp:
             Path(tmp).write_bytes(data)
-    header = parse_header(data[:CHUNK], len(data))
-    if header is None:
-        try:
-            header = read_header(Path(target))
-        except ValueError as exc:
-            record["probe_error"] = str(exc)
-    record["source_hash"] = digest
-    if header is not None:
-        record.update(duration=header.duration, sample_rate=header.sample_rate, channels=header.channels)
+    _describe(record, data[:CHUNK], len(data), target, digest)
     return not reuse
 
 
