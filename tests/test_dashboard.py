@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -128,3 +127,64 @@ def test_dashboard_in_a_real_browser(recorded, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _page(app) -> str:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as client:
+        response = client.get("/")
+    assert response.status_code == 200, response.text[:500]
+    return response.text
+
+
+def test_an_unreachable_prefect_leaves_the_page_up_and_says_so(recorded, monkeypatch):
+    from polyvox.dashboard.app import create_app
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    import uuid
+
+    monkeypatch.setenv("POLYVOX_RUN_ID", str(uuid.uuid4()))  # a run of a Prefect flow, which the page asks about
+    Run("prepare", {}, {"stage": "prepare"}, Workspace(Path(recorded.removeprefix("sqlite:///")).parent)).end()
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{port}/api")
+    text = _page(create_app(recorded, "polyvox"))
+    assert text.count('class="run"') == 4 and "did not answer" in text
+
+
+def test_a_flow_run_deleted_in_prefect_is_shown_as_such(tmp_path, prefect_server, monkeypatch):
+    import uuid
+
+    from polyvox.dashboard.app import collect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("POLYVOX_RUN_ID", str(uuid.uuid4()))  # a flow run id Prefect does not know (deleted)
+    Run("prepare", {}, {"stage": "prepare"}, Workspace(tmp_path)).end()
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the test server's
+    data = collect(uri, "polyvox")
+    assert data["runs"][0]["prefect"] == "deleted in Prefect" and data["prefect_problem"] is None
+
+
+def test_credentials_in_the_tracking_uri_are_never_shown(monkeypatch):
+    from polyvox.dashboard import app as dashboard
+
+    monkeypatch.setattr(dashboard, "collect", lambda uri, model: {"runs": [], "champion": None, "history": [],
+                                                                 "prefect_problem": None, "truncated": False})
+    text = _page(dashboard.create_app("postgresql://polyvox:s3cret-pw@db.internal:5432/mlflow", "polyvox"))
+    assert "s3cret-pw" not in text and "polyvox:***@db.internal" in text
+
+
+def test_page_loads_share_one_reading_of_mlflow(recorded, monkeypatch):
+    from polyvox.dashboard import app as dashboard
+
+    calls = []
+    real = dashboard.collect
+    monkeypatch.setattr(dashboard, "collect", lambda uri, model: calls.append(uri) or real(uri, model))
+    app = dashboard.create_app(recorded, "polyvox")
+    for _ in range(5):
+        assert _page(app).count('class="run"') == 3
+    assert len(calls) == 1

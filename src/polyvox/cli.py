@@ -25,6 +25,7 @@ from polyvox.runtime import VoiceError
 from polyvox.stages import STAGES
 from polyvox.fileio import OutputNotWritten, recover_folder
 from polyvox.lock import WorkspaceBusy, workspace_lock
+from polyvox.parallel import WorkerCrashed
 from polyvox.registry.store import RegistryError
 from polyvox.tracking import TrackingUnavailable
 from polyvox.validate.errors import ValidationFailed
@@ -53,7 +54,7 @@ class PrefectUnavailable(RuntimeError):
 
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, VoiceError, RegistryError, WorkspaceBusy,
-               TrackingUnavailable, PrefectUnavailable, OutputNotWritten)
+               TrackingUnavailable, PrefectUnavailable, OutputNotWritten, WorkerCrashed)
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -22,8 +22,14 @@ from polyvox.progress import track
 T = TypeVar("T")
 R = TypeVar("R")
 
-# Modules the local pool's fork server imports once, so each worker starts with torch & co loaded.
-PRELOAD = ["polyvox.validate.probes", "polyvox.clean.audio", "polyvox.features.extract", "polyvox.evaluate.scoring"]
+# Modules the local pool's fork server imports once, so each worker starts with torch & co loaded
+# and librosa's numba kernels compiled (polyvox.signal.jit, first).
+PRELOAD = ["polyvox.signal.jit", "polyvox.validate.probes", "polyvox.clean.audio", "polyvox.features.extract",
+           "polyvox.evaluate.scoring"]
+
+
+class WorkerCrashed(RuntimeError):
+    """A worker process died (a segfault, the out-of-memory killer) twice on the same work."""
 _context: multiprocessing.context.BaseContext | None = None
 
 
@@ -58,12 +64,45 @@ def map_items(
     if cfg.workers == 1 or len(items) == 1:
         return list(track(map(func, items), len(items), description, logger))
     chunksize = max(1, min(16, len(items) // (cfg.workers * 8)))
-    pool = _local_pool(cfg.workers)
-    try:
-        return list(track(pool.map(func, items, chunksize=chunksize), len(items), description, logger))
-    except BrokenProcessPool:
-        _POOLS.pop(cfg.workers, None)  # a worker died (killed, out of memory): the next call starts afresh
-        raise
+    results: list[R] = []
+    for attempt in (1, 2):
+        pool = _local_pool(cfg.workers)
+        try:
+            for result in track(pool.map(func, items[len(results):], chunksize=chunksize), len(items) - len(results),
+                                description if attempt == 1 else f"{description} (retry)", logger):
+                results.append(result)
+            return results
+        except BrokenProcessPool:
+            _POOLS.pop(cfg.workers, None)  # the pool is unusable: the next one starts afresh
+            if attempt == 1:
+                logger.warning("%s: a worker process died after %d of %d items; retrying the rest in a fresh pool",
+                               description, len(results), len(items))
+    # Twice: it is the work, not a passing kill. The item that kills a worker is among those in flight.
+    window = items[len(results):len(results) + cfg.workers * chunksize]
+    culprit = next((item for item in window if _kills_a_worker(func, item)), None)
+    raise WorkerCrashed(f"{description}: a worker process died twice (a crash in native code, or the out-of-memory "
+                        f"killer) after {len(results)} of {len(items)} items"
+                        + (f"; it dies on {_describe(culprit)}" if culprit is not None else
+                           f"; the items in flight were {', '.join(_describe(i) for i in window[:4])}")
+                        + ". If the crash is in numba (librosa), delete polyvox's numba cache "
+                        f"({os.environ.get('NUMBA_CACHE_DIR')}) and rerun.")
+
+
+def _kills_a_worker(func: Callable[[T], R], item: T) -> bool:
+    """Run ``item`` alone in a fresh one-worker pool: does its process die?"""
+    with ProcessPoolExecutor(max_workers=1, mp_context=_pool_context(), initializer=_init_worker) as alone:
+        try:
+            alone.submit(func, item).result()
+        except BrokenProcessPool:
+            return True
+        except Exception:  # noqa: BLE001 - an ordinary error is not a dead worker; the stage reports it itself
+            return False
+    return False
+
+
+def _describe(item: Any) -> str:
+    text = repr(item)
+    return text if len(text) <= 300 else text[:300] + "…"
 
 
 # Pools outlive one call: the stages of a flow run share warm workers (torch, librosa and numba

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable
 import subprocess
+from urllib.parse import urlsplit, urlunsplit
 import time
 import uuid
 from pathlib import Path
@@ -52,8 +53,10 @@ def check_reachable(uri: str) -> None:
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).raise_for_status()
     except requests.RequestException as exc:
+        secret = urlsplit(uri).password
+        detail = str(exc).replace(secret, "***") if secret else str(exc)
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}: {exc}); start it, point "
+            f"MLflow tracking server {redact(uri)} is unreachable ({type(exc).__name__}: {detail}); start it, point "
             f"MLFLOW_TRACKING_URI elsewhere, or set MLFLOW_TRACKING_URI=off to run without tracking") from None
 
 
@@ -106,6 +109,19 @@ def client_and_experiment(uri: str, workspace=None):
     return client, client.create_experiment(EXPERIMENT, artifact_location=location)
 
 
+def redact(uri: str) -> str:
+    """``uri`` fit to show or log: a password in it (``postgresql://user:pass@host/db``) becomes ***."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<an unparsable URI>"
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested params → ``{"train.lr": "0.001", ...}``; lists are written as their YAML-ish repr."""
     flat: dict[str, str] = {}
@@ -149,7 +165,7 @@ class Run:
         items = [Param(k, v) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):  # MLflow's per-batch param limit
             self.client.log_batch(self.run_id, params=items[start:start + 100])
-        log.info("tracking to MLflow at %s (run %s)", self.uri, self.run_id)
+        log.info("tracking to MLflow at %s (run %s)", redact(self.uri), self.run_id)
 
     @property
     def active(self) -> bool:

@@ -18,13 +18,15 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
-from polyvox.tracking import client_and_experiment
+from polyvox.tracking import client_and_experiment, redact
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ audio{height:2em;width:16em;display:block}code{background:#f6f6f6}img{max-width:
 </style></head><body>
 <h1>polyvox — run history</h1>
 <p><small>{{ source }} · registered model <code>{{ model_name }}</code> · {{ now }}</small></p>
+{% if prefect_problem %}<p id="prefect-problem"><small>⚠ {{ prefect_problem }}: the runs below are MLflow's, without their Prefect state.</small></p>{% endif %}
 <h2>Champion</h2>
 {% if champion %}<p id="champion">version <b>{{ champion }}</b></p>{% else %}<p id="champion">no champion yet</p>{% endif %}
 <table id="alias-history"><tr><th>time</th><th>action</th><th>from</th><th>to</th><th>reason</th></tr>
@@ -65,8 +68,13 @@ audio{height:2em;width:16em;display:block}code{background:#f6f6f6}img{max-width:
 {% for rule in run.failed %}<br><small>✘ {{ rule }}</small>{% endfor %}{% else %}—{% endif %}</td>
 <td>{% for sample in run.samples %}<small>{{ sample.name }}</small><audio controls preload="none" src="{{ sample.url }}"></audio>{% endfor %}</td>
 </tr>{% endfor %}</tbody></table>
+{% if truncated %}<p><small>The newest runs only (MLflow's newest {{ runs_shown }} stage runs).</small></p>{% endif %}
 </body></html>
 """
+
+
+RUNS_SHOWN = 500  # the newest MLflow runs the page reads (a pipeline run is ~10 of them)
+CACHE_SECONDS = 10.0  # how long one reading of MLflow serves every page load
 
 
 def _fmt(value: float) -> str:
@@ -78,7 +86,7 @@ def collect(uri: str, model_name: str) -> dict:
     from mlflow.exceptions import MlflowException
 
     client, experiment_id = client_and_experiment(uri)
-    runs = client.search_runs([experiment_id], max_results=2000, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs([experiment_id], max_results=RUNS_SHOWN, order_by=["attributes.start_time DESC"])
     groups: dict[str, dict] = {}
     for run in runs:
         tags = run.data.tags
@@ -125,21 +133,25 @@ def collect(uri: str, model_name: str) -> dict:
     except MlflowException:
         pass  # no registered model yet: no champion and no history to show
     ordered = sorted(groups.values(), key=lambda g: g["start"], reverse=True)
-    _prefect_states(ordered)
+    prefect_problem = _prefect_states(ordered)
     for group in ordered:
         group["started"] = datetime.fromtimestamp(group["start"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         group["stages"] = [(s, group["stages"][s]) for s in sorted(group["stages"], key=lambda s: (
             STAGES.index(s.split(":")[0]) if s.split(":")[0] in STAGES else len(STAGES), s))]
-    return {"runs": ordered, "champion": champion, "history": history}
+    return {"runs": ordered, "champion": champion, "history": history, "prefect_problem": prefect_problem,
+            "truncated": len(runs) == RUNS_SHOWN}
 
 
-def _prefect_states(groups: list[dict]) -> None:
-    """Each group that is a Prefect flow run gets its name and state (only with PREFECT_API_URL set)."""
+def _prefect_states(groups: list[dict]) -> str | None:
+    """Each group that is a Prefect flow run gets its name and state (only with PREFECT_API_URL set).
+    Returns why Prefect could not be asked, for the page to say; the page shows MLflow's runs anyway."""
     if not os.environ.get("PREFECT_API_URL"):
-        return
+        return None
     import uuid
 
+    import httpx
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     try:
         with get_client(sync_client=True) as client:
@@ -148,9 +160,15 @@ def _prefect_states(groups: list[dict]) -> None:
                     flow_run = client.read_flow_run(uuid.UUID(group["id"]))
                 except ValueError:
                     continue
+                except ObjectNotFound:  # the flow run was deleted in Prefect; its MLflow runs remain
+                    group["prefect"] = "deleted in Prefect"
+                    continue
                 group["prefect"] = f"{flow_run.name} ({flow_run.state.name if flow_run.state else '?'})"
-    except (OSError, RuntimeError) as exc:
-        log.warning("Prefect at %s not reachable: %s", os.environ["PREFECT_API_URL"], exc)
+    except (httpx.HTTPError, OSError, RuntimeError) as exc:
+        problem = f"Prefect at {redact(os.environ['PREFECT_API_URL'])} did not answer ({type(exc).__name__})"
+        log.warning("%s: %s", problem, str(exc)[:200])
+        return problem
+    return None
 
 
 def _series(run: dict, key: str) -> dict[str | None, float]:
@@ -199,11 +217,22 @@ def create_app(uri: str, model_name: str) -> FastAPI:
     app = FastAPI(title="polyvox dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     cache = Path(tempfile.mkdtemp(prefix="polyvox-dashboard-"))
 
+    cached: dict = {}
+    lock = threading.Lock()
+
+    def fresh() -> dict:
+        """:func:`collect`, at most once every CACHE_SECONDS however many people reload the page."""
+        with lock:
+            if not cached or time.monotonic() - cached["at"] > CACHE_SECONDS:
+                cached.update(data=collect(uri, model_name), at=time.monotonic())
+            return cached["data"]
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        data = collect(uri, model_name)
-        source = uri if uri.startswith(("http://", "https://")) else "MLflow " + uri.split("?")[0]
-        return template.render(**data, shown=SHOWN, judged=JUDGED, trend=trend_png(data["runs"]), model_name=model_name,
+        data = fresh()
+        shown = redact(uri)  # never the password of a database URI
+        source = shown if shown.startswith(("http://", "https://")) else "MLflow " + shown.split("?")[0]
+        return template.render(**data, runs_shown=RUNS_SHOWN, shown=SHOWN, judged=JUDGED, trend=trend_png(data["runs"]), model_name=model_name,
                                source=source, now=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
     @app.get("/healthz")
