@@ -1,8 +1,15 @@
 """Sustained load: N concurrent clients against `polyvox serve` on loopback for S seconds.
 
     .venv/bin/python benchmarks/serve_load.py --bundle models/champion [--clients 16] [--seconds 60]
+    .venv/bin/python benchmarks/serve_load.py --bundle models/champion --clients 64 --hostile
 
-Every response is counted by status class; 5xx must be zero. Latency p50/p95 is reported for the
+With ``--hostile`` a quarter of the clients are hostile (issue 20), in equal shares: bodies that
+declare 10 GB, a decompression bomb (a 13300×13300 PNG of a few hundred KB), and slow clients that
+trickle their body a byte at a time. Every refused request must be a 4xx or a 503 with a reason
+(a JSON ``detail``). The good clients' p95 is reported against a 16-client run of good clients
+alone, measured first in the same run.
+
+Every response is counted by status class; 5xx other than 503 (busy, Retry-After) must be zero. Latency p50/p95 is reported for the
 first and the last ``--window`` seconds, and the server's resident memory (RSS, psutil) after the
 warm-up and at the end, against the bound ``--rss-growth-mb`` (default 64 MB): a leak per request
 shows as growth over thousands of requests. Exit status 1 when a 5xx was seen or the bound broken.
@@ -12,6 +19,7 @@ Writes ``benchmarks/results/serve_load.json``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -32,6 +40,41 @@ SENTENCES = ["Please call Stella and ask her to bring these things with her.", "
              "The meeting starts at half past nine, in room twelve.", "What would you like for dinner on Friday?"]
 
 
+def _bomb() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (13300, 13300)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def hostile(kind: str, url: str, speaker: str, bomb: bytes) -> tuple[int, bool]:
+    """One hostile request; (status, whether the answer gave a reason)."""
+    host, port = url.removeprefix("http://").split(":")
+    if kind == "bomb":
+        response = httpx.post(f"{url}/synthesize", data={"text": "Hello.", "speaker": speaker},
+                              files={"image": ("bomb.png", bomb, "image/png")}, timeout=300)
+        return response.status_code, bool(response.json().get("detail"))
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        if kind == "oversized":
+            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 10000000000\r\n\r\n--b\r\n")
+        else:  # slow: a small form, one byte every 50 ms
+            body = f"text=Slowly+now.&speaker={speaker}".encode()
+            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+            for byte in body:
+                conn.sendall(bytes([byte]))
+                time.sleep(0.05)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+            if kind == "oversized" and b"}" in reply:
+                break
+    status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else 599
+    return status, status == 200 or b'"detail"' in reply
+
+
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"requests": 0, "p50_s": None, "p95_s": None}
@@ -47,7 +90,10 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of full load before RSS is first read")
     parser.add_argument("--rss-growth-mb", type=float, default=64.0)
+    parser.add_argument("--hostile", action="store_true", help="a quarter of the clients hostile (see above)")
+    parser.add_argument("--baseline-clients", type=int, default=16, help="with --hostile: good clients of the baseline")
     args = parser.parse_args()
+    bomb = _bomb() if args.hostile else b""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -68,22 +114,34 @@ def main() -> int:
         speaker = httpx.get(f"{url}/voices").json()["speakers"][0]
         process = psutil.Process(server.pid)
 
-        def client(index: int) -> None:
+        def client(index: int, kind: str) -> None:
             with httpx.Client(timeout=300) as http:
                 turn = index
                 while time.monotonic() < stop:
                     start = time.monotonic()
+                    reasoned = True
                     try:
-                        status = http.post(f"{url}/synthesize", data={"text": SENTENCES[turn % len(SENTENCES)],
-                                                                      "speaker": speaker}).status_code
-                    except httpx.TransportError:
+                        if kind == "good":
+                            response = http.post(f"{url}/synthesize", data={"text": SENTENCES[turn % len(SENTENCES)],
+                                                                            "speaker": speaker})
+                            status = response.status_code
+                            reasoned = status == 200 or bool(response.json().get("detail"))
+                        else:
+                            status, reasoned = hostile(kind, url, speaker, bomb)
+                    except (httpx.TransportError, OSError):
                         status = 599  # no answer at all counts as a server failure
                     with lock:
-                        records.append((start - began, time.monotonic() - start, status))
+                        records.append((start - began, time.monotonic() - start, status, kind, reasoned))
                     turn += 1
 
-        def run_clients() -> None:
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        def kinds(clients: int, mixed: bool) -> list[str]:
+            if not mixed:
+                return ["good"] * clients
+            bad = clients // 4
+            return ["good"] * (clients - bad) + [("oversized", "bomb", "slow")[i % 3] for i in range(bad)]
+
+        def run_clients(clients: int = args.clients, mixed: bool = args.hostile) -> None:
+            threads = [threading.Thread(target=client, args=(i, kind)) for i, kind in enumerate(kinds(clients, mixed))]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -91,12 +149,19 @@ def main() -> int:
 
         # Warm-up at full concurrency: lazy initialisation, one allocator arena per worker thread,
         # onnxruntime's buffers; the steady state after it is what growth is measured from.
-        records: list[tuple[float, float, int]] = []  # (start offset, latency, status)
+        records: list[tuple[float, float, int, str, bool]] = []  # (start offset, latency, status, kind, reasoned)
         lock = threading.Lock()
         began = time.monotonic()
         stop = began + args.warmup
         run_clients()
-        warmup_statuses = sorted({status for _, _, status in records})
+        warmup_statuses = sorted({record[2] for record in records})
+        baseline = None
+        if args.hostile:  # the figure the good clients' latency under attack is read against
+            records = []
+            began = time.monotonic()
+            stop = began + args.seconds
+            run_clients(args.baseline_clients, mixed=False)
+            baseline = percentiles([latency for _, latency, status, _, _ in records if status == 200])
         rss_start = process.memory_info().rss
         records = []
         began = time.monotonic()
@@ -108,9 +173,13 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=30)
     statuses: dict[str, int] = {}
-    for _, _, status in records:
-        statuses[f"{status // 100}xx"] = statuses.get(f"{status // 100}xx", 0) + 1
-    ok = [(t, latency) for t, latency, status in records if status == 200]
+    by_kind: dict[str, dict[str, int]] = {}
+    for _, _, status, kind, _ in records:
+        group = "503" if status == 503 else f"{status // 100}xx"  # 503: busy, with Retry-After — a refusal, not a failure
+        statuses[group] = statuses.get(group, 0) + 1
+        by_kind.setdefault(kind, {})[str(status)] = by_kind.setdefault(kind, {}).get(str(status), 0) + 1
+    unexplained = sum(1 for *_, reasoned in records if not reasoned)
+    ok = [(t, latency) for t, latency, status, kind, _ in records if status == 200 and kind == "good"]
     growth_mb = (rss_end - rss_start) / 2**20
     report = {
         "clients": args.clients, "seconds": args.seconds, "wall_s": wall, "statuses": statuses,
@@ -120,17 +189,22 @@ def main() -> int:
         "last_window": percentiles([latency for t, latency in ok if t >= args.seconds - args.window]),
         "rss_start_mb": rss_start / 2**20, "rss_end_mb": rss_end / 2**20, "rss_growth_mb": growth_mb,
         "rss_bound_mb": args.rss_growth_mb, "bundle": str(args.bundle), "warmup_s": args.warmup,
-        "warmup_statuses": warmup_statuses,
+        "warmup_statuses": warmup_statuses, "hostile": args.hostile, "by_kind": by_kind,
+        "refused_without_reason": unexplained, "baseline": baseline, "baseline_clients": args.baseline_clients,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_load.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / ("serve_load_hostile.json" if args.hostile else "serve_load.json")).write_text(json.dumps(report, indent=1) + "\n")
     first, last = report["first_window"], report["last_window"]
     print(f"{args.clients} clients × {args.seconds:.0f} s: {statuses}, {report['throughput_rps']:.2f} req/s; "
           f"p50/p95 first {args.window:.0f} s {first['p50_s']:.3f}/{first['p95_s']:.3f} s, last {last['p50_s']:.3f}/"
           f"{last['p95_s']:.3f} s; RSS {report['rss_start_mb']:.0f} → {report['rss_end_mb']:.0f} MB "
           f"({growth_mb:+.1f} MB, bound {args.rss_growth_mb:.0f} MB)")
-    failed = statuses.get("5xx", 0) > 0 or growth_mb > args.rss_growth_mb
+    if baseline is not None:
+        print(f"hostile mix {by_kind}; refused without a reason: {unexplained}; good p95 {report['all']['p95_s']:.3f} s "
+              f"against {baseline['p95_s']:.3f} s with {args.baseline_clients} good clients alone "
+              f"({report['all']['p95_s'] / baseline['p95_s']:.2f}×)")
+    failed = statuses.get("5xx", 0) > 0 or growth_mb > args.rss_growth_mb or unexplained > 0
     return 1 if failed else 0
 
 
