@@ -72,6 +72,11 @@ def restore_training_state(path: Path, device: torch.device, model: torch.nn.Mod
 LR_FLOOR = 0.05
 
 
+def cosine(max_steps: int) -> Callable[[int], float]:
+    """No warm-up: a cosine from the peak at step 0 down to ``LR_FLOOR`` of it at ``max_steps`` (the vocoder's)."""
+    return lambda step: LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * min(step, max_steps) / max_steps))
+
+
 def warmup_cosine(warmup: int, max_steps: int) -> Callable[[int], float]:
     """Linear warm-up, then a cosine from the peak down to ``LR_FLOOR`` of it at ``max_steps``."""
     warmup = max(1, min(warmup, max_steps - 1))

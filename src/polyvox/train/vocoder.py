@@ -35,7 +35,7 @@ from polyvox.signal.mel import MEL_FLOOR, mel_transform
 from polyvox.fileio import atomic_write_text
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 from polyvox.progress import track
-from polyvox.train.loop import Session, finished, held_out, optimise, run_once, warmup_cosine
+from polyvox.train.loop import Session, cosine, finished, held_out, optimise, run_once
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
 from polyvox.fingerprint import fingerprint
@@ -230,7 +230,7 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
     model = Vocos(vocoder_config(params.audio, cfg)).to(device)
     loss_fn = VocoderLoss(params.audio).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.9), weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(0, cfg.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine(cfg.max_steps))
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
