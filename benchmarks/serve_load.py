@@ -147,21 +147,21 @@ def main() -> int:
             for thread in threads:
                 thread.join()
 
-        # Warm-up at full concurrency: lazy initialisation, one allocator arena per worker thread,
-        # onnxruntime's buffers; the steady state after it is what growth is measured from.
         records: list[tuple[float, float, int, str, bool]] = []  # (start offset, latency, status, kind, reasoned)
         lock = threading.Lock()
-        began = time.monotonic()
-        stop = began + args.warmup
-        run_clients()
-        warmup_statuses = sorted({record[2] for record in records})
         baseline = None
-        if args.hostile:  # the figure the good clients' latency under attack is read against
-            records = []
+        if args.hostile:  # the figure the good clients' latency under attack is read against, first
             began = time.monotonic()
             stop = began + args.seconds
             run_clients(args.baseline_clients, mixed=False)
             baseline = percentiles([latency for _, latency, status, _, _ in records if status == 200])
+        # Warm-up with the measured mix, right before it: lazy initialisation, one allocator arena per
+        # worker thread, onnxruntime's buffers; the steady state after it is what growth is measured from.
+        records = []
+        began = time.monotonic()
+        stop = began + args.warmup
+        run_clients()
+        warmup_statuses = sorted({record[2] for record in records})
         rss_start = process.memory_info().rss
         records = []
         began = time.monotonic()
