@@ -1,9 +1,13 @@
 """Typed view of ``params.yaml``: the one home of every knob.
 
 ``load_params`` reads the YAML file, applies ``-S key.path=value`` overrides (the spelling of
-``dvc exp run -S``), and validates the result against :class:`Params`. Every field is required
-and no field has a default here, so a knob has exactly one home: the params file. Unknown,
-missing or mistyped keys raise :class:`ConfigError` naming the key and the file.
+``dvc exp run -S``), and validates the result against :class:`Params`. A knob has exactly one
+home, the params file: every field params.yaml sets is required here. The few defaults are for
+keys that metadata written before them lacks (``audio.f0_resolution`` and
+``model.phone_positions`` in an old ``model.json``; ``model.token_dropout``: None =
+``model.dropout``; ``promote.max_wer``: None = no rule), never a second value for a knob
+params.yaml sets. Unknown, missing or mistyped keys raise
+:class:`ConfigError` naming the key and the file.
 """
 
 from __future__ import annotations
