@@ -289,11 +289,9 @@ def _on_disk(ws) -> str | None:
 
 def test_a_promote_killed_after_the_alias_moved_is_mended_by_the_rerun(project, monkeypatch):
     params, ws = project
-    make_voice(ws.candidate, seed=1)
-    _evaluate(ws, evaluation(Voice_of(ws)))
+    _evaluate(ws, evaluation(make_voice(ws.candidate, seed=1)))
     assert promote(params, ws).version == "1"
-    make_voice(ws.candidate, seed=2)
-    _evaluate(ws, evaluation(Voice_of(ws), champion=(-0.03, -0.05, -0.01)))
+    _evaluate(ws, evaluation(make_voice(ws.candidate, seed=2), champion=(-0.03, -0.05, -0.01)))
     _download_killed_once(monkeypatch)
     with pytest.raises(Killed):
         promote(params, ws)
@@ -308,8 +306,7 @@ def test_a_promote_killed_after_the_alias_moved_is_mended_by_the_rerun(project, 
 def test_a_rollback_killed_halfway_is_finished_not_repeated(project, monkeypatch):
     params, ws = project
     for seed, champion in ((1, None), (2, (-0.03, -0.05, -0.01)), (3, (-0.03, -0.05, -0.01))):
-        make_voice(ws.candidate, seed=seed)
-        _evaluate(ws, evaluation(Voice_of(ws), champion=champion))
+        _evaluate(ws, evaluation(make_voice(ws.candidate, seed=seed), champion=champion))
         assert promote(params, ws).promoted
     _download_killed_once(monkeypatch)
     with pytest.raises(Killed):
@@ -325,16 +322,14 @@ def test_mlflow_failing_at_the_end_neither_masks_the_error_nor_fails_the_work(pr
     from mlflow.exceptions import MlflowException
 
     params, ws = project
-    make_voice(ws.candidate, seed=1)
-    _evaluate(ws, evaluation(Voice_of(ws)))
+    _evaluate(ws, evaluation(make_voice(ws.candidate, seed=1)))
 
     def end_run(self, run_id, status="FINISHED"):
         raise MlflowException("the tracking server went away")
 
     monkeypatch.setattr(Registry, "end_run", end_run)
     assert promote(params, ws).promoted and _on_disk(ws) == "1"  # done work stands
-    make_voice(ws.candidate, seed=2)
-    _evaluate(ws, evaluation(Voice_of(ws), champion=(-0.03, -0.05, -0.01)))
+    _evaluate(ws, evaluation(make_voice(ws.candidate, seed=2), champion=(-0.03, -0.05, -0.01)))
     monkeypatch.setattr(Registry, "download", lambda self, version, target: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):  # the stage's own error, not MLflow's
         promote(params, ws)
@@ -367,9 +362,3 @@ def test_a_kill_between_the_two_renames_of_a_folder_swap_is_recovered(tmp_path, 
     assert not recover_folder(target)  # nothing to recover twice
     replace_folder(staging, target)  # and the next swap goes through
     assert (target / "bundle.json").read_text() == "new" and not (tmp_path / ".champion-old").exists()
-
-
-def Voice_of(ws):
-    from polyvox.runtime.voice import Voice
-
-    return Voice.load(ws.candidate)

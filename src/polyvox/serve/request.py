@@ -123,7 +123,7 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
             tokens = front_end.tokens(sentence)
         except ValueError:
             raise RequestError(422, f"nothing pronounceable in the sentence {sentence[:80]!r}") from None
-        count = tokens.shape[-1] if hasattr(tokens, "shape") else len(tokens)
+        count = tokens.shape[-1]  # (1, tokens)
         if count > settings.max_sentence_tokens:  # normalisation can multiply text ("1999" → four words)
             raise RequestError(413, f"the sentence {sentence[:40]!r}… is {count} phoneme tokens once normalised; the "
                                     f"limit is {settings.max_sentence_tokens} (split it)")
