@@ -71,6 +71,21 @@ def test_gate_rules_pass_and_fail_on_crafted_evaluations(tmp_path, params):
     assert not gain["ensemble_gain"].passed and gain["ensemble_gain"].threshold == 0.70
 
 
+def test_the_naturalness_rule_is_off_by_default_and_judges_dnsmos_when_set(tmp_path, params):
+    voice = make_voice(tmp_path / "candidate")
+    assert params.promote.min_mos is None and "mos" not in {r.rule for r in judge(evaluation(voice), params.promote, False)}
+    strict = params.promote.model_copy(update={"min_mos": 2.5})
+    metrics = evaluation(voice)
+    metrics["systems"]["candidate"]["mos_ovrl"] = 2.3
+    rule = {r.rule: r for r in judge(metrics, strict, has_champion=False)}["mos"]
+    assert not rule.passed and rule.value == 2.3 and rule.threshold == 2.5 and "DNSMOS" in rule.detail
+    metrics["systems"]["candidate"]["mos_ovrl"] = 2.7
+    assert passed(judge(metrics, strict, has_champion=False))
+    del metrics["systems"]["candidate"]["mos_ovrl"]  # an evaluation that did not measure it is refused, not waved through
+    rule = {r.rule: r for r in judge(metrics, strict, has_champion=False)}["mos"]
+    assert not rule.passed and "not measured" in rule.detail
+
+
 def test_the_gate_and_the_model_card_name_the_judge(tmp_path, params):
     from polyvox.runtime.bundle import model_card
 

@@ -50,6 +50,23 @@ def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: s
     return folder
 
 
+def make_vocoder(folder: Path, seed: int = 0) -> Path:
+    """A vocoder folder (vocoder.json, best.pt) of a tiny Vocos with random weights, params.yaml's audio."""
+    from dataclasses import asdict
+
+    from polyvox.models.neural_vocoder import Vocos
+    from polyvox.train.vocoder import vocoder_config
+
+    params = load_params(REPO / "params.yaml")
+    torch.manual_seed(seed)
+    model = Vocos(vocoder_config(params.audio, params.vocoder.model_copy(
+        update=dict(channels=16, layers=1, intermediate=32))))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict()}, folder / "best.pt")
+    (folder / "vocoder.json").write_text(json.dumps({"name": folder.name, "model": asdict(model.cfg)}), encoding="utf-8")
+    return folder
+
+
 def make_voice(folder: Path, seed: int = 0) -> Voice:
     """A one-member voice saved at ``folder`` (the layout of models/candidate)."""
     member = make_member(folder.parent / f".member-{folder.name}-{seed}", seed)

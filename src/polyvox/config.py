@@ -245,6 +245,16 @@ class VocoderSection(_Section):
     checkpoint_every: int = Field(ge=1)
     validate_every: int = Field(ge=1)
     grad_clip: float = Field(gt=0)
+    # Adversarial training (polyvox.models.discriminators); [] = the spectral losses alone.
+    discriminators: list[Literal["period", "resolution"]]
+    periods: list[Annotated[int, Field(ge=2)]]
+    discriminator_channels: int = Field(ge=4)
+    discriminator_lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)  # spectral losses alone before the discriminators join
+    adversarial_weight: float = Field(ge=0)
+    feature_weight: float = Field(ge=0)
+    # A trained vocoder's folder to fine-tune from (its discriminators too, when it trained some); None = scratch.
+    init_from: str | None
 
 
 class EnsembleSection(_Section):
@@ -294,6 +304,7 @@ class PromoteSection(_Section):
     min_speaker_similarity: float = Field(ge=-1, le=1)
     max_mcd_db: float = Field(gt=0)
     max_rtf: float = Field(gt=0)  # one CPU thread
+    min_mos: float | None = Field(gt=0, le=5)  # DNSMOS overall (P.835 OVRL) on the test split; None = no rule
     require_ensemble_gain: bool  # an ensemble candidate must have beaten its best member on validation
     export_onnx: bool  # put the acoustic model in ONNX into the bundle (polyvox.runtime.onnx)
 

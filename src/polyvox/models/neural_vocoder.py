@@ -60,16 +60,21 @@ class ISTFTHead(nn.Module):
         self.linear = nn.Linear(channels, n_fft + 2)
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)
 
+    def spectrum(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, frames, channels) → real and imaginary parts, each (batch, n_fft // 2 + 1, frames), float32."""
+        log_magnitude, phase = self.linear(x.float()).transpose(1, 2).chunk(2, dim=1)
+        magnitude = torch.exp(log_magnitude).clamp(max=MAX_MAGNITUDE)
+        # cos/sin of an unbounded angle, not a bounded one: the phase wraps freely.
+        return magnitude * torch.cos(phase), magnitude * torch.sin(phase)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, frames, channels) → (batch, frames * hop_length)."""
         frames = x.shape[1]
         with torch.autocast(x.device.type, enabled=False):  # the iSTFT wants float32
-            log_magnitude, phase = self.linear(x.float()).transpose(1, 2).chunk(2, dim=1)
-            magnitude = torch.exp(log_magnitude).clamp(max=MAX_MAGNITUDE)
-            # cos/sin of an unbounded angle, not a bounded one: the phase wraps freely.
-            spectrum = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-            return torch.istft(spectrum, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                               window=self.window, center=True, length=frames * self.hop_length)
+            real, imaginary = self.spectrum(x)
+            return torch.istft(torch.complex(real, imaginary), n_fft=self.n_fft, hop_length=self.hop_length,
+                               win_length=self.win_length, window=self.window, center=True,
+                               length=frames * self.hop_length)
 
 
 class Vocos(nn.Module):
@@ -92,13 +97,17 @@ class Vocos(nn.Module):
             nn.init.trunc_normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        if mel.ndim != 3 or mel.shape[1] != self.cfg.n_mels:
-            raise ValueError(f"Vocos expects (batch, {self.cfg.n_mels}, frames) log-mel, got shape {tuple(mel.shape)}")
+    def features(self, mel: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames) → the backbone's (batch, frames, channels), which the head turns into a spectrum."""
         x = self.norm(self.embed(mel).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.final_norm(x.transpose(1, 2)))
+        return self.final_norm(x.transpose(1, 2))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        if mel.ndim != 3 or mel.shape[1] != self.cfg.n_mels:
+            raise ValueError(f"Vocos expects (batch, {self.cfg.n_mels}, frames) log-mel, got shape {tuple(mel.shape)}")
+        return self.head(self.features(mel))
 
     @torch.no_grad()
     def synthesize(self, mel: torch.Tensor) -> torch.Tensor:
@@ -108,13 +117,19 @@ class Vocos(nn.Module):
         return wave[0] if single else wave
 
 
-def load_vocoder(folder: str | Path, device: str | torch.device = "cpu") -> Vocos:
-    """A trained vocoder from its folder: ``vocoder.json`` and ``best.pt`` (else ``last.pt``), in eval mode."""
+def vocoder_checkpoint(folder: str | Path) -> tuple[VocoderConfig, Path]:
+    """(config, checkpoint) of a trained vocoder's folder: ``vocoder.json`` and ``best.pt``, else ``last.pt``."""
     folder = Path(folder)
     description = folder / "vocoder.json"
     checkpoint = next((folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
     if not description.is_file() or checkpoint is None:
         raise FileNotFoundError(f"{folder}: a vocoder folder holds vocoder.json and best.pt or last.pt")
-    model = Vocos(VocoderConfig(**json.loads(description.read_text(encoding="utf-8"))["model"]))
+    return VocoderConfig(**json.loads(description.read_text(encoding="utf-8"))["model"]), checkpoint
+
+
+def load_vocoder(folder: str | Path, device: str | torch.device = "cpu") -> Vocos:
+    """A trained vocoder from its folder (:func:`vocoder_checkpoint`), in eval mode."""
+    cfg, checkpoint = vocoder_checkpoint(folder)
+    model = Vocos(cfg)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
     return model.to(device).eval()

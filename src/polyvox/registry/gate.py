@@ -45,6 +45,9 @@ def judge(metrics: dict, cfg: PromoteSection, has_champion: bool) -> list[Rule]:
     ]
     if cfg.max_wer is not None:
         rules.append(_check("wer", candidate.get("wer"), "<=", cfg.max_wer, f"word error rate on the test split, heard by {asr}"))
+    if cfg.min_mos is not None:
+        rules.append(_check("mos", candidate.get("mos_ovrl"), ">=", cfg.min_mos,
+                            "naturalness: DNSMOS overall (P.835) on the test split"))
     if cfg.require_ensemble_gain:
         voice = metrics.get("candidate_voice", {})
         info = voice.get("info", {})

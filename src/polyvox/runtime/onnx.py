@@ -15,7 +15,12 @@ Between them, durations are rounded and tokens repeated in numpy (the positions,
 alignment and its warp come from the same functions the model trains with) — the same shared-duration
 ensemble as :class:`polyvox.runtime.voice.Voice` (mean log-durations, weighted log-mels). The
 ONNX path covers conditioning by speaker name (the serving hot path); reference audio and images
-go through PyTorch. The vocoder stays in PyTorch (its iSTFT head has no ONNX export).
+go through PyTorch.
+
+The neural vocoder becomes a third graph, ``vocoder.onnx`` (log-mel (1, n_mels, frames) → waveform
+(1, frames * hop)). ``torch.istft`` has no ONNX export, so the graph spells it out in ops that
+have one (:class:`_Vocoder`); a voice with the Griffin-Lim vocoder has no such graph and vocodes in
+PyTorch.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from polyvox.models.acoustic import MAX_TOKEN_FRAMES, AcousticModel, warp_teacher
@@ -102,11 +108,76 @@ def export_member(model: AcousticModel, target: Path) -> None:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+class _Vocoder(nn.Module):
+    """:class:`~polyvox.models.neural_vocoder.Vocos` with its ``torch.istft(center=True)`` written out:
+    the inverse real FFT of each frame, the synthesis window, overlap-add of the ``n_fft / hop``
+    shifted blocks, division by the overlap-added squared window, and the centre trim — the same
+    sums in the same order of terms, so the graph matches PyTorch to float rounding."""
+
+    def __init__(self, model):
+        super().__init__()
+        head = model.head
+        if head.n_fft % head.hop_length:
+            raise ValueError(f"ONNX export of the vocoder needs n_fft ({head.n_fft}) to be a multiple of "
+                             f"hop_length ({head.hop_length})")
+        self.model, self.n_fft, self.hop = model, head.n_fft, head.hop_length
+        left = (head.n_fft - head.win_length) // 2  # torch.istft centres a window shorter than n_fft
+        self.register_buffer("window", F.pad(head.window, (left, head.n_fft - head.win_length - left)))
+
+    def _overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """(batch, frames, n_fft) → (batch, (frames + n_fft / hop − 1) * hop): frame t added at t * hop."""
+        batch, count, _ = frames.shape
+        shifts = self.n_fft // self.hop
+        blocks = frames.reshape(batch, count, shifts, self.hop)
+        total = sum(F.pad(blocks[:, :, j], (0, 0, j, shifts - 1 - j)) for j in range(shifts))
+        return total.reshape(batch, -1)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        real, imaginary = self.model.head.spectrum(self.model.features(mel))
+        frames = torch.fft.irfft(torch.complex(real, imaginary), n=self.n_fft, dim=1).transpose(1, 2) * self.window
+        count = frames.shape[1]
+        wave = self._overlap_add(frames)
+        envelope = self._overlap_add(torch.ones_like(frames[:1]) * self.window.square())
+        start = self.n_fft // 2
+        return (wave / envelope)[:, start:start + count * self.hop].clamp(-1.0, 1.0)
+
+
+def export_vocoder(model, target: Path) -> Path:
+    """``target`` (a ``.onnx`` path) ← the trained vocoder ``model`` (a Vocos), dynamic frame count."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mel = torch.randn(1, model.cfg.n_mels, 40) - 5.0
+    with torch.no_grad():
+        frames = torch.export.Dim("frames", min=2, max=65536)
+        torch.onnx.export(_Vocoder(model.eval()).eval(), (mel,), str(target), dynamo=True, input_names=["mel"],
+                          output_names=["wave"], dynamic_shapes={"mel": {2: frames}}, verbose=False)
+    return target
+
+
+class OnnxVocoder:
+    """``vocoder.onnx`` in onnxruntime: (n_mels, frames) log-mel → (frames * hop,) float32 waveform."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def synthesize(self, mel: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})[0][0]
+
+
 def export_voice(voice, target: Path) -> Path:
-    """Every member of ``voice`` (a :class:`Voice`) into ``target/<member>/``, plus ``onnx.json``."""
+    """Every member of ``voice`` (a :class:`Voice`) into ``target/<member>/``, its neural vocoder (if
+    it has one) into ``target/vocoder.onnx``, plus ``onnx.json``."""
     for member in voice.members:
         export_member(member.synthesizer.model, target / member.name)
-    (target / "onnx.json").write_text(json.dumps({"members": [m.name for m in voice.members],
+    vocoder = None
+    if voice.vocoder is not None:
+        vocoder = export_vocoder(voice.vocoder, target / "vocoder.onnx").name
+    (target / "onnx.json").write_text(json.dumps({"members": [m.name for m in voice.members], "vocoder": vocoder,
                                                   "exporter": OPSET_NOTE, "torch": torch.__version__}, indent=1) + "\n")
     return target
 
@@ -137,6 +208,12 @@ class OnnxAcoustic:
         # members that read a teacher rendering (model.teacher_input)
         self.taught = {name for name, (_, decoder) in self.sessions.items()
                        if any(i.name == "teacher" for i in decoder.get_inputs())}
+        self.vocoder = None
+        if voice.vocoder is not None:
+            if not (folder / "vocoder.onnx").is_file():  # a bundle exported before the vocoder had a graph
+                log.warning("%s: no vocoder.onnx; the neural vocoder runs in PyTorch", folder)
+            else:
+                self.vocoder = OnnxVocoder(folder / "vocoder.onnx", threads)
 
     def mel(self, text: str, speaker: str) -> np.ndarray:
         """(n_mels, frames) log-mel on shared durations, weighted as the voice's members are."""
@@ -173,5 +250,7 @@ class OnnxAcoustic:
         return warp_teacher(track, grid, frame_tokens(grid)).numpy().astype(np.float32)
 
     def synthesize(self, text: str, speaker: str) -> tuple[np.ndarray, int]:
-        mel = torch.from_numpy(self.mel(text, speaker))
-        return self.voice.vocode(mel), self.voice.sample_rate
+        mel = self.mel(text, speaker)
+        if self.vocoder is not None:
+            return self.vocoder.synthesize(mel), self.voice.sample_rate
+        return self.voice.vocode(torch.from_numpy(mel)), self.voice.sample_rate

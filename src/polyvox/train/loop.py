@@ -46,21 +46,28 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def training_state(model: torch.nn.Module, optimiser, scheduler, scaler, step: int, best: float | None,
-                   best_key: str, amp: bool) -> dict:
-    """Everything an exact resume needs: weights, optimiser, schedule, loss scaler, RNG states, step."""
+                   best_key: str, amp: bool, companions: dict | None = None) -> dict:
+    """Everything an exact resume needs: weights, optimiser, schedule, loss scaler, RNG states, step,
+    and the state of each companion (anything with ``state_dict``: a GAN's discriminators and their
+    optimiser, say) under its key."""
     return {"model": model.state_dict(), "optimizer": optimiser.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "step": step, best_key: best, "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state() if amp else None}
+            "rng_cuda": torch.cuda.get_rng_state() if amp else None,
+            **{key: value.state_dict() for key, value in (companions or {}).items()}}
 
 
 def restore_training_state(path: Path, device: torch.device, model: torch.nn.Module, optimiser, scheduler, scaler,
-                           best_key: str, amp: bool) -> tuple[int, float | None]:
+                           best_key: str, amp: bool, companions: dict | None = None) -> tuple[int, float | None]:
     """Load :func:`training_state` from ``path`` (``weights_only``) into the objects; returns (step, best)."""
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
+    for key, value in (companions or {}).items():
+        if key not in state:
+            raise ValueError(f"{path}: no {key!r} state to resume from (the run was trained without it)")
+        value.load_state_dict(state[key])
     torch.set_rng_state(state["rng_cpu"])
     if amp and state.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(state["rng_cuda"])
@@ -137,15 +144,17 @@ class Session:
     def __init__(self, out: Path, model: torch.nn.Module, optimiser, scheduler, scaler, *, device: torch.device,
                  amp: bool, best_key: str, losses: tuple[str, ...], val_name: str, max_minutes: float,
                  validate_every: int, checkpoint_every: int, resume: bool, write: bool = True,
-                 extra: Callable[[], dict] = dict):
+                 extra: Callable[[], dict] = dict, companions: dict | None = None):
         self.out, self.write, self.extra = out, write, extra
         self._objects = (model, optimiser, scheduler, scaler)
+        self.companions = companions or {}
         self.best_key, self.amp, self.losses = best_key, amp, losses
         self.max_minutes, self.validate_every, self.checkpoint_every = max_minutes, validate_every, checkpoint_every
         out.mkdir(parents=True, exist_ok=True)
         self.start, self.best = 0, None
         if resume and (out / "last.pt").is_file():
-            self.start, self.best = restore_training_state(out / "last.pt", device, *self._objects, best_key, amp)
+            self.start, self.best = restore_training_state(out / "last.pt", device, *self._objects, best_key, amp,
+                                                           self.companions)
         self.metrics_path = out / "metrics.csv"
         kept: list[list[str]] = []
         if self.start > 0 and self.metrics_path.is_file():  # a killed run may have logged steps past last.pt's
@@ -167,7 +176,8 @@ class Session:
         return step % self.validate_every == 0 or last
 
     def state(self, step: int) -> dict:
-        return {**training_state(*self._objects, step, self.best, self.best_key, self.amp), **self.extra()}
+        return {**training_state(*self._objects, step, self.best, self.best_key, self.amp, self.companions),
+                **self.extra()}
 
     def keep_if_best(self, val: float, step: int) -> None:
         if self.best is None or val < self.best:

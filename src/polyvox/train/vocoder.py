@@ -5,14 +5,19 @@ Data: the ``features`` index (mels, kept in memory) joined by ``id`` with the ``
 (seed, s), so a resumed run sees the segments the uninterrupted one would have seen.
 
 Loss: multi-resolution STFT (spectral convergence + log-magnitude L1 at three resolutions) plus
-L1 between the log-mels of the output and of the real audio. There is no adversarial loss: a
-vocoder trained like this renders the right spectral envelope but a slightly buzzy, over-smoothed
-fine structure. A GAN discriminator (Vocos's multi-period + multi-resolution ones) is the next step
-for quality; this trainer and its checkpoints are where it would plug in.
+L1 between the log-mels of the output and of the real audio. Alone, these render the right spectral
+envelope but a buzzy, over-smoothed fine structure. With ``vocoder.discriminators`` (HiFi-GAN's
+multi-period and/or UnivNet's multi-resolution discriminators, :mod:`polyvox.models.discriminators`),
+after ``warmup_steps`` on the spectral losses alone the generator also minimises a hinge
+adversarial loss and feature matching, and the discriminators train in alternation with it (their
+own AdamW and cosine). Once they join, ``best.pt`` is chosen among adversarial steps only: the
+adversarial losses trade a little mel L1 for natural fine structure, and a warm-up checkpoint would
+otherwise always win. ``vocoder.init_from`` fine-tunes a trained vocoder (and its discriminators).
 
 CUDA when present (with mixed precision), CPU otherwise. Bounded by ``max_steps`` and
 ``max_minutes``; ``last.pt`` holds model, optimiser, scheduler, grad-scaler and RNG states and the
-step (exact resume), ``best.pt`` the lowest validation mel L1. Checkpoints load with ``weights_only=True``.
+step, and the discriminators' weights, optimiser, scheduler and scaler (exact resume); ``best.pt``
+the lowest validation mel L1. Checkpoints load with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from polyvox.config import AudioConfig, Params, VocoderSection
+from polyvox.config import AudioConfig, ConfigError, Params, VocoderSection
 from polyvox.fileio import load_arrays
 from polyvox.signal.mel import MEL_FLOOR, mel_transform
 from polyvox.fileio import atomic_write_text
-from polyvox.models.neural_vocoder import VocoderConfig, Vocos
+from polyvox.models.discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
+                                           generator_loss)
+from polyvox.models.neural_vocoder import VocoderConfig, Vocos, vocoder_checkpoint
+from polyvox.fingerprint import file_digest
 from polyvox.progress import track
 from polyvox.train.loop import Session, cosine, finished, held_out, optimise, run_once
 from polyvox.train.data import seeded_rng
@@ -49,6 +57,7 @@ log = logging.getLogger(__name__)
 RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 VALIDATION_CLIPS = 32  # the first utterances of the val split, whole: a fixed set, comparable across validations
 LOSS_NAMES = ("total", "mel", "spectral_convergence", "log_magnitude")
+GAN_LOSS_NAMES = ("adversarial", "feature_matching", "discriminator")  # 0 during the warm-up
 
 
 @dataclass(frozen=True)
@@ -188,13 +197,51 @@ BOUNDS = {"max_steps", "max_minutes", "checkpoint_every", "validate_every"}  # h
 
 def vocoder_fingerprints(params: Params, workspace: Workspace,
                          cfg: VocoderSection | None = None) -> tuple[str, str]:
-    """(what the vocoder learns from, how long it trains); ``cfg`` defaults to params.yaml's ``vocoder``."""
+    """(what the vocoder learns from, how long it trains); ``cfg`` defaults to params.yaml's ``vocoder``.
+    A fine-tune's identity holds its starting weights by content: a retrained source retrains it."""
     cfg = params.vocoder if cfg is None else cfg
     settings = cfg.model_dump()
     stage = STAGES["train-vocoder"]
-    shaping = stage.settings(params) | {"vocoder": {k: v for k, v in settings.items() if k not in BOUNDS}}
+    init = init_checkpoint(workspace, cfg)
+    shaping = stage.settings(params) | {"vocoder": {k: v for k, v in settings.items() if k not in BOUNDS},
+                                        "init_sha256": None if init is None else file_digest(init)}
     identity = fingerprint(workspace.data_version(), stage.identity(params, shaping))
     return identity, fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
+
+
+def init_checkpoint(workspace: Workspace, cfg: VocoderSection) -> Path | None:
+    """The checkpoint ``vocoder.init_from`` names (a vocoder folder, relative to the workspace), or None."""
+    if cfg.init_from is None:
+        return None
+    folder = workspace.resolve(Path(cfg.init_from))
+    try:
+        return vocoder_checkpoint(folder)[1]
+    except FileNotFoundError as error:
+        raise ConfigError(f"vocoder.init_from: {error}") from None
+
+
+def warm_start(model: Vocos, discriminators: Discriminators | None, workspace: Workspace,
+               cfg: VocoderSection) -> None:
+    """Load ``vocoder.init_from``'s weights into ``model`` (the architectures must match), and its
+    discriminators' into ``discriminators`` when both have the same ones (else they start fresh)."""
+    source = workspace.resolve(Path(cfg.init_from))
+    source_cfg, checkpoint = vocoder_checkpoint(source)
+    if source_cfg != model.cfg:
+        differ = {k: (v, getattr(model.cfg, k)) for k, v in asdict(source_cfg).items() if getattr(model.cfg, k) != v}
+        raise ConfigError(f"vocoder.init_from: {source} is another architecture than the vocoder section "
+                          f"asks for (init_from's vs this one's: {differ})")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    taken = False
+    if discriminators is not None and "discriminators" in state:
+        try:
+            discriminators.load_state_dict(state["discriminators"])
+            taken = True
+        except RuntimeError as error:  # other periods or widths: the discriminators start afresh
+            log.info("vocoder.init_from: %s's discriminators do not fit these (%s); they start fresh",
+                     source, str(error).splitlines()[0])
+    log.info("vocoder: fine-tuning %s (step %s)%s", checkpoint, state.get("step"),
+             ", discriminators included" if taken else "")
 
 
 FILES = ("last.pt", "vocoder.json")  # what a finished run leaves (best.pt too, when it validated)
@@ -233,14 +280,20 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine(cfg.max_steps))
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-
+    gan = Adversary(cfg, device, amp) if cfg.discriminators else None
+    if cfg.init_from is not None:
+        init_checkpoint(workspace, cfg)  # a clear error before anything is written
     out = workspace.models / name
     session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_mel",
-                      losses=LOSS_NAMES, val_name="val_mel", max_minutes=cfg.max_minutes,
-                      validate_every=cfg.validate_every, checkpoint_every=cfg.checkpoint_every, resume=resume)
+                      losses=LOSS_NAMES + (GAN_LOSS_NAMES if gan else ()), val_name="val_mel",
+                      max_minutes=cfg.max_minutes, validate_every=cfg.validate_every,
+                      checkpoint_every=cfg.checkpoint_every, resume=resume,
+                      companions=gan.companions() if gan else None)
     start = step = session.start
     if start:
         log.info("resuming vocoder %s from step %d", name, start)
+    elif cfg.init_from is not None:
+        warm_start(model, gan.discriminators if gan else None, workspace, cfg)
     atomic_write_text(out / "vocoder.json", json.dumps({
         "name": name, "seed": seed, "model": asdict(model.cfg), "audio": params.audio.model_dump(),
         "train": cfg.model_dump()}, indent=1) + "\n")
@@ -251,10 +304,16 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
             if session.out_of_time():
                 stopped_by = "time"
                 break
+            if gan and step == cfg.warmup_steps and step > 0:
+                session.best = None  # best.pt from here on is an adversarial step's (the module docstring says why)
             mel, wave = (t.to(device) for t in train_clips.segments(step, cfg.batch_size, cfg.segment_frames, seed))
             with torch.autocast(device.type, enabled=amp):
                 predicted = model(mel)
             losses = loss_fn(predicted, wave)
+            if gan:
+                losses.update(gan.step(predicted, wave, adversarial=step >= cfg.warmup_steps))
+                losses["total"] = (losses["total"] + cfg.adversarial_weight * losses["adversarial"]
+                                   + cfg.feature_weight * losses["feature_matching"])
             optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
 
             done, last = step + 1, step + 1 == cfg.max_steps
@@ -278,3 +337,52 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
     )
     log.info("train vocoder: %s", result.summary())
     return result
+
+
+class Adversary:
+    """The discriminators of an adversarial run, their optimiser, schedule and loss scaler, and one
+    alternating step: the discriminators learn on real against (detached) generated audio, then
+    judge the generated audio again for the generator's adversarial and feature-matching losses."""
+
+    def __init__(self, cfg: VocoderSection, device: torch.device, amp: bool):
+        self.cfg = cfg
+        self.discriminators = Discriminators(cfg.discriminators, cfg.periods, cfg.discriminator_channels).to(device)
+        # HiFi-GAN's betas for its discriminators; the cosine runs over the adversarial steps only.
+        self.optimiser = torch.optim.AdamW(self.discriminators.parameters(), lr=cfg.discriminator_lr,
+                                           betas=(0.8, 0.99), weight_decay=0.01)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser,
+                                                           cosine(max(1, cfg.max_steps - cfg.warmup_steps)))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
+
+    def companions(self) -> dict:
+        return {"discriminators": self.discriminators, "discriminator_optimizer": self.optimiser,
+                "discriminator_scheduler": self.scheduler, "discriminator_scaler": self.scaler}
+
+    def step(self, predicted: torch.Tensor, wave: torch.Tensor, adversarial: bool) -> dict[str, torch.Tensor]:
+        """One discriminator update and the generator's adversarial losses; zeros in the warm-up."""
+        if not adversarial:
+            zero = torch.zeros((), device=wave.device)
+            return {"adversarial": zero, "feature_matching": zero, "discriminator": zero}
+        judged = self.discriminators(torch.cat([wave, predicted.detach().float()]))
+        real, fake = _split(judged, wave.shape[0])
+        d_loss = discriminator_loss(real, fake)
+        optimise(d_loss, self.discriminators, self.optimiser, self.scheduler, self.scaler, self.cfg.grad_clip)
+        with torch.no_grad():
+            real = self.discriminators(wave)
+        weights = list(self.discriminators.parameters())
+        for weight in weights:  # the generator's backward needs no gradient of the discriminators' weights
+            weight.requires_grad_(False)
+        try:
+            fake = self.discriminators(predicted.float())
+        finally:
+            for weight in weights:
+                weight.requires_grad_(True)
+        return {"adversarial": generator_loss(fake), "feature_matching": feature_matching_loss(real, fake),
+                "discriminator": d_loss.detach()}
+
+
+def _split(judged, batch: int):
+    """Judgements of ``cat([real, fake])`` → (real's, fake's)."""
+    real = [(logits[:batch], [f[:batch] for f in features]) for logits, features in judged]
+    fake = [(logits[batch:], [f[batch:] for f in features]) for logits, features in judged]
+    return real, fake
