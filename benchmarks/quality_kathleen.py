@@ -22,13 +22,15 @@ Phases (each resumable; rerunning skips what is done):
 2. train: the default ``params.yaml`` model, member ``kathleen``, bounded by ``--minutes`` of wall
    time (resumes from ``last.pt`` when rerun);
 3. copy: copy synthesis, the vocoder's ceiling: each test take's *real* mel (from the features stage)
-   through ``--vocoder`` (Griffin-Lim, or a trained vocoder's folder), scored as evaluate scores;
+   through ``--vocoder`` (Griffin-Lim, or a trained vocoder's folder), scored as evaluate scores
+   (``--limit``: takes per speaker); any workspace with features, e.g. the demo's teachers:
+   ``--workspace <demo project> --params <demo project>/params.yaml --phase copy --vocoder ...``;
 4. evaluate: synthesise the test split with ``speaker=kathleen-a`` and score it, next to the real
    recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: WER/CER by the judge (Whisper, and pocketsphinx beside it),
    resemblyzer speaker similarity, MCD with DTW, log-F0 RMSE, DNSMOS and real-time factor.
 
 Writes ``benchmarks/results/quality_kathleen_<member>.json`` and per-utterance
-``quality_kathleen_<member>_<vocoder>.csv``;
+``quality_kathleen_<member>_<vocoder>.csv`` (copy: ``<workspace folder>_copy_<vocoder>.json`` and ``.csv``);
 the synthesised WAVs go to ``models/kathleen/samples-<vocoder>/`` in the workspace.
 """
 
@@ -39,7 +41,6 @@ import json
 import logging
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -76,12 +77,15 @@ class CopySynthesis:
     test sentence vocodes a real take's mel of it, so what is scored is the vocoder alone. Takes of one
     text are handed out in the rows' order, which is the order ``score_systems`` synthesises them in."""
 
-    def __init__(self, voice, workspace: Workspace, rows):
+    def __init__(self, vocoder: str, audio, workspace: Workspace, rows):
         import itertools
 
         import numpy as np
 
-        self.voice, self.mode, self.members = voice, "copy", []
+        from polyvox.models.neural_vocoder import load_vocoder
+
+        self.vocoder = None if vocoder == "griffin-lim" else load_vocoder(Path(vocoder))
+        self.audio, self.mode, self.members = audio, "copy", []
         takes: dict[tuple[str, str], list] = {}
         for row in rows.itertuples():
             mel = np.load(workspace.features / row.features)["mel"]
@@ -90,42 +94,44 @@ class CopySynthesis:
 
     @property
     def sample_rate(self) -> int:
-        return self.voice.sample_rate
+        return self.audio.sample_rate
 
+    @torch.no_grad()
     def synthesize(self, text: str, speaker: str | None = None):
-        return self.voice.vocode(next(self._next[(speaker, text)])), self.sample_rate
+        from polyvox.signal.griffin_lim import griffin_lim
+
+        mel = next(self._next[(speaker, text)])
+        wave = self.vocoder.synthesize(mel) if self.vocoder is not None else griffin_lim(mel, self.audio)
+        return wave.reshape(-1).numpy().astype("float32"), self.sample_rate
 
     def parameter_count(self) -> int:
-        return sum(p.numel() for p in self.voice.vocoder.parameters()) if self.voice.vocoder is not None else 0
+        return sum(p.numel() for p in self.vocoder.parameters()) if self.vocoder is not None else 0
 
     def describe(self) -> dict:
         return {"kind": "copy synthesis"}
 
 
-def run_copy(params, ws: Workspace, member: str, vocoder: str, tag: str, limit: int | None) -> dict:
-    """Real mels of the test takes → the vocoder, scored next to the real takes themselves."""
+def run_copy(params, ws: Workspace, vocoder: str, tag: str, limit: int | None) -> dict:
+    """Real mels of the test takes (``limit`` per speaker) → the vocoder, scored next to the real takes."""
     import shutil
     import tempfile
 
-    from polyvox.runtime.voice import Voice
     from polyvox.evaluate.stage import score_systems, test_rows
     from polyvox.judges import Judge
 
-    voice = Voice.from_members({member: ws.models / member}, vocoder=None if vocoder == "griffin-lim" else Path(vocoder))
     rows = test_rows(params.model_copy(update={"evaluate": params.evaluate.model_copy(
         update={"max_utterances": None})}), ws)
-    rows = rows[rows["speaker"] == voice.speakers[0]]
-    rows = rows.head(limit) if limit else rows
+    rows = rows.groupby("speaker").head(limit) if limit else rows
     empty = Path(tempfile.mkdtemp(prefix="copy-"))  # the "voice folder" whose size is reported: nothing
     try:
-        table, summary = score_systems(params, ws, {"copy": (CopySynthesis(voice, ws, rows), empty)}, rows,
-                                       {"copy": ws.models / member / f"copy-{tag}"})
+        table, summary = score_systems(params, ws, {"copy": (CopySynthesis(vocoder, params.audio, ws, rows), empty)},
+                                       rows, {"copy": ws.models / f"copy-{tag}"})
     finally:
         shutil.rmtree(empty)
-    table.to_csv(RESULTS / f"quality_kathleen_copy_{tag}.csv", index=False)
+    table.to_csv(RESULTS / f"{ws.root.name}_copy_{tag}.csv", index=False)
     judge = Judge.from_params(params)
-    return {"vocoder": vocoder, "utterances": len(rows), "asr": judge.name, **summary,
-            "wer_ratio": summary["copy"]["wer"] / max(summary["real"]["wer"], 1e-9)}
+    return {"vocoder": vocoder, "utterances": len(rows), "speakers": sorted(rows["speaker"].unique()),
+            "asr": judge.name, **summary, "wer_ratio": summary["copy"]["wer"] / max(summary["real"]["wer"], 1e-9)}
 
 
 def main() -> None:
@@ -165,8 +171,8 @@ def main() -> None:
         report_path.write_text(json.dumps(report, indent=1) + "\n")
     if args.phase == "copy":
         tag = "griffin-lim" if args.vocoder == "griffin-lim" else Path(args.vocoder).name
-        copy = run_copy(params, ws, args.member, args.vocoder, tag, args.limit)
-        copy_path = RESULTS / f"quality_kathleen_copy_{tag}.json"
+        copy = run_copy(params, ws, args.vocoder, tag, args.limit)
+        copy_path = RESULTS / f"{ws.root.name}_copy_{tag}.json"
         copy_path.write_text(json.dumps({"machine": machine, **copy}, indent=1) + "\n")
         print(json.dumps(copy, indent=1))
     if args.phase in ("all", "evaluate"):
