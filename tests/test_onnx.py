@@ -7,6 +7,7 @@ import torch
 
 from polyvox.runtime.voice import Voice
 from polyvox.models.neural_vocoder import load_vocoder
+from polyvox.models.variance import phone_positions, phone_positions_numpy
 from polyvox.runtime.onnx import OnnxAcoustic, OnnxVocoder, export_vocoder, export_voice
 
 from voices import make_bundle, make_member, make_vocoder
@@ -93,6 +94,39 @@ def test_a_request_by_speaker_name_vocodes_in_onnxruntime(tmp_path, monkeypatch)
     assert onnx.vocoder is not None
     expected, rate = voice.synthesize("Hello there, you.", speaker="alice")
     monkeypatch.setattr(type(voice.vocoder), "forward", lambda *a: (_ for _ in ()).throw(AssertionError("torch ran")))
-    got, onnx_rate = onnx.synthesize("Hello there, you.", "alice")
+    with _TorchCalls() as calls:
+        got, onnx_rate = onnx.synthesize("Hello there, you.", "alice")
+    assert calls.names == []  # not one PyTorch operation in the request
     assert rate == onnx_rate and got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-3, np.abs(got - expected).max()
+
+
+def test_the_torch_call_counter_sees_pytorch_work():
+    with _TorchCalls() as calls:
+        torch.ones(3).sum()
+    assert calls.names
+
+
+def test_numpy_phone_positions_match_the_models():
+    generator = np.random.default_rng(3)
+    for tokens in (1, 2, 17):
+        durations = generator.integers(1, 12, size=tokens)
+        durations[generator.random(tokens) < 0.2] = 0  # tokens with no frames, as the model's clamp allows
+        if durations.sum() == 0:
+            durations[0] = 3
+        expected = phone_positions(torch.from_numpy(durations)[None]).numpy()
+        got = phone_positions_numpy(durations)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() < 1e-6
+
+
+class _TorchCalls(torch.overrides.TorchFunctionMode):
+    """Records every PyTorch function and tensor method called inside the block."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", repr(func)))
+        return func(*args, **(kwargs or {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,6 +79,21 @@ def phone_positions(durations: torch.Tensor, frames: int | None = None,
                             (length - 1 - since).clamp(max=EDGE_FRAMES) / EDGE_FRAMES,
                             torch.log1p(length) / 4], dim=2)
     return features * valid[..., None]
+
+
+def phone_positions_numpy(durations: np.ndarray) -> np.ndarray:
+    """:func:`phone_positions` of one sequence in NumPy, (tokens,) durations → (1, frames, 6) float32:
+    what an onnxruntime request computes between its two graphs without PyTorch."""
+    durations = np.clip(np.asarray(durations, dtype=np.int64), 0, None)
+    index = np.repeat(np.arange(durations.shape[0]), durations)
+    length = np.maximum(durations[index], 1).astype(np.float64)
+    since = np.arange(index.shape[0], dtype=np.float64) - (np.cumsum(durations)[index] - length)
+    relative = (since + 0.5) / length
+    features = np.stack([2 * relative - 1, np.sin(np.pi * relative), np.cos(np.pi * relative),
+                         np.minimum(since, EDGE_FRAMES) / EDGE_FRAMES,
+                         np.minimum(length - 1 - since, EDGE_FRAMES) / EDGE_FRAMES,
+                         np.log1p(length) / 4], axis=1)
+    return features[None].astype(np.float32)
 
 
 def token_average(values: torch.Tensor, alignment: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

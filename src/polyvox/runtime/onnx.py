@@ -11,11 +11,14 @@ Each member becomes two graphs (``torch.onnx.export`` with the dynamo exporter, 
                    with teacher input, the warped teacher frames (1, frames, n_mels)]
                    → log-mel (1, n_mels, frames)
 
-Between them, durations are rounded and tokens repeated in numpy (the positions, the teacher's
-alignment and its warp come from the same functions the model trains with) — the same shared-duration
-ensemble as :class:`polyvox.runtime.voice.Voice` (mean log-durations, weighted log-mels). The
-ONNX path covers conditioning by speaker name (the serving hot path); reference audio and images
-go through PyTorch.
+Between them, durations are rounded and tokens repeated in NumPy, and the phone positions are
+computed in NumPy by :func:`~polyvox.models.variance.phone_positions_numpy` (tested equal to the
+function the model trains with) — the same shared-duration ensemble as
+:class:`polyvox.runtime.voice.Voice` (mean log-durations, weighted log-mels). The ONNX path covers
+conditioning by speaker name (the serving hot path): with the neural vocoder's graph, such a request
+runs no PyTorch operation at all (tests/test_onnx.py counts them). PyTorch still loads the bundle
+(checkpoints, speaker embeddings) at start-up, and reference audio, images and a teacher
+rendering's alignment go through it.
 
 The neural vocoder becomes a third graph, ``vocoder.onnx`` (log-mel (1, n_mels, frames) → waveform
 (1, frames * hop)). ``torch.istft`` has no ONNX export, so the graph spells it out in ops that
@@ -35,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polyvox.models.acoustic import MAX_TOKEN_FRAMES, AcousticModel, warp_teacher
-from polyvox.models.variance import POSITION_FEATURES, frame_tokens, phone_positions
+from polyvox.models.variance import POSITION_FEATURES, frame_tokens, phone_positions_numpy
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +194,14 @@ class OnnxAcoustic:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # no spin-waiting: the vocoder (PyTorch) runs between the graphs on the same cores
+        # no spin-waiting: NumPy runs between the graphs, on cores the server shares with other requests
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.voice = voice
         self.sessions = {}
+        # each member's speaker embeddings as arrays, so that a request by name needs no PyTorch
+        self.embeddings = {member.name: {name: vector[None].cpu().numpy().astype(np.float32)
+                                         for name, vector in member.synthesizer.speakers.items()}
+                           for member in voice.members}
         for member in voice.members:
             base = folder / member.name
             if not (base / "encoder.onnx").is_file():
@@ -216,18 +223,19 @@ class OnnxAcoustic:
                 self.vocoder = OnnxVocoder(folder / "vocoder.onnx", threads)
 
     def mel(self, text: str, speaker: str) -> np.ndarray:
-        """(n_mels, frames) log-mel on shared durations, weighted as the voice's members are."""
+        """(n_mels, frames) log-mel on shared durations, weighted as the voice's members are: onnxruntime
+        and NumPy only, unless a member reads a teacher rendering (its alignment runs in PyTorch)."""
         if speaker not in self.voice.speakers:
             raise ValueError(f"unknown speaker {speaker!r}; known: {self.voice.speakers}")
-        tokens = self.voice.members[0].synthesizer.tokens(text).cpu().numpy().astype(np.int64)
+        tokens = np.asarray([self.voice.members[0].synthesizer.token_ids(text)], dtype=np.int64)
         encoded = {}
         for member in self.voice.members:
-            embedding = member.synthesizer.speakers[speaker][None].cpu().numpy().astype(np.float32)
+            embedding = self.embeddings[member.name][speaker]
             encoded[member.name] = self.sessions[member.name][0].run(None, {"tokens": tokens, "embedding": embedding})
         log_durations = np.mean([outputs[1] for outputs in encoded.values()], axis=0)[0]
         durations = np.clip(np.round(np.exp(log_durations) - 1.0), 1, MAX_TOKEN_FRAMES).astype(np.int64)
         total = sum(m.weight for m in self.voice.members)
-        positions = phone_positions(torch.from_numpy(durations)[None]).numpy() if self.placed else None
+        positions = phone_positions_numpy(durations) if self.placed else None
         mel = None
         for member in self.voice.members:
             feeds = {"frames": np.repeat(encoded[member.name][0][0], durations, axis=0)[None].astype(np.float32)}

@@ -60,12 +60,16 @@ class Synthesizer:
                     or self.vocoder.cfg.sample_rate != self.audio.sample_rate:
                 raise ValueError(f"vocoder {vocoder} was trained on other audio settings than the model in {folder}")
 
-    def tokens(self, text: str) -> torch.Tensor:
+    def token_ids(self, text: str) -> list[int]:
+        """The text front-end that ``clean`` ran for training: normalised text → phonemes → symbol ids."""
         phones, _ = phonemize([normalize_text(text)], self.text_frontend["language"], self.text_frontend["phonemizer"])
         ids = self.vocab.encode(phones[0])
         if not ids:
             raise ValueError(f"nothing to say in {text!r}")
-        return torch.tensor([ids], device=self.device)
+        return ids
+
+    def tokens(self, text: str) -> torch.Tensor:
+        return torch.tensor([self.token_ids(text)], device=self.device)
 
     def _reference(self, reference_audio) -> tuple[torch.Tensor, torch.Tensor]:
         import librosa
