@@ -136,6 +136,12 @@ def run_once(out: Path, identity: str, bounds: str, files: tuple[str, ...], resu
     return trained
 
 
+# Decimal places of the losses in metrics.csv: enough for curves and for picking a step by eye; the
+# exact best value lives in best.pt and done.json. A float read back from the file is only this
+# precise, so compare it with one the run computed at 10**-METRICS_DECIMALS, never at 1e-6.
+METRICS_DECIMALS = 5
+
+
 class Session:
     """The bookkeeping of one run of a training loop into ``out``: the exact resume from last.pt,
     the metrics log (metrics.csv), the best and last checkpoints and the time bound. The caller
@@ -190,8 +196,9 @@ class Session:
         checkpoint: a kill between the two leaves a row past last.pt's step, which the resume
         drops and redoes; the other order would lose the row."""
         if self._writer:
-            self._writer.writerow([step, *(f"{float(losses[n].detach()):.5f}" for n in self.losses),
-                                   "" if val is None else f"{val:.5f}", f"{self._objects[2].get_last_lr()[0]:.6g}",
+            self._writer.writerow([step, *(f"{float(losses[n].detach()):.{METRICS_DECIMALS}f}" for n in self.losses),
+                                   "" if val is None else f"{val:.{METRICS_DECIMALS}f}",
+                                   f"{self._objects[2].get_last_lr()[0]:.6g}",
                                    f"{self.elapsed():.2f}"])
             self._metrics.flush()  # readable while training runs (DVC plots, tail -f)
         if self.write and (step % self.checkpoint_every == 0 or last):
