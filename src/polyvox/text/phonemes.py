@@ -40,6 +40,17 @@ def espeak_available(language: str = "en-us") -> bool:
     return True
 
 
+def espeak_ipa(text: str, language: str) -> str:
+    """espeak-ng's IPA for ``text`` as Piper voices read it: stressed, punctuation kept, phones
+    not separated, words by one space. Raises RuntimeError when espeak-ng is not installed."""
+    from phonemizer.separator import Separator
+
+    with _ESPEAK_LOCK:
+        phones = _espeak(language).phonemize([text], separator=Separator(phone="", word=" ", syllable=""),
+                                             strip=True, njobs=1)
+    return re.sub(r"\s+", " ", phones[0]).strip()
+
+
 def graphemes(text: str) -> str:
     """The fallback inventory: lower-case letters and punctuation, words separated as for phones."""
     words = re.findall(r"[\w']+|[.,!?;:]", text.lower())
