@@ -471,3 +471,71 @@ def test_teacher_input_is_rendered_aligned_warped_and_learned(featured, tmp_path
     assert mel.shape[0] == taught.audio.n_mels and torch.isfinite(mel).all()
     with pytest.raises(ValueError, match="teacher rendering"):
         synthesizer.model.infer(synthesizer.tokens(text), audio_embedding=synthesizer.speakers[speakers[0]][None])
+
+
+def test_the_shipped_base_is_shipped_with_its_card_checked_and_copied_in(featured, tmp_path, monkeypatch):
+    """`polyvox pretrain --ship` writes the base (fp16 where its mels match fp32's) and its card;
+    pretrain.source: shipped checks every file against the card before copying it in, and refuses a
+    damaged one by name."""
+    from polyvox import pretrained
+    from polyvox.train.pretrain import REBUILD_COMMAND, pretrain, ship_base
+
+    params, ws = featured
+    built_here = _copy_features(ws, tmp_path / "builder")
+    p = params.model_copy(update={"demo": params.demo.model_copy(update={"utterances_per_speaker": 3}),
+                                  "pretrain": params.pretrain.model_copy(update={"max_steps": 2})})
+    result = pretrain(p, built_here)
+    package = tmp_path / "package"
+    package.mkdir()
+    with pytest.raises(ConfigError, match="pretrain.source: null"):
+        ship_base(p.model_copy(update={"pretrain": p.pretrain.model_copy(update={"source": "shipped"})}), built_here,
+                  result, "abc", root=package)
+    folder = ship_base(p, built_here, result, "abc123", root=package)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["command"] == REBUILD_COMMAND and card["commit"] == "abc123" and card["training"]["steps"] == 2
+    assert set(card["files"]) == {"model.json", "best.pt", "speakers.pt"} and card["data"]["utterances"] >= 4
+    assert card["figures"]["fp16_parity"]["frame_count_difference"] >= 0 and "Rebuild" in (folder / "CARD.md").read_text()
+    shipped_state = torch.load(folder / "best.pt", weights_only=True)["model"]
+    half = card["figures"]["weights"] == "fp16"
+    assert shipped_state["decoder.to_mel.weight"].dtype == (torch.float16 if half else torch.float32)
+    assert shipped_state["mel_mean"].dtype == torch.float32  # buffers stay exact
+
+    monkeypatch.setattr(pretrained, "HERE", package)
+    user = _copy_features(ws, tmp_path / "user")
+    uses = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"source": "shipped"})})
+    copied = pretrain(uses, user)
+    assert copied.train is None and (user.models / "base/best.pt").read_bytes() == (folder / "best.pt").read_bytes()
+    assert not (user.root / "pretrain").exists()  # nothing trained
+
+    original = (folder / "best.pt").read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (folder / "best.pt").write_bytes(bytes(damaged))
+    with pytest.raises(pretrained.ShippedAssetError, match=rf"{folder / 'best.pt'}: sha256 [0-9a-f]{{64}}, expected"):
+        pretrain(uses, _copy_features(ws, tmp_path / "other"))
+    (folder / "best.pt").write_bytes(original)
+    (folder / "speakers.pt").unlink()
+    with pytest.raises(pretrained.ShippedAssetError, match="speakers.pt: missing"):
+        pretrained.shipped("base", package)
+    with pytest.raises(pretrained.ShippedAssetError, match="no card"):
+        pretrained.shipped("vocoder", package)
+
+
+def test_the_shipped_base_card_says_what_pretrain_source_null_rebuilds():
+    """The card's rebuild command is the stage with pretrain.source: null, and its params are
+    params.yaml's recipe for it: the base that ships is the one the project's own params rebuild."""
+    from polyvox import pretrained
+    from polyvox.stages import STAGES
+    from polyvox.train.pretrain import REBUILD_COMMAND
+
+    params = load_params(REPO / "params.yaml")
+    if not (pretrained.HERE / "base" / pretrained.CARD).is_file():
+        assert params.pretrain.source != "shipped", "params.yaml uses a shipped base that polyvox does not ship"
+        pytest.skip("this version ships no base")
+    card = pretrained.card("base")
+    rebuild = load_params(REPO / "params.yaml", ["pretrain.source=null"])
+    assert card["command"] == REBUILD_COMMAND == "polyvox pretrain -S pretrain.source=null --ship"
+    assert card["params"] == json.loads(json.dumps(STAGES["pretrain"].settings(rebuild), default=str))
+    assert pretrained.shipped("base") == pretrained.HERE / "base"  # every file matches its card
+    size = sum(p.stat().st_size for p in pretrained.HERE.rglob("*") if p.is_file() and p.suffix != ".pyc")
+    assert size <= pretrained.BUDGET_BYTES

@@ -79,7 +79,7 @@ def ship(name: str, files: dict[str, Path], record: dict[str, Any], root: Path |
             shutil.copyfile(source, staging / file)
         record = {**record, "files": {file: {"bytes": (staging / file).stat().st_size,
                                              "sha256": sha256_file(staging / file)} for file in sorted(files)}}
-        atomic_write_text(staging / CARD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(staging / CARD, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
         atomic_write_text(staging / CARD_MD, card_markdown(name, record))
         replace_folder(staging, root / name)
     except BaseException:
