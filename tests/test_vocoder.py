@@ -347,3 +347,30 @@ def test_fine_tune_starts_from_another_vocoder_and_its_discriminators(featured, 
         train_vocoder(params, target, "wider", wider)
     with pytest.raises(ConfigError, match="vocoder.init_from: .*holds vocoder.json"):
         train_vocoder(params, target, "nowhere", tuned.model_copy(update=dict(init_from="models/nowhere")))
+
+
+def test_a_shipped_universal_vocoder_is_fine_tuned_from_and_checked(featured, tmp_path, monkeypatch):
+    """`polyvox train-vocoder --ship` writes a vocoder and its card into the package;
+    vocoder.init_from: shipped fine-tunes it after checking every file against the card."""
+    from polyvox import pretrained
+    from polyvox.train.vocoder import ship_vocoder
+
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "universal")
+    result = train_vocoder(params, target, "universal", TINY.model_copy(update=dict(max_steps=3)))
+    package = tmp_path / "package"
+    package.mkdir()
+    folder = ship_vocoder(params, target, "universal", result, "polyvox train-vocoder --name universal --ship", "c0ffee",
+                          root=package)
+    card = json.loads((folder / "card.json").read_text())
+    assert card["training"]["steps"] == 3 and card["command"].startswith("polyvox train-vocoder")
+    assert set(card["files"]) == {"vocoder.json", "best.pt"} and card["data"]["utterances"] >= 1
+    monkeypatch.setattr(pretrained, "HERE", package)
+    tuned = TINY.model_copy(update=dict(max_steps=1, lr=1e-9, warmup_steps=0, init_from="shipped"))
+    train_vocoder(params, target, "tuned", tuned)
+    source = torch.load(folder / "best.pt", weights_only=True)["model"]
+    after = torch.load(target.models / "tuned/last.pt", weights_only=True)["model"]
+    assert all(torch.allclose(tensor, after[name], atol=1e-5) for name, tensor in source.items())
+    (folder / "vocoder.json").write_text((folder / "vocoder.json").read_text() + " ")
+    with pytest.raises(pretrained.ShippedAssetError, match=r"vocoder.json: sha256"):
+        train_vocoder(params, target, "again", tuned)

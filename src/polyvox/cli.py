@@ -152,6 +152,15 @@ for _name in ("clean", "features"):
     _stage_command(_name)
 
 
+def _commit() -> str:
+    """The commit of the polyvox code running (``git describe``), for the card of what it ships."""
+    import subprocess
+
+    described = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty",
+                                "--abbrev=12"], capture_output=True, text=True)
+    return described.stdout.strip() if described.returncode == 0 else "unknown (not a git checkout)"
+
+
 @app.command()
 def pretrain(
     params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None,
@@ -161,18 +170,12 @@ def pretrain(
 ) -> None:
     """Build models/base, the model every voice fine-tunes from: copied from the base that ships with polyvox
     (pretrain.source: shipped), from another folder, or trained on the teacher corpus (pretrain.source: null)."""
-    import subprocess
-
     from polyvox.train.pretrain import pretrain as run_pretrain, ship_base
 
     result = _run_stage(run_pretrain, params, set_, STAGES["pretrain"].command)
     typer.echo(result.summary())
     if ship:
-        here = Path(__file__).resolve().parent
-        described = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
-                                   capture_output=True, text=True)
-        commit = described.stdout.strip() if described.returncode == 0 else "unknown (not a git checkout)"
-        shipped = _run_stage(lambda loaded, workspace: ship_base(loaded, workspace, result, commit), params, set_,
+        shipped = _run_stage(lambda loaded, workspace: ship_base(loaded, workspace, result, _commit()), params, set_,
                              STAGES["pretrain"].command + " --ship")
         typer.echo(f"shipped the base into {shipped} (card: {shipped / 'CARD.md'})")
 
@@ -205,12 +208,22 @@ def train_vocoder(
     fresh: Annotated[bool, typer.Option("--fresh", help="Ignore an existing last.pt and start over.")] = False,
     params: ParamsOption = DEFAULT_PARAMS_FILE,
     set_: SetOption = None,
+    ship: Annotated[bool, typer.Option(
+        "--ship", help="Write the trained vocoder into the package as the universal vocoder "
+                       "(polyvox/pretrained/vocoder, vocoder.init_from: shipped) with its card.")] = False,
 ) -> None:
     """Train the neural vocoder (log-mel → waveform) on the clean corpus; settings in params `vocoder`."""
-    from polyvox.train.vocoder import train_vocoder as run_vocoder
+    import shlex
+
+    from polyvox.train.vocoder import ship_vocoder, train_vocoder as run_vocoder
 
     result = _run_stage(lambda p, ws: run_vocoder(p, ws, name=name, resume=not fresh), params, set_)
     typer.echo(result.summary())
+    if ship:
+        command = shlex.join(["polyvox", *sys.argv[1:]])
+        shipped = _run_stage(lambda p, ws: ship_vocoder(p, ws, name, result, command, _commit()), params, set_,
+                             "polyvox train-vocoder --ship")
+        typer.echo(f"shipped the vocoder into {shipped} (card: {shipped / 'CARD.md'})")
 
 
 for _name in ("ensemble", "evaluate"):

@@ -410,6 +410,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                 log.info("train %s: %.3f s/step and %.1f s a validation pass here; %d steps fit train.max_minutes %g",
                          member, pace, validation_seconds[0], plan["steps"], cfg.max_minutes)
         paced_from = (step, time.monotonic())
+        window = [step, paced_from[1]]  # since the last re-plan: the recent pace
 
         def until_planned(first: int):
             """Steps from ``first`` up to the plan, which a re-plan may move while they run."""
@@ -425,15 +426,19 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
                 stopped_by = "time"
                 break
             step = run_step(step, validate=False)
-            if auto and step % cfg.validate_every == 0 and step < plan["steps"] and step > paced_from[0]:
-                # Re-plan at each validation from the pace so far (validations included): the machine
-                # may be busier or freer than during the timed start, and the schedule should end
-                # with the budget, not past it or well before it.
-                pace = (time.monotonic() - paced_from[1]) / (step - paced_from[0])
+            if auto and step % cfg.validate_every == 0 and step < plan["steps"] and step > window[0]:
+                # Re-plan at each validation from the recent pace (the steps since the last re-plan,
+                # their validation included): the machine may be busier or freer than during the
+                # timed start or an hour ago, and the schedule should end with the budget, not past
+                # it or well before it. An average since the start would lag a change of pace by as
+                # long as the run had lasted.
+                now = time.monotonic()
+                pace = (now - window[1]) / (step - window[0])
+                window[:] = [step, now]
                 replanned = agreed(plan_steps(step, trained_before + session.elapsed(), pace, 0.0,
                                               cfg.max_minutes, cfg.validate_every))
                 if abs(replanned - plan["steps"]) > max(1, plan["steps"] // 100):
-                    log.info("train %s: %.3f s/step so far; %d steps fit train.max_minutes %g (planned %d)",
+                    log.info("train %s: %.3f s/step lately; %d steps fit train.max_minutes %g (planned %d)",
                              member, pace, replanned, cfg.max_minutes, plan["steps"])
                     plan["steps"] = replanned
         session.finish(step, stopped_by)

@@ -209,11 +209,24 @@ def vocoder_fingerprints(params: Params, workspace: Workspace,
     return identity, fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
 
 
+SHIPPED = "shipped"  # vocoder.init_from's name for the universal vocoder inside the package (polyvox.pretrained)
+
+
+def init_folder(workspace: Workspace, cfg: VocoderSection) -> Path:
+    """The folder ``vocoder.init_from`` names: the shipped universal vocoder (checked against its card),
+    or a vocoder folder relative to the workspace."""
+    if cfg.init_from == SHIPPED:
+        from polyvox.pretrained import shipped
+
+        return shipped("vocoder")
+    return workspace.resolve(Path(cfg.init_from))
+
+
 def init_checkpoint(workspace: Workspace, cfg: VocoderSection) -> Path | None:
-    """The checkpoint ``vocoder.init_from`` names (a vocoder folder, relative to the workspace), or None."""
+    """The checkpoint ``vocoder.init_from`` names (:func:`init_folder`), or None."""
     if cfg.init_from is None:
         return None
-    folder = workspace.resolve(Path(cfg.init_from))
+    folder = init_folder(workspace, cfg)
     try:
         return vocoder_checkpoint(folder)[1]
     except FileNotFoundError as error:
@@ -224,7 +237,7 @@ def warm_start(model: Vocos, discriminators: Discriminators | None, workspace: W
                cfg: VocoderSection) -> None:
     """Load ``vocoder.init_from``'s weights into ``model`` (the architectures must match), and its
     discriminators' into ``discriminators`` when both have the same ones (else they start fresh)."""
-    source = workspace.resolve(Path(cfg.init_from))
+    source = init_folder(workspace, cfg)
     source_cfg, checkpoint = vocoder_checkpoint(source)
     if source_cfg != model.cfg:
         differ = {k: (v, getattr(model.cfg, k)) for k, v in asdict(source_cfg).items() if getattr(model.cfg, k) != v}
@@ -386,3 +399,38 @@ def _split(judged, batch: int):
     real = [(logits[:batch], [f[:batch] for f in features]) for logits, features in judged]
     fake = [(logits[batch:], [f[batch:] for f in features]) for logits, features in judged]
     return real, fake
+
+
+def ship_vocoder(params: Params, workspace: Workspace, name: str, result: VocoderResult, command: str, commit: str,
+                 root: Path | None = None) -> Path:
+    """Write the vocoder ``models/<name>`` into the package as the shipped universal vocoder
+    (``vocoder.init_from: shipped``) with its card: ``vocoder.json`` and best.pt's weights (fp32:
+    the vocoder is small, and a waveform has no duration rounding to hide a difference behind)."""
+    import platform
+    import tempfile
+
+    import pandas as pd
+
+    from polyvox import pretrained
+
+    folder = workspace.models / name
+    cfg, checkpoint = vocoder_checkpoint(folder)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    index = pd.read_parquet(workspace.features_index)
+    with tempfile.TemporaryDirectory(prefix="polyvox-ship-") as scratch:
+        weights = Path(scratch) / "best.pt"
+        torch.save({"model": state["model"], "step": state["step"], "best_val_mel": state.get("best_val_mel")}, weights)
+        record = {
+            "about": "The universal neural vocoder (log-mel to waveform) that `polyvox train-vocoder` fine-tunes per "
+                     "voice (vocoder.init_from: shipped), trained on the teacher corpus below.",
+            "command": command, "commit": commit, "params": {"audio": params.audio.model_dump(),
+                                                             "vocoder": params.vocoder.model_dump()},
+            "data": {"speakers": ", ".join(sorted(index["speaker"].unique())), "utterances": len(index),
+                     "hours": round(float(index["frames"].sum()) * params.audio.hop_length / params.audio.sample_rate
+                                    / 3600, 2)},
+            "training": {"steps": result.steps, "stopped_by": result.stopped_by, "seconds": round(result.seconds),
+                         "seconds_per_step": round(result.seconds_per_step, 3), "best_val_mel": result.best_val_mel,
+                         "device": result.device, "machine": f"{platform.machine()} {platform.processor() or ''}".strip()},
+            "figures": {"weights": "fp32"},
+        }
+        return pretrained.ship("vocoder", {"vocoder.json": folder / "vocoder.json", "best.pt": weights}, record, root)
