@@ -539,3 +539,41 @@ def test_the_shipped_base_card_says_what_pretrain_source_null_rebuilds():
     assert pretrained.shipped("base") == pretrained.HERE / "base"  # every file matches its card
     size = sum(p.stat().st_size for p in pretrained.HERE.rglob("*") if p.is_file() and p.suffix != ".pyc")
     assert size <= pretrained.BUDGET_BYTES
+
+
+class SlowingClock:
+    """time.monotonic for the trainer and its session: 50 ms a reading, then 250 ms once ``after``
+    readings were taken (the machine got five times busier mid-run)."""
+
+    def __init__(self, after: int):
+        self.now, self.readings, self.after = 0.0, 0, after
+
+    def monotonic(self) -> float:
+        self.readings += 1
+        self.now += 0.05 if self.readings < self.after else 0.25
+        return self.now
+
+
+def test_a_time_bound_run_follows_the_recent_pace_when_the_machine_slows(featured, tmp_path, monkeypatch):
+    """max_steps: auto re-plans at each validation from the pace since the last one: when the
+    machine slows five-fold half way through, the plan shrinks within a validation interval and the
+    run still ends by its (re-planned) steps inside the budget, its learning rate decayed. With the
+    average pace since the start (the code before), this run overshot and the clock cut the schedule
+    short (stopped by time at step 104, checked by reverting the pace to the average)."""
+    from polyvox.train import loop, trainer
+    from polyvox.train.loop import LR_FLOOR
+
+    clock = SlowingClock(after=300)  # about step 100 of ~190 planned
+    monkeypatch.setattr(trainer, "time", clock)
+    monkeypatch.setattr(loop, "time", clock)
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "slowing")
+    auto = params.model_copy(update={"train": params.train.model_copy(update={
+        "max_steps": "auto", "max_minutes": 0.5, "calibration_steps": 3, "lr_schedule": "cosine",
+        "validate_every": 4, "checkpoint_every": 1000})})
+    result = train(auto, target, member="a")
+    assert clock.readings > clock.after  # the slowdown happened during the run
+    assert result.stopped_by == "steps" and result.steps == result.planned_steps, result
+    assert result.seconds <= 30.0
+    rows = list(csv.DictReader(open(target.models / "a/metrics.csv")))
+    assert float(rows[-1]["lr"]) == pytest.approx(LR_FLOOR * auto.train.lr, rel=1e-3)
