@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N sentences only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--reuse", action="store_true",
+                        help="take a system's clips from an earlier run of this tag (heldout_<tag>_<system>.csv)")
     args = parser.parse_args()
 
     from polyvox.evaluate.scoring import paired_bootstrap
@@ -92,8 +94,17 @@ def main() -> None:
         systems["teachers"] = render_teacher
     judge = Judge("whisper")
     rows = []
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for name, render in systems.items():
-        started, audio_seconds = time.perf_counter(), 0.0
+        cached = RESULTS / f"heldout_{args.tag}_{name}.csv"
+        if args.reuse and cached.is_file():
+            earlier = pd.read_csv(cached, keep_default_na=False)
+            if list(earlier["id"]) == [sid for sid, _ in sentences] and list(earlier["speaker"]) == \
+                    [speakers[i % len(speakers)] for i in range(len(sentences))]:
+                rows += earlier.to_dict("records")
+                print(f"{name}: reused {cached}", flush=True)
+                continue
+        started, audio_seconds, first = time.perf_counter(), 0.0, len(rows)
         for index, (sid, text) in enumerate(sentences):
             speaker = speakers[index % len(speakers)]
             signal, rate = render(text, speaker)
@@ -102,6 +113,7 @@ def main() -> None:
             rows.append({"system": name, "id": sid, "speaker": speaker, "text": text, "hypothesis": score.hypothesis,
                          "word_errors": score.word_errors, "words": score.words,
                          "character_errors": score.character_errors, "characters": score.characters})
+        pd.DataFrame(rows[first:]).to_csv(cached, index=False)
         print(f"{name}: {len(sentences)} sentences, {audio_seconds:.0f} s of audio, "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     table = pd.DataFrame(rows)
@@ -119,7 +131,6 @@ def main() -> None:
             "wer": paired_bootstrap(x["word_errors"], x["words"], y["word_errors"], y["words"], args.resamples, 0.95, 0),
             "cer": paired_bootstrap(x["character_errors"], x["characters"], y["character_errors"], y["characters"],
                                     args.resamples, 0.95, 0)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
     table.to_csv(RESULTS / f"heldout_{args.tag}.csv", index=False)
     (RESULTS / f"heldout_{args.tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     for name, figures in summary["systems"].items():
