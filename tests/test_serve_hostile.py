@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 import socket
+import threading
 import time
 import urllib.parse
 
@@ -145,35 +146,86 @@ def test_text_that_explodes_is_refused(guarded, text, says):
 
 def test_more_syntheses_than_slots_get_503_and_health_stays_quick(guarded):
     _, url, auth = guarded
-    # A streamed response holds its slot until it is sent: a client with a tiny receive buffer that
-    # reads nothing keeps it (the sentence pauses make the stream far larger than any socket buffer).
-    body = urllib.parse.urlencode({"text": "Go on. " * 60, "speaker": "bob", "stream": "true"}).encode()
-    holder = socket.socket()
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    holder.connect(_raw(url))
+    # One synthesis holds the only slot while it renders (34 long sentences: several seconds).
+    long_text = "Go on and on and on and on, said the old man to the sea. " * 34
+    holder = threading.Thread(target=lambda: httpx.post(f"{url}/synthesize", data={"text": long_text, "speaker": "bob"},
+                                                        headers=auth, timeout=120))
+    holder.start()
     try:
-        holder.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n"
-                       b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s"
-                       % (auth["Authorization"].encode(), len(body), body))
-        assert holder.recv(64).startswith(b"HTTP/1.1 200")
         deadline = time.monotonic() + 10
         while (busy := httpx.post(f"{url}/synthesize", data={"text": "Me too."}, headers=auth, timeout=60)).status_code != 503:
             assert time.monotonic() < deadline, "a second synthesis got a slot that was taken"
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert busy.headers["retry-after"] == "1" and "serve.max_concurrent" in busy.json()["detail"]
         started = time.monotonic()
         assert httpx.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
         assert time.monotonic() - started < 1.0
     finally:
-        holder.close()  # the client goes: the stream ends and gives its slot back
-    deadline = time.monotonic() + 10
-    while (after := httpx.post(f"{url}/synthesize", data={"text": "Now."}, headers=auth, timeout=60)).status_code == 503:
-        assert time.monotonic() < deadline, "the slot was never released"
-        time.sleep(0.2)
-    assert after.status_code == 200
+        holder.join()  # its synthesis ends: the slot is free again
+    assert httpx.post(f"{url}/synthesize", data={"text": "Now."}, headers=auth, timeout=60).status_code == 200
     assert "polyvox_refused_busy_total" in httpx.get(f"{url}/metrics").text
 
 
+@pytest.fixture(scope="module")
+def streaming(tmp_path_factory):
+    """One synthesis slot, long pauses (a stream of 60 sentences is ~13 MB, far more than the
+    loopback's socket buffers hold) and a short grace for slow readers."""
+    root = tmp_path_factory.mktemp("streaming")
+    make_bundle(root / "models" / "champion", seed=1, version="1")
+    process, url = _start(root, "-S", "serve.max_concurrent=1", "-S", "serve.sentence_pause=5",
+                          "-S", "serve.stream_grace_seconds=1")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _counter(url: str, name: str) -> float:
+    lines = [line for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines() if line.startswith(name + " ")]
+    return float(lines[0].split()[1]) if lines else 0.0
+
+
+def _slow_reader(url: str, text: str) -> socket.socket:
+    """A client that asks for a stream and never reads (a tiny receive buffer)."""
+    body = urllib.parse.urlencode({"text": text, "speaker": "bob", "stream": "true"}).encode()
+    conn = socket.socket()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    conn.connect(_raw(url))
+    conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return conn
+
+
+def test_slow_readers_hold_no_slot_and_are_cut_off(streaming):
+    """Issue 31: two clients that stream and never read held both slots for as long as they stayed
+    connected (every good request got 503). Now a slot is held while synthesis runs, never while a
+    client reads, and a client slower than real time is disconnected."""
+    url = streaming
+    readers = [_slow_reader(url, "Go on. " * 60) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 20
+        while (good := httpx.post(f"{url}/synthesize", data={"text": "Hello there."}, timeout=60)).status_code != 200:
+            assert good.status_code == 503, good.text
+            assert time.monotonic() < deadline, "slow readers kept the synthesis slot"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30  # the first reader's stream was cut off (the second got a 503)
+        while _counter(url, "polyvox_slow_readers_cut_off_total") < 1:
+            assert time.monotonic() < deadline, "a client reading nothing was never cut off"
+            time.sleep(0.5)
+        full = 60 * 5 * 22050 * 2  # the pauses alone of one whole stream, in bytes
+        for conn in readers:  # each was cut off: what it can still read ends well before the whole stream
+            conn.settimeout(30)
+            received = 0
+            try:
+                while chunk := conn.recv(1 << 16):
+                    received += len(chunk)
+                    assert received < full / 2, "the service kept sending to a client slower than real time"
+            except ConnectionResetError:
+                pass
+            assert received > 0
+    finally:
+        for conn in readers:
+            conn.close()
+    assert httpx.post(f"{url}/synthesize", data={"text": "Still serving."}, timeout=60).status_code == 200
 def test_a_bundle_the_runtime_refuses_keeps_the_old_voice_and_says_why(tmp_path):
     champion = tmp_path / "models" / "champion"
     make_bundle(champion, seed=1, version="1")

@@ -331,6 +331,9 @@ class ServeSection(_Section):
     max_sentences: int = Field(ge=1)
     max_sentence_tokens: int = Field(ge=1)
     request_seconds: float = Field(gt=0)
+    # A streamed sentence must be taken by the client within its audio's length plus this: a reader
+    # slower than real time is cut off (its slot is free once synthesis ends, whatever it reads).
+    stream_grace_seconds: float = Field(gt=0)
     max_reference_seconds: float = Field(gt=0)
     max_image_pixels: int = Field(ge=1)
 

@@ -19,6 +19,7 @@ module reads bodies, renders (one path for whole and streamed responses) and cou
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import io
 import logging
@@ -36,9 +37,8 @@ import numpy as np
 import soundfile as sf
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.background import BackgroundTask
 from starlette.routing import Match
 
 from polyvox.config import ServeSection
@@ -149,6 +149,8 @@ class ServiceMetrics:
                                      "is served meanwhile)", registry=self.registry)
         self.busy = Counter("polyvox_refused_busy", "Syntheses refused with 503: every slot was taken",
                             registry=self.registry)
+        self.slow_readers = Counter("polyvox_slow_readers_cut_off", "Streams ended because the client read slower "
+                                    "than real time (serve.stream_grace_seconds)", registry=self.registry)
 
     def response(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -346,9 +348,8 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         rate = loaded.voice.sample_rate
         headers = {"X-Polyvox-Version": str(loaded.meta.version)}
         pieces = render(loaded, request, settings.sentence_pause, metrics, deadline)
-        if request.stream:  # the slot is held until the stream ends or its client goes
-            return StreamingResponse(_released(_prepend(streaming_wav_header(rate), map(pcm16, pieces)), release),
-                                     media_type="audio/wav", headers=headers, background=BackgroundTask(release))
+        if request.stream:  # the slot is held while synthesis runs, never while a client reads
+            return PacedStream(pieces, rate, release, settings.stream_grace_seconds, headers, metrics.slow_readers.inc)
         try:
             return Response(wav_bytes(np.concatenate(list(pieces)), rate), media_type="audio/wav", headers=headers)
         finally:
@@ -358,16 +359,77 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     return app
 
 
-def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield first
-    yield from rest
+class SlowReader(Exception):
+    """A streaming client took a sentence slower than real time (plus ``serve.stream_grace_seconds``)."""
 
 
-def _released(chunks: Iterator[bytes], release) -> Iterator[bytes]:
-    try:
-        yield from chunks
-    finally:
-        release()
+class PacedStream(Response):
+    """A streamed WAV whose synthesis never waits for its reader.
+
+    A worker thread renders the sentences into a queue as fast as it can and releases the
+    synthesis slot when it is done (or past ``serve.request_seconds``): a client that never reads
+    holds no slot. The event loop sends each sentence as it comes, and a sentence the client does
+    not take within its audio's length plus ``grace`` seconds ends the connection: a reader slower
+    than real time is cut off (uvicorn closes the socket when the app raises after the headers).
+    A client that goes away stops the rendering at the next sentence."""
+
+    media_type = "audio/wav"
+
+    def __init__(self, pieces: Iterator[np.ndarray], rate: int, release, grace: float, headers: dict[str, str],
+                 cut_off=lambda: None):
+        self.status_code, self.background = 200, None
+        self.init_headers(headers)  # no body attribute: no Content-Length, the stream's length is open
+        self.pieces, self.rate, self.release, self.grace, self.cut_off = pieces, rate, release, grace, cut_off
+
+    async def __call__(self, scope, receive, send) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for wave in self.pieces:
+                    loop.call_soon_threadsafe(queue.put_nowait, wave)
+                    if stop.is_set():
+                        break
+            except Exception as exc:  # noqa: BLE001 - reported to the sender, which logs and ends the stream
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                self.release()
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        async def watch_disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            stop.set()
+
+        producer = loop.run_in_executor(None, produce)
+        watcher = asyncio.ensure_future(watch_disconnect())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await self._send(send, streaming_wav_header(self.rate), 0.0)
+            while (item := await queue.get()) is not None:
+                if isinstance(item, Exception):
+                    detail = item.detail if isinstance(item, HTTPException) else f"{type(item).__name__}: {item}"
+                    log.warning("stream ended early: %s", detail)
+                    break
+                await self._send(send, pcm16(item), len(item) / self.rate)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            stop.set()
+            watcher.cancel()
+            await asyncio.shield(producer)  # the slot is released by the producer, whatever happened here
+
+    async def _send(self, send, chunk: bytes, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}),
+                                   timeout=seconds + self.grace)
+        except asyncio.TimeoutError:
+            self.cut_off()
+            log.warning("streaming client cut off: it did not take %.1f s of audio within %.1f s", seconds,
+                        seconds + self.grace)
+            raise SlowReader(f"the client reads slower than real time (serve.stream_grace_seconds {self.grace})") \
+                from None
 
 
 def _once(function):
@@ -381,9 +443,19 @@ def _once(function):
     return call
 
 
+class _SlowReadersLoggedOnce(logging.Filter):
+    """uvicorn logs a traceback for an app that raises after its headers were sent, which is how a
+    slow reader is disconnected; :class:`PacedStream` has said so in one line already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], SlowReader))
+
+
 def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: int | None = None) -> None:
     """Run the service with uvicorn (blocking)."""
     import uvicorn
+
+    logging.getLogger("uvicorn.error").addFilter(_SlowReadersLoggedOnce())
 
     token = os.environ.get("POLYVOX_TOKEN") or None
     app = create_app(bundle, settings, token=token)
