@@ -57,11 +57,11 @@ def hostile(kind: str, url: str, speaker: str, bomb: bytes) -> tuple[int, bool]:
         return response.status_code, bool(response.json().get("detail"))
     with socket.create_connection((host, int(port)), timeout=60) as conn:
         if kind == "oversized":
-            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                          b"Content-Length: 10000000000\r\n\r\n--b\r\n")
         else:  # slow: a small form, one byte every 50 ms
             body = f"text=Slowly+now.&speaker={speaker}".encode()
-            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                          b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
             for byte in body:
                 conn.sendall(bytes([byte]))

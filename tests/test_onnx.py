@@ -63,11 +63,12 @@ def test_bundle_with_onnx_is_served_by_onnxruntime(tmp_path):
     bundle = make_bundle(tmp_path / "champion", seed=3, onnx=True)
     assert (bundle / "onnx" / "m3" / "encoder.onnx").is_file()
     settings = load_params(REPO / "params.yaml").serve
-    with TestClient(create_app(bundle, settings, poll=False)) as client:
+    with TestClient(create_app(bundle, settings, poll=False), base_url="http://localhost") as client:
         assert client.get("/voices").json()["runtime"] == "onnx"
         response = client.post("/synthesize", data={"text": "Hello there.", "speaker": "alice"})
         assert response.status_code == 200 and len(response.content) > 1000
-    with TestClient(create_app(bundle, settings.model_copy(update={"runtime": "torch"}), poll=False)) as client:
+    with TestClient(create_app(bundle, settings.model_copy(update={"runtime": "torch"}), poll=False),
+                    base_url="http://localhost") as client:
         assert client.get("/voices").json()["runtime"] == "torch"
 
 

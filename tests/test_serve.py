@@ -155,12 +155,34 @@ def test_service_listens_on_loopback_only(service):
         socket.create_connection((address, port), timeout=5).close()
 
 
+def test_without_a_token_foreign_hosts_and_cross_origin_posts_are_refused(service):
+    """Issue 31: with no token a cross-origin form POST got 200 and `Host: attacker.example` was
+    served, so a web page the user visits could drive the local service (DNS rebinding)."""
+    _, url = service
+    port = url.rsplit(":", 1)[1]
+    rebound = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, headers={"Host": f"attacker.example:{port}"},
+                         timeout=60)
+    assert rebound.status_code == 421 and "'attacker.example' is not served here" in rebound.json()["detail"]
+    assert httpx.get(f"{url}/voices", headers={"Host": "attacker.example"}).status_code == 421
+    cross = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, headers={"Origin": "http://evil.example"}, timeout=60)
+    assert cross.status_code == 403 and "origin 'http://evil.example'" in cross.json()["detail"]
+    assert httpx.post(f"{url}/synthesize", data={"text": "Hi."}, headers={"Origin": "null"}, timeout=60).status_code == 403
+    long_host = "a" * 5000
+    echoed = httpx.get(f"{url}/voices", headers={"Host": long_host}).json()["detail"]
+    assert len(echoed) < 300  # client input is echoed cut short
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert httpx.get(f"{url}/voices", headers={"Host": host}).status_code == 200, host
+    same = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, headers={"Origin": f"http://localhost:{port}"},
+                      timeout=60)
+    assert same.status_code == 200  # the service's own origin (and curl, which sends none) may POST
+
+
 def test_oversized_body_is_refused_before_it_is_read(service):
     """A client declaring a 10 GB body gets 413 at once: the service never waits for (or spools) it."""
     _, url = service
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:
-        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Content-Length: 10000000000\r\n\r\n--b\r\n")  # the headers and a first few bytes only
         reply = b""
         while b"over the" not in reply and (chunk := conn.recv(4096)):  # headers and body may come apart
@@ -212,6 +234,9 @@ def test_bearer_token_guards_synthesis(tmp_path):
                            timeout=60)
         assert right.status_code == 200
         assert httpx.get(f"{url}/healthz").status_code == 200  # health stays open for probes
+        other = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, timeout=60,
+                           headers={"Authorization": "Bearer s3cret", "Host": "voice.example.com"})
+        assert other.status_code == 200  # with a token, the token guards: any name the service is reached by
     finally:
         process.terminate()
         process.wait(timeout=30)

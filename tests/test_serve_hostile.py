@@ -53,7 +53,7 @@ def test_no_token_is_refused_before_a_chunked_body_is_read(guarded):
     _, url, _ = guarded
     with socket.create_connection(_raw(url), timeout=10) as conn:
         # a chunked upload (no Content-Length), of which only the first chunk is ever sent
-        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
                      b"Content-Type: multipart/form-data; boundary=b\r\n\r\n10\r\n--b\r\n0123456789a\r\n")
         reply = _reply(conn)
     assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
@@ -64,7 +64,7 @@ def test_a_chunked_body_past_the_limit_is_cut_off(guarded):
     limit = int(2 * 0.25 * 2**20 + 4 * 2000 + 2**16)
     sent, reply = 0, b""
     with socket.create_connection(_raw(url), timeout=10) as conn:
-        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
                      b"Authorization: " + auth["Authorization"].encode() + b"\r\n"
                      b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
         # a well-formed upload whose file part never ends: only the byte count can stop it
@@ -190,7 +190,7 @@ def _slow_reader(url: str, text: str) -> socket.socket:
     conn = socket.socket()
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     conn.connect(_raw(url))
-    conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     return conn
 

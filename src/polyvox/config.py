@@ -319,6 +319,9 @@ class ServeSection(_Section):
 
     host: str
     port: int = Field(ge=0, le=65535)
+    # Without POLYVOX_TOKEN the service answers only requests addressed to the bound host, localhost
+    # or one of these names (DNS rebinding), and no POST from a web page of another origin.
+    allowed_hosts: list[str]
     max_text_chars: int = Field(ge=1)
     max_upload_mb: float = Field(gt=0)
     reload_seconds: float = Field(gt=0)

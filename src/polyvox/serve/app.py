@@ -208,9 +208,9 @@ class Gate:
     is counted once, by route template (``route_of``)."""
 
     def __init__(self, app, *, limit: int, token: str | None, protected: tuple[str, ...], metrics: ServiceMetrics,
-                 route_of):
+                 route_of, hosts: frozenset[str] | None = None):
         self.app, self.limit, self.token, self.protected = app, limit, token, protected
-        self.metrics, self.route_of = metrics, route_of
+        self.metrics, self.route_of, self.hosts = metrics, route_of, hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -245,6 +245,15 @@ class Gate:
 
     def _refusal(self, scope) -> Response | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.hosts is not None:  # no token: only requests addressed to us, no POST from another site's page
+            host = _hostname(headers.get("host", ""))
+            if host not in self.hosts:
+                return JSONResponse({"detail": f"Host {_shown(host)} is not served here (serve.allowed_hosts; "
+                                               "or set POLYVOX_TOKEN)"}, status_code=421)
+            origin = headers.get("origin")
+            if scope["method"] == "POST" and origin is not None and _hostname(origin.partition("://")[2]) not in self.hosts:
+                return JSONResponse({"detail": f"a POST from a page of origin {_shown(origin)} is refused "
+                                               "(serve.allowed_hosts; or set POLYVOX_TOKEN)"}, status_code=403)
         if self.token is not None and scope["method"] == "POST" and scope["path"] in self.protected:
             given = headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
@@ -257,6 +266,29 @@ class Gate:
         return None
 
 
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _hostname(authority: str) -> str:
+    """``example.org:8000`` → ``example.org``; ``[::1]:8000`` → ``::1``; lower case."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """Client input echoed in a reply: quoted and cut at ``limit`` characters."""
+    return repr(value[:limit] + ("…" if len(value) > limit else ""))
+
+
+def allowed_hosts(settings: ServeSection, host: str | None = None) -> frozenset[str]:
+    """The names a service without a token answers to: localhost, the bound host (unless it is a
+    wildcard) and ``serve.allowed_hosts``."""
+    bound = set() if (host or settings.host) in ("0.0.0.0", "::", "") else {(host or settings.host).lower()}
+    return LOCAL_NAMES | frozenset(bound) | frozenset(name.lower() for name in settings.allowed_hosts)
+
+
 def _route(app: FastAPI, scope) -> str:
     """The route template a request matches (``synthesize``), never the raw path: a label per
     route, however many paths clients make up."""
@@ -266,8 +298,10 @@ def _route(app: FastAPI, scope) -> str:
     return "unmatched"
 
 
-def create_app(bundle: Path, settings: ServeSection, token: str | None = None, poll: bool = True) -> FastAPI:
-    """The service over ``bundle``; ``token``: a bearer token required on POST (None: open)."""
+def create_app(bundle: Path, settings: ServeSection, token: str | None = None, poll: bool = True,
+               host: str | None = None) -> FastAPI:
+    """The service over ``bundle``; ``token``: a bearer token required on POST (None: open to requests
+    addressed to :func:`allowed_hosts` of ``host``, the bound host, default ``serve.host``)."""
     holder = VoiceHolder(Path(bundle), settings.runtime)
     holder.reload()
     metrics = ServiceMetrics()
@@ -290,7 +324,8 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     # Two uploads at their limit, the text at its limit (4 bytes a character at most) and form overhead.
     body_limit = int(2 * settings.max_upload_mb * 2**20 + 4 * settings.max_text_chars + 2**16)
     app.add_middleware(Gate, limit=body_limit, token=token, protected=("/synthesize", "/reload"), metrics=metrics,
-                       route_of=lambda scope: _route(app, scope))
+                       route_of=lambda scope: _route(app, scope),
+                       hosts=None if token is not None else allowed_hosts(settings, host))
     slots = threading.BoundedSemaphore(settings.max_concurrent)
 
     @app.exception_handler(RequestError)
@@ -458,8 +493,8 @@ def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: i
     logging.getLogger("uvicorn.error").addFilter(_SlowReadersLoggedOnce())
 
     token = os.environ.get("POLYVOX_TOKEN") or None
-    app = create_app(bundle, settings, token=token)
     host = host or settings.host
+    app = create_app(bundle, settings, token=token, host=host)
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         log.warning("serving on %s without POLYVOX_TOKEN: anyone who can reach it can synthesise", host)
     uvicorn.run(app, host=host, port=port if port is not None else settings.port, log_level="info")
