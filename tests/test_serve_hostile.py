@@ -167,16 +167,21 @@ def test_more_syntheses_than_slots_get_503_and_health_stays_quick(guarded):
 
 
 @pytest.fixture(scope="module")
-def streaming(tmp_path_factory):
+def streaming_process(tmp_path_factory):
     """One synthesis slot, long pauses (a stream of 60 sentences is ~13 MB, far more than the
-    loopback's socket buffers hold) and a short grace for slow readers."""
+    loopback's socket buffers hold), a short grace for slow readers, and no token."""
     root = tmp_path_factory.mktemp("streaming")
     make_bundle(root / "models" / "champion", seed=1, version="1")
     process, url = _start(root, "-S", "serve.max_concurrent=1", "-S", "serve.sentence_pause=5",
                           "-S", "serve.stream_grace_seconds=1")
-    yield url
+    yield process, url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def streaming(streaming_process):
+    return streaming_process[1]
 
 
 def _counter(url: str, name: str) -> float:
@@ -268,3 +273,36 @@ def test_the_service_starts_on_the_bundle_a_killed_swap_left_aside(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def test_uploads_in_flight_do_not_each_cost_a_decoded_copy(streaming_process):
+    """Issue 31: uploads were decoded before a slot was taken, all channels at once, so 8 concurrent
+    75 KB silent 8-channel 192 kHz FLACs took ~207 MB each (941 → 2601 MB). Now headers are checked
+    first, decoding waits for a slot and averages the channels block by block."""
+    process, url = streaming_process
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((30 * 192000, 8), dtype="float32"), 192000, format="FLAC")  # silent: tiny
+    flac = buffer.getvalue()
+    assert len(flac) < 200_000
+    before = _peak_rss_mb(process.pid)
+    statuses = []
+
+    def post() -> None:
+        response = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, timeout=120,
+                              files={"reference_audio": ("r.flac", flac, "audio/flac")})
+        statuses.append(response.status_code)
+
+    clients = [threading.Thread(target=post) for _ in range(8)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    grown = _peak_rss_mb(process.pid) - before
+    print(f"peak resident memory grew {grown:.0f} MB")
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+    assert grown < 300, f"peak resident memory grew {grown:.0f} MB for 8 uploads in flight"

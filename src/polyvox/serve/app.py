@@ -374,12 +374,20 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
                    image: Annotated[UploadFile | None, File()] = None) -> Response:
         deadline = time.monotonic() + settings.request_seconds
         loaded = holder.get()  # this request keeps this voice even if a reload happens meanwhile
-        request = parse(loaded.voice, settings, text, speaker, stream, read(reference_audio), read(image))
+        # Checked here (headers only), decoded under the slot: in-flight decoding is bounded by
+        # serve.max_concurrent, whatever the number of uploads in flight.
+        request = parse(loaded.voice, settings, text, speaker, stream, read(reference_audio), read(image),
+                        decode=False)
         if not slots.acquire(timeout=0.25):
             metrics.busy.inc()
             raise HTTPException(503, f"every synthesis slot is taken (serve.max_concurrent {settings.max_concurrent}); "
                                      "retry shortly", headers={"Retry-After": "1"})
         release = _once(slots.release)
+        try:
+            request = request.decode(settings)
+        except BaseException:
+            release()
+            raise
         rate = loaded.voice.sample_rate
         headers = {"X-Polyvox-Version": str(loaded.meta.version)}
         pieces = render(loaded, request, settings.sentence_pause, metrics, deadline)

@@ -5,6 +5,7 @@ renders; everything a client can get wrong is decided here, so it is testable wi
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import struct
@@ -42,11 +43,25 @@ class SynthesisRequest:
     reference: tuple[np.ndarray, int] | None  # (mono signal, rate) of reference_audio
     picture: np.ndarray | None  # (3, size, size) float32 in [0, 1]
     stream: bool
+    # Uploads checked by their headers but not decoded yet (parse(..., decode=False)): decode() them
+    # once a synthesis slot is held, so that in-flight decoding is bounded by serve.max_concurrent.
+    reference_bytes: bytes | None = None
+    image_bytes: bytes | None = None
+    image_size: int = 0
 
     @property
     def by_name_only(self) -> bool:
         """Conditioned on a speaker name alone: what the ONNX runtime can render."""
-        return self.speaker is not None and self.reference is None and self.picture is None
+        return self.speaker is not None and self.reference is None and self.picture is None \
+            and self.reference_bytes is None and self.image_bytes is None
+
+    def decode(self, settings: ServeSection) -> "SynthesisRequest":
+        """This request with its uploads decoded (what parse(..., decode=True) returns)."""
+        return dataclasses.replace(
+            self, reference_bytes=None, image_bytes=None,
+            reference=decode_audio(self.reference_bytes, settings) if self.reference_bytes is not None else self.reference,
+            picture=decode_image(self.image_bytes, self.image_size, settings) if self.image_bytes is not None
+            else self.picture)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -64,29 +79,54 @@ def check_upload(data: bytes | None, kind: str, settings: ServeSection) -> bytes
     return data
 
 
-def decode_audio(data: bytes, settings: ServeSection) -> tuple[np.ndarray, int]:
-    """The upload's mono signal and rate; its header is checked before a sample is decoded."""
+def audio_header(data: bytes, settings: ServeSection):
+    """The upload's soundfile header, checked (format, rate, channels, decoded length) before any
+    sample is decoded."""
     try:
         info = sf.info(io.BytesIO(data))
     except DECODE_ERRORS as exc:
-        raise RequestError(415, f"reference_audio is not audio soundfile can read (WAV, FLAC, OGG): {exc}") from None
+        raise RequestError(415, f"reference_audio is not audio soundfile can read (WAV, FLAC, OGG): {_cut(exc)}") \
+            from None
     if not AUDIO_RATES[0] <= info.samplerate <= AUDIO_RATES[1] or not 1 <= info.channels <= MAX_CHANNELS:
         raise RequestError(422, f"reference_audio: {info.samplerate} Hz, {info.channels} channel(s); expected "
                                 f"{AUDIO_RATES[0]}-{AUDIO_RATES[1]} Hz and 1-{MAX_CHANNELS} channels")
     if info.frames > settings.max_reference_seconds * info.samplerate:
         raise RequestError(413, f"reference_audio decodes to {info.frames / info.samplerate:.1f} s; the limit is "
                                 f"{settings.max_reference_seconds} s (serve.max_reference_seconds)")
+    return info
+
+
+# Samples decoded at a time: the channels are averaged block by block, so an 8-channel upload never
+# holds more than one block of all its channels (8 channels × 192 kHz × 30 s would be 184 MB at once).
+DECODE_BLOCK = 1 << 16
+
+
+def decode_audio(data: bytes, settings: ServeSection) -> tuple[np.ndarray, int]:
+    """The upload's mono signal and rate; its header is checked before a sample is decoded."""
+    info = audio_header(data, settings)
+    mono, filled = np.empty(info.frames, dtype=np.float32), 0
     try:
-        signal, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True, frames=info.frames)
+        with sf.SoundFile(io.BytesIO(data)) as audio:
+            for block in audio.blocks(blocksize=DECODE_BLOCK, dtype="float32", always_2d=True, frames=info.frames):
+                mono[filled:filled + len(block)] = block.mean(axis=1)
+                filled += len(block)
     except DECODE_ERRORS as exc:
-        raise RequestError(415, f"reference_audio does not decode: {exc}") from None
+        raise RequestError(415, f"reference_audio does not decode: {_cut(exc)}") from None
+    signal, rate = mono[:filled], info.samplerate
     if signal.shape[0] < rate // 10 or not np.isfinite(signal).all():
         raise RequestError(422, "reference_audio must hold at least 0.1 s of finite samples")
-    return signal.mean(axis=1), rate
+    return signal, rate
 
 
-def decode_image(data: bytes, size: int, settings: ServeSection) -> np.ndarray:
-    """The upload as the model's image tensor; its format and size are checked before it is decoded."""
+def _cut(exc: Exception, limit: int = 200) -> str:
+    """A decoder's message for the client: its text only, cut short (never an object's repr)."""
+    text = re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "the upload", str(exc))
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def decode_image(data: bytes, size: int, settings: ServeSection, header_only: bool = False) -> np.ndarray | None:
+    """The upload as the model's image tensor; its format and size are checked before it is decoded
+    (``header_only``: only checked, None returned)."""
     from PIL import Image
 
     from polyvox.frontends.image import picture_tensor
@@ -97,19 +137,20 @@ def decode_image(data: bytes, size: int, settings: ServeSection) -> np.ndarray:
             if width * height > settings.max_image_pixels:
                 raise RequestError(413, f"image is {width}×{height} pixels; the limit is {settings.max_image_pixels} "
                                         "(serve.max_image_pixels)")
-            return picture_tensor(picture, size)  # the same front-end as training's images
+            return None if header_only else picture_tensor(picture, size)  # the same front-end as training's images
     except RequestError:
         raise
     except Image.DecompressionBombError as exc:
-        raise RequestError(413, f"image is too large to decode: {exc}") from None
+        raise RequestError(413, f"image is too large to decode: {_cut(exc)}") from None
     except DECODE_ERRORS as exc:
-        raise RequestError(415, f"image is not a picture in {', '.join(IMAGE_FORMATS)}: {exc}") from None
+        raise RequestError(415, f"image is not a picture in {', '.join(IMAGE_FORMATS)}: {_cut(exc)}") from None
 
 
 def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream: bool,
-          reference_audio: bytes | None, image: bytes | None) -> SynthesisRequest:
+          reference_audio: bytes | None, image: bytes | None, decode: bool = True) -> SynthesisRequest:
     """Check a request against the voice it will be rendered by (its speakers, its text front-end,
-    whether it takes images) and the service's limits; decode its uploads."""
+    whether it takes images) and the service's limits; decode its uploads (``decode=False``: check
+    their headers only, and leave the decoding to :meth:`SynthesisRequest.decode`)."""
     if len(text) > settings.max_text_chars:
         raise RequestError(413, f"text is {len(text)} characters; the limit is {settings.max_text_chars}")
     sentences = split_sentences(text)
@@ -134,7 +175,10 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
     image_bytes = check_upload(image, "image", settings)
     if image_bytes is not None and not voice.takes_images:
         raise RequestError(422, "this voice takes no image conditioning")
-    return SynthesisRequest(
-        sentences=sentences, speaker=speaker, stream=stream,
-        reference=decode_audio(audio_bytes, settings) if audio_bytes is not None else None,
-        picture=decode_image(image_bytes, front_end.image_size, settings) if image_bytes is not None else None)
+    if audio_bytes is not None:
+        audio_header(audio_bytes, settings)
+    if image_bytes is not None:
+        decode_image(image_bytes, front_end.image_size, settings, header_only=True)
+    request = SynthesisRequest(sentences=sentences, speaker=speaker, stream=stream, reference=None, picture=None,
+                               reference_bytes=audio_bytes, image_bytes=image_bytes, image_size=front_end.image_size)
+    return request.decode(settings) if decode else request
