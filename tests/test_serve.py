@@ -117,14 +117,14 @@ def test_streaming_sends_sentence_by_sentence(service):
 
 
 @pytest.mark.parametrize("data, files, status, message", [
-    ({"text": ""}, None, 422, ""),
+    ({"text": ""}, None, 422, "text is empty"),
     ({"text": "x" * 2001}, None, 413, "limit is 2000"),
     ({"text": "Hello.", "speaker": "mallory"}, None, 422, "unknown speaker 'mallory'"),
     ({"text": "Hello."}, {"image": ("a.png", b"not a picture", "image/png")}, 415, "not a picture"),
     ({"text": "Hello."}, {"reference_audio": ("a.wav", b"RIFF....garbage", "audio/wav")}, 415, "not audio"),
     ({"text": "Hello."}, {"reference_audio": ("a.wav", b"", "audio/wav")}, 422, "empty"),
     ({"text": "Hello."}, {"reference_audio": ("big.wav", b"0" * (10 * 2**20 + 1), "audio/wav")}, 413, "larger than"),
-    ({}, None, 422, ""),
+    ({}, None, 422, "text is empty"),
     ({"text": "Fine. ~~~", "stream": "true"}, None, 422, "nothing pronounceable"),
 ])
 def test_bad_requests_get_4xx_with_a_reason(service, data, files, status, message):
@@ -132,6 +132,20 @@ def test_bad_requests_get_4xx_with_a_reason(service, data, files, status, messag
     response = httpx.post(f"{url}/synthesize", data=data, files=files, timeout=60)
     assert response.status_code == status, response.text
     assert message in response.text
+
+
+def test_error_replies_name_the_field_and_the_rule_never_internals(service):
+    """Issue 31: `text` sent as a file part was answered with the upload object's internals, a 415
+    with `<_io.BytesIO object at 0x…>`, and a 900 k-character speaker name was echoed whole."""
+    _, url = service
+    as_file = httpx.post(f"{url}/synthesize", files={"text": ("t.txt", b"Hello.", "text/plain")}, timeout=60)
+    assert as_file.status_code == 422 and "_max_size" not in as_file.text and "Temporary" not in as_file.text, as_file.text
+    assert as_file.json()["detail"] == [{"field": "text", "problem": "text must be a form field holding text, not a file"}]
+    garbage = httpx.post(f"{url}/synthesize", data={"text": "Hi."}, timeout=60,
+                         files={"reference_audio": ("a.flac", b"fLaC" + b"\0" * 64, "audio/flac")})
+    assert garbage.status_code == 415 and " at 0x" not in garbage.text and "object" not in garbage.text, garbage.text
+    huge = httpx.post(f"{url}/synthesize", data={"text": "Hi.", "speaker": "m" * 900_000}, timeout=60)
+    assert huge.status_code == 422 and len(huge.text) < 400, len(huge.text)
 
 
 def _outside_address() -> str | None:

@@ -250,6 +250,7 @@ def test_a_bundle_the_runtime_refuses_keeps_the_old_voice_and_says_why(tmp_path)
             assert time.monotonic() < deadline, "the failed reload was never reported"
             time.sleep(0.2)
         assert health["version"] == "1" and health["status"] == "ok", health  # the old voice, still served
+        assert str(tmp_path) not in health["reload_error"] and "<bundle>" in health["reload_error"], health
         assert httpx.post(f"{url}/synthesize", data={"text": "Still here."}, timeout=60).status_code == 200
         failures = next(line for line in httpx.get(f"{url}/metrics").text.splitlines()
                         if line.startswith("polyvox_reload_failures "))

@@ -24,6 +24,7 @@ import hmac
 import io
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -37,6 +38,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.routing import Match
@@ -119,8 +121,9 @@ class VoiceHolder:
             changed = self.reload(force)
         except Exception as exc:  # noqa: BLE001 - recorded and reported, never swallowed
             self.reload_failures += 1
-            self.reload_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log.warning("bundle %s not reloaded (still serving the previous voice): %s", self.folder, self.reload_error)
+            log.warning("bundle %s not reloaded (still serving the previous voice): %s: %s", self.folder,
+                        type(exc).__name__, exc)
+            self.reload_error = f"{type(exc).__name__}: {_no_paths(str(exc), self.folder)[:300]}"
             return False
         self.reload_error = None
         return changed
@@ -130,6 +133,13 @@ class VoiceHolder:
             if self.current is None:
                 raise HTTPException(503, f"no voice to serve yet: {self.folder} holds no bundle (promote one)")
             return self.current
+
+
+def _no_paths(text: str, folder: Path) -> str:
+    """``text`` for anyone who asks (/healthz): paths inside the bundle relative to it, any other
+    absolute path by its last part (the service log keeps the whole message)."""
+    text = text.replace(str(folder.resolve()), "<bundle>").replace(str(folder), "<bundle>")
+    return re.sub(r"(?<![\w<>])/(?:[^\s/:'\"]+/)*([^\s/:'\"]+)", r"…/\1", text)
 
 
 class ServiceMetrics:
@@ -266,6 +276,15 @@ class Gate:
         return None
 
 
+def _problem(error: dict) -> dict:
+    field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "header"))
+    if field == "text" and error.get("type") in ("missing", "string_too_short"):
+        return {"field": "text", "problem": "text is empty: send the words to speak as the form field `text`"}
+    if error.get("type") == "string_type":
+        return {"field": field, "problem": f"{field} must be a form field holding text, not a file"}
+    return {"field": field, "problem": str(error.get("msg", "invalid"))[:200]}
+
+
 LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -331,6 +350,11 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     @app.exception_handler(RequestError)
     async def refused(_request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError) -> JSONResponse:
+        """The field and the rule it broke, never the value sent (an upload's internals, a huge string)."""
+        return JSONResponse({"detail": [_problem(error) for error in exc.errors()]}, status_code=422)
 
     def read(upload: UploadFile | None) -> bytes | None:
         """An upload's bytes, one past the limit at most (so that an oversized one shows)."""

@@ -170,7 +170,8 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
                                     f"limit is {settings.max_sentence_tokens} (split it)")
     speaker = speaker or None
     if speaker is not None and speaker not in voice.speakers:
-        raise RequestError(422, f"unknown speaker {speaker!r}; known: {voice.speakers}")
+        shown = speaker[:80] + ("…" if len(speaker) > 80 else "")
+        raise RequestError(422, f"unknown speaker {shown!r}; known: {voice.speakers}")
     audio_bytes = check_upload(reference_audio, "reference_audio", settings)
     image_bytes = check_upload(image, "image", settings)
     if image_bytes is not None and not voice.takes_images:
