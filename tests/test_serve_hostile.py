@@ -307,3 +307,34 @@ def test_uploads_in_flight_do_not_each_cost_a_decoded_copy(streaming_process):
     print(f"peak resident memory grew {grown:.0f} MB")
     assert set(statuses) <= {200, 503} and 200 in statuses, statuses
     assert grown < 300, f"peak resident memory grew {grown:.0f} MB for 8 uploads in flight"
+
+
+def test_the_poller_leaves_a_live_promote_swap_alone_and_staging_leftovers_are_removed(tmp_path):
+    """Issue 31: the bundle poller renamed `.champion-old` back into place whenever `champion` was
+    missing, which undoes a live promote caught between its two renames (reproduced here with the
+    writer paused between them); and `models/.champion-*` staging folders of a killed download were
+    never removed."""
+    from polyvox.lock import workspace_lock
+
+    champion = tmp_path / "models" / "champion"
+    make_bundle(champion, seed=1, version="1")
+    leftover = tmp_path / "models" / ".champion-k1ll3d"  # a download killed with kill -9
+    (leftover / "voice").mkdir(parents=True)
+    process, url = _start(tmp_path)
+    try:
+        assert not leftover.exists() and champion.is_dir()  # removed when the service started
+        with workspace_lock(tmp_path, "a promote, paused between its two renames"):
+            champion.rename(tmp_path / "models" / ".champion-old")  # the first rename of replace_folder
+            time.sleep(2.0)  # several polls (serve.reload_seconds 0.3)
+            assert not champion.exists(), "the poller undid a live swap"
+            assert httpx.get(f"{url}/healthz").json()["version"] == "1"  # the loaded voice is still served
+            make_bundle(tmp_path / "models" / "next", seed=2, version="2")
+            (tmp_path / "models" / "next").rename(champion)  # the second rename
+            shutil.rmtree(tmp_path / "models" / ".champion-old")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/healthz").json()["version"] != "2":
+            assert time.monotonic() < deadline, "the new bundle was never served"
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

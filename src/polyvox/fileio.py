@@ -120,6 +120,18 @@ def recover_folder(target: Path) -> bool:
     return True
 
 
+def remove_staging(target: Path) -> list[Path]:
+    """Delete the staging folders a killed writer left beside ``target`` (``.<name>-*`` from
+    ``mkdtemp``; never ``.<name>-old``, which :func:`recover_folder` owns). Call it as the workspace's
+    writer, or when no writer is active. Returns what it removed."""
+    removed = []
+    for stale in sorted(target.parent.glob(f".{target.name}-*")):
+        if stale.name != f".{target.name}-old" and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
 def replace_folder(staging: Path, target: Path) -> None:
     """Put the fully written folder ``staging`` in place of ``target``: the old one is renamed aside
     first and removed last, so a reader finds the old folder or the new one, never a mix. A kill

@@ -76,3 +76,22 @@ def workspace_lock(root: Path, command: str) -> Iterator[None]:
                 del _held[key]
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
+
+
+def writer_active(root: Path) -> bool:
+    """Whether another process holds the workspace at ``root`` now (a reader, such as the service,
+    leaves a writer's half-done folder swap alone then). False where there is no lock file."""
+    path = Path(root).resolve() / LOCK_NAME
+    if str(path) in _held:
+        return False  # this process is the writer
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor drops the probe's shared lock
+    return False

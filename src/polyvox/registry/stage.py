@@ -21,7 +21,7 @@ from pathlib import Path
 
 from polyvox.config import ConfigError, Params
 from polyvox.runtime.voice import Voice
-from polyvox.fileio import atomic_write_text, recover_folder
+from polyvox.fileio import atomic_write_text, recover_folder, remove_staging
 from polyvox.fingerprint import file_digest, fingerprint, read_stamp, voice_digest
 from polyvox.runtime.bundle import BundleMeta, build_bundle
 from polyvox.registry.gate import judge, passed
@@ -75,6 +75,8 @@ def sync_champion(registry: Registry, workspace: Workspace) -> bool:
     killed between moving the alias and downloading the bundle left them apart (or a kill mid-swap
     left the old folder aside). True when it had to repair anything."""
     recovered = recover_folder(workspace.champion)
+    for stale in remove_staging(workspace.champion):  # this stage holds the workspace: nobody else's
+        log.info("removed %s, the staging folder of a killed download", stale)
     alias = registry.champion()
     if alias is None:
         return recovered

@@ -44,7 +44,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.routing import Match
 
 from polyvox.config import ServeSection
-from polyvox.fileio import recover_folder
+from polyvox.fileio import recover_folder, remove_staging
+from polyvox.lock import writer_active
 from polyvox.runtime.bundle import BundleMeta, load_bundle
 from polyvox.serve.request import RequestError, SynthesisRequest, parse
 
@@ -88,7 +89,11 @@ class VoiceHolder:
         self.reload_failures = 0
 
     def _stamp(self) -> str | None:
-        recover_folder(self.folder)  # a promote killed mid-swap left the old bundle aside: serve it
+        # A promote killed mid-swap left the old bundle aside: serve it. But a live promote passes
+        # through that same state between its two renames: while a writer holds the workspace, its
+        # swap is its own (renaming the old folder back would undo it).
+        if not writer_active(self.folder.parent.parent):
+            recover_folder(self.folder)
         try:
             return (self.folder / "bundle.json").read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -322,6 +327,9 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     """The service over ``bundle``; ``token``: a bearer token required on POST (None: open to requests
     addressed to :func:`allowed_hosts` of ``host``, the bound host, default ``serve.host``)."""
     holder = VoiceHolder(Path(bundle), settings.runtime)
+    if not writer_active(Path(bundle).parent.parent):
+        for stale in remove_staging(Path(bundle)):  # a download killed mid-way (a promote's, a rollback's)
+            log.info("removed %s, the staging folder of a killed download", stale)
     holder.reload()
     metrics = ServiceMetrics()
     metrics.serving(holder)
