@@ -338,3 +338,30 @@ def test_the_poller_leaves_a_live_promote_swap_alone_and_staging_leftovers_are_r
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_bodies_that_never_arrive_and_idle_connections_are_closed(tmp_path):
+    """Issue 31: a Content-Length larger than the body held a connection forever, and 200 idle
+    connections were all kept 30 s. Now the body must keep arriving (serve.body_seconds: 408), a
+    request head must be complete in time, and an idle connection is closed (serve.idle_seconds)."""
+    make_bundle(tmp_path / "models" / "champion", seed=1)
+    process, url = _start(tmp_path, "-S", "serve.body_seconds=2", "-S", "serve.idle_seconds=1")
+    try:
+        started = time.monotonic()
+        with socket.create_connection(_raw(url), timeout=20) as conn:
+            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 1000\r\n\r\ntext=Hello")  # 990 bytes promised, never sent
+            reply = _reply(conn)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert time.monotonic() - started < 10
+        idle = [socket.create_connection(_raw(url), timeout=20) for _ in range(20)]  # never send a byte
+        trickle = socket.create_connection(_raw(url), timeout=20)
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\n")  # a head that never ends
+        time.sleep(3.5)
+        for conn in [*idle, trickle]:
+            assert conn.recv(100) == b"", "a connection that sent no request was kept open"
+            conn.close()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # good clients are still served
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -337,6 +337,10 @@ class ServeSection(_Section):
     # A streamed sentence must be taken by the client within its audio's length plus this: a reader
     # slower than real time is cut off (its slot is free once synthesis ends, whatever it reads).
     stream_grace_seconds: float = Field(gt=0)
+    # A connection idle this long is closed (before its first request too); a request head, or the
+    # next piece of a body, must arrive within body_seconds (408 otherwise).
+    idle_seconds: float = Field(gt=0)
+    body_seconds: float = Field(gt=0)
     max_reference_seconds: float = Field(gt=0)
     max_image_pixels: int = Field(ge=1)
 

@@ -223,9 +223,9 @@ class Gate:
     is counted once, by route template (``route_of``)."""
 
     def __init__(self, app, *, limit: int, token: str | None, protected: tuple[str, ...], metrics: ServiceMetrics,
-                 route_of, hosts: frozenset[str] | None = None):
+                 route_of, hosts: frozenset[str] | None = None, body_seconds: float | None = None):
         self.app, self.limit, self.token, self.protected = app, limit, token, protected
-        self.metrics, self.route_of, self.hosts = metrics, route_of, hosts
+        self.metrics, self.route_of, self.hosts, self.body_seconds = metrics, route_of, hosts, body_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -246,7 +246,11 @@ class Gate:
 
             async def receive_counted():
                 nonlocal received
-                message = await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), timeout=self.body_seconds)
+                except asyncio.TimeoutError:
+                    raise HTTPException(408, f"the request body stopped arriving for {self.body_seconds:g} s "
+                                             "(serve.body_seconds)") from None
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.limit:
@@ -352,7 +356,8 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     body_limit = int(2 * settings.max_upload_mb * 2**20 + 4 * settings.max_text_chars + 2**16)
     app.add_middleware(Gate, limit=body_limit, token=token, protected=("/synthesize", "/reload"), metrics=metrics,
                        route_of=lambda scope: _route(app, scope),
-                       hosts=None if token is not None else allowed_hosts(settings, host))
+                       hosts=None if token is not None else allowed_hosts(settings, host),
+                       body_seconds=settings.body_seconds)
     slots = threading.BoundedSemaphore(settings.max_concurrent)
 
     @app.exception_handler(RequestError)
@@ -537,5 +542,36 @@ def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: i
     app = create_app(bundle, settings, token=token, host=host)
     if host not in ("127.0.0.1", "localhost", "::1") and token is None:
         log.warning("serving on %s without POLYVOX_TOKEN: anyone who can reach it can synthesise", host)
-    uvicorn.run(app, host=host, port=port if port is not None else settings.port, log_level="info")
+    uvicorn.run(app, host=host, port=port if port is not None else settings.port, log_level="info",
+                http=bounded_protocol(settings.body_seconds), timeout_keep_alive=settings.idle_seconds)
+
+
+def bounded_protocol(head_seconds: float):
+    """uvicorn's h11 protocol with two deadlines it lacks: a connection that never sends a byte is
+    closed after ``timeout_keep_alive`` like an idle kept-alive one, and a request head (the next
+    one on a kept-alive connection too) must be complete within ``head_seconds``: headers trickled
+    a byte at a time no longer hold a connection forever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11Protocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self._head = self.loop.call_later(head_seconds, self._head_overdue)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._head.cancel()
+                self._head = self.loop.call_later(head_seconds, self._head_overdue)
+
+        def connection_lost(self, exc) -> None:
+            self._head.cancel()
+            super().connection_lost(exc)
+
+        def _head_overdue(self) -> None:
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()  # still waiting for a request head
+
+    return BoundedH11Protocol
 
