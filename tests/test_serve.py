@@ -67,7 +67,7 @@ def _wav(response: httpx.Response) -> tuple[np.ndarray, int]:
 
 def test_health_voices_and_metrics(service):
     _, url = service
-    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "version": "1", "reload_error": None}
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "version": "1", "reload_error": None, "damage": []}
     voices = httpx.get(f"{url}/voices").json()
     assert voices["speakers"] == ["alice", "bob"] and voices["sample_rate"] == 22050 and voices["takes_image"]
     httpx.post(f"{url}/synthesize", data={"text": "warm up", "speaker": "alice"}, timeout=60)

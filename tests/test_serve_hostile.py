@@ -365,3 +365,44 @@ def test_bodies_that_never_arrive_and_idle_connections_are_closed(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_bundle_damage_is_reported_while_the_loaded_voice_serves_on(tmp_path):
+    """Issue 31: truncating a file of the bundle left /healthz "ok", and deleting bundle.json was
+    silent (POST /reload answered 200 `{"reloaded": false}`). bundle.json records every file's size
+    and sha256; the service checks them at each poll and says what is wrong."""
+    champion = tmp_path / "models" / "champion"
+    make_bundle(champion, seed=1, version="1")
+    listed = json.loads((champion / "bundle.json").read_text())["files"]
+    assert "voice.json" in listed and any(name.endswith("best.pt") for name in listed)
+    process, url = _start(tmp_path)
+    try:
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "version": "1", "reload_error": None, "damage": []}
+        weights = next(name for name in listed if name.endswith("best.pt"))
+        original = (champion / weights).read_bytes()
+        (champion / weights).write_bytes(original[:100])  # truncated
+        deadline = time.monotonic() + 15
+        while not (health := httpx.get(f"{url}/healthz").json())["damage"]:
+            assert time.monotonic() < deadline, "the truncated file was never reported"
+            time.sleep(0.2)
+        assert health["status"] == "degraded" and health["version"] == "1"
+        assert health["damage"] == [f"{weights}: 100 bytes, bundle.json says {len(original)}"], health
+        assert httpx.post(f"{url}/synthesize", data={"text": "Still here."}, timeout=60).status_code == 200
+        refused = httpx.post(f"{url}/reload", timeout=60)
+        assert refused.status_code == 503 and weights in refused.json()["detail"], refused.text
+        (champion / weights).write_bytes(original)
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{url}/healthz").json()["damage"]:
+            assert time.monotonic() < deadline, "the mended file was never seen"
+            time.sleep(0.2)
+        (champion / "bundle.json").unlink()
+        deadline = time.monotonic() + 15
+        while (health := httpx.get(f"{url}/healthz").json())["damage"] != ["bundle.json: missing"]:
+            assert time.monotonic() < deadline, "a missing bundle.json was never reported"
+            time.sleep(0.2)
+        assert health["status"] == "degraded"
+        missing = httpx.post(f"{url}/reload", timeout=60)
+        assert missing.status_code == 503 and "bundle.json is missing" in missing.json()["detail"], missing.text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

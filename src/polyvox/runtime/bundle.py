@@ -46,6 +46,9 @@ class BundleMeta(BaseModel):
     onnx: bool
     summary: dict[str, Any]  # the candidate's figures in the evaluation
     decision: dict[str, Any]  # the gate's: promoted, rules
+    # Every other file of the bundle: relative path → {"bytes", "sha256"} (:func:`bundle_damage`);
+    # empty in bundles built before it was recorded.
+    files: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def read(cls, folder: Path) -> "BundleMeta":
@@ -157,7 +160,50 @@ def build_bundle(candidate: Path, metrics: dict, decision: dict, data_version: s
     (target / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     (target / "MODEL_CARD.md").write_text(model_card({**voice, "language": member.text.language}, metrics,
                                                      decision, data_version, git_commit), encoding="utf-8")
+    meta = BundleMeta.read(target)
+    meta.model_copy(update={"files": file_records(target)}).write(target)
     return target
+
+
+def file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file in ``folder`` but bundle.json, by relative path."""
+    from polyvox.fileio import sha256_file
+
+    return {path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            for path in sorted(Path(folder).rglob("*")) if path.is_file() and path.name != "bundle.json"}
+
+
+class FileCheck:
+    """Checks a bundle's files against ``bundle.json``'s records: sizes on every call, the sha256 of
+    a file again only when its size or modification time changed since it last matched (a poll
+    every few seconds re-reads nothing that did not change)."""
+
+    def __init__(self):
+        self._verified: dict[Path, tuple[int, int, str]] = {}  # path → (size, mtime_ns, sha256) that matched
+
+    def damage(self, folder: Path, meta: "BundleMeta") -> list[str]:
+        """What is wrong with the files ``meta`` lists (empty when they are whole)."""
+        from polyvox.fileio import sha256_file
+
+        problems = []
+        for name, record in sorted(meta.files.items()):
+            path = Path(folder) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                problems.append(f"{name}: missing")
+                continue
+            if stat.st_size != record["bytes"]:
+                problems.append(f"{name}: {stat.st_size} bytes, bundle.json says {record['bytes']}")
+                continue
+            known = self._verified.get(path)
+            if known == (stat.st_size, stat.st_mtime_ns, record["sha256"]):
+                continue
+            if sha256_file(path) != record["sha256"]:
+                problems.append(f"{name}: its sha256 differs from bundle.json's")
+                continue
+            self._verified[path] = (stat.st_size, stat.st_mtime_ns, record["sha256"])
+        return problems
 
 
 def load_bundle(folder: Path):

@@ -46,7 +46,7 @@ from starlette.routing import Match
 from polyvox.config import ServeSection
 from polyvox.fileio import recover_folder, remove_staging
 from polyvox.lock import writer_active
-from polyvox.runtime.bundle import BundleMeta, load_bundle
+from polyvox.runtime.bundle import BundleMeta, FileCheck, load_bundle
 from polyvox.serve.request import RequestError, SynthesisRequest, parse
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class VoiceHolder:
         self.reloads = 0
         self.reload_error: str | None = None  # why the last reload failed; None once one succeeds
         self.reload_failures = 0
+        self.damage: list[str] = []  # what is wrong with the bundle's files on disk (the loaded voice serves on)
+        self._files = FileCheck()
 
     def _stamp(self) -> str | None:
         # A promote killed mid-swap left the old bundle aside: serve it. But a live promote passes
@@ -102,8 +104,18 @@ class VoiceHolder:
     def reload(self, force: bool = False) -> bool:
         """Load the bundle if it changed (or ``force``); True when a new voice is being served."""
         stamp = self._stamp()
-        if stamp is None or (not force and self.current is not None and stamp == self.current.stamp):
+        if stamp is None:
+            self.damage = [] if self.current is None else ["bundle.json: missing"]
+            if force:
+                raise FileNotFoundError("bundle.json is missing from the bundle folder: nothing to reload "
+                                        "(the loaded voice is still served)")
             return False
+        if not force and self.current is not None and stamp == self.current.stamp:
+            self.damage = self._files.damage(self.folder, self.current.meta)
+            return False
+        damage = self._files.damage(self.folder, BundleMeta.read(self.folder))
+        if damage:  # a bundle whose files are not what bundle.json lists is never loaded
+            raise ValueError(f"the bundle's files do not match bundle.json: {'; '.join(damage[:5])}")
         voice, meta = load_bundle(self.folder)  # fully loaded before anyone sees it
         onnx = None
         if self.runtime == "onnx" and meta.onnx and voice.mode == "weighted":
@@ -115,6 +127,7 @@ class VoiceHolder:
         with self._lock:
             self.current = Loaded(voice, meta, stamp, onnx)
             self.reloads += 1
+            self.damage = []
         log.info("serving %s version %s", self.folder, meta.version)
         return True
 
@@ -122,8 +135,12 @@ class VoiceHolder:
         """:meth:`reload`, surviving any bundle: a half-written one, or an ONNX graph onnxruntime
         refuses with its own error types. The old voice stays served; why the reload failed is kept
         for /healthz and /metrics until one succeeds."""
+        before = list(self.damage)
         try:
             changed = self.reload(force)
+            if self.damage and self.damage != before:
+                log.warning("bundle %s is damaged (still serving the loaded voice): %s", self.folder,
+                            "; ".join(self.damage))
         except Exception as exc:  # noqa: BLE001 - recorded and reported, never swallowed
             self.reload_failures += 1
             log.warning("bundle %s not reloaded (still serving the previous voice): %s: %s", self.folder,
@@ -378,8 +395,9 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     @app.get("/healthz")
     async def healthz() -> dict:
         loaded = holder.current
-        return {"status": "ok" if loaded else "no-voice", "version": loaded.meta.version if loaded else None,
-                "reload_error": holder.reload_error}
+        status = "no-voice" if not loaded else "degraded" if holder.damage else "ok"
+        return {"status": status, "version": loaded.meta.version if loaded else None,
+                "reload_error": holder.reload_error, "damage": holder.damage}
 
     @app.get("/voices")
     async def voices() -> dict:
@@ -399,7 +417,8 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         changed = holder.try_reload(force=True)
         metrics.serving(holder)
         if holder.reload_error is not None:
-            raise HTTPException(503, f"the bundle did not load: {holder.reload_error}")
+            raise HTTPException(503, f"the bundle did not load (the loaded voice is still served): "
+                                     f"{holder.reload_error}")
         return {"reloaded": changed, "version": holder.get().meta.version}
 
     @app.post("/synthesize",
