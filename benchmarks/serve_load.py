@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/serve_load.py --bundle models/champion [--clients 16] [--seconds 60]
     .venv/bin/python benchmarks/serve_load.py --bundle models/champion --clients 64 --hostile
 
-With ``--hostile`` a quarter of the clients are hostile (issue 20), in equal shares: bodies that
-declare 10 GB, a decompression bomb (a 13300×13300 PNG of a few hundred KB), and slow clients that
-trickle their body a byte at a time. Every refused request must be a 4xx or a 503 with a reason
-(a JSON ``detail``). The good clients' p95 is reported against a 16-client run of good clients
-alone, measured first in the same run.
+With ``--hostile`` a quarter of the clients are hostile (issues 20 and 31), in equal shares: bodies
+that declare 10 GB, a decompression bomb (a 13300×13300 PNG of a few hundred KB), slow clients that
+trickle their body a byte at a time, slow readers (a stream asked for and never read, the socket
+held for 30 s) and uploads that decode big (a 75 KB silent 8-channel 192 kHz 30 s FLAC as
+reference audio). Every refused request must be a 4xx or a 503 with a reason (a JSON ``detail``).
+The good clients' p95 is reported against a 16-client run of good clients alone, measured first in
+the same run, with the targets: good p95 ≤ 2× the baseline's, peak RSS ≤ 300 MB over the start.
 
 Every response is counted by status class; 5xx other than 503 (busy, Retry-After) must be zero. Latency p50/p95 is reported for the
 first and the last ``--window`` seconds, and the server's resident memory (RSS, psutil) after the
@@ -48,13 +50,40 @@ def _bomb() -> bytes:
     return buffer.getvalue()
 
 
-def hostile(kind: str, url: str, speaker: str, bomb: bytes) -> tuple[int, bool]:
+def _wide_flac() -> bytes:
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros((30 * 192000, 8), dtype="float32"), 192000, format="FLAC")
+    return buffer.getvalue()
+
+
+def hostile(kind: str, url: str, speaker: str, bomb: bytes, flac: bytes = b"", hold: float = 30.0) -> tuple[int, bool]:
     """One hostile request; (status, whether the answer gave a reason)."""
     host, port = url.removeprefix("http://").split(":")
     if kind == "bomb":
         response = httpx.post(f"{url}/synthesize", data={"text": "Hello.", "speaker": speaker},
                               files={"image": ("bomb.png", bomb, "image/png")}, timeout=300)
         return response.status_code, bool(response.json().get("detail"))
+    if kind == "upload":
+        response = httpx.post(f"{url}/synthesize", data={"text": "Hello."}, timeout=300,
+                              files={"reference_audio": ("wide.flac", flac, "audio/flac")})
+        return response.status_code, response.status_code == 200 or bool(response.json().get("detail"))
+    if kind == "reader":  # asks for a long stream, reads its status line, then nothing for `hold` seconds
+        body = ("text=" + "Go+on+and+on.+" * 40 + f"&speaker={speaker}&stream=true").encode()
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(60)
+        conn.connect((host, int(port)))
+        try:
+            conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            head = conn.recv(12)
+            time.sleep(hold)
+        finally:
+            conn.close()
+        status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") and len(head) >= 12 else 599
+        return status, True
     with socket.create_connection((host, int(port)), timeout=60) as conn:
         if kind == "oversized":
             conn.sendall(b"POST /synthesize HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=b\r\n"
@@ -75,6 +104,9 @@ def hostile(kind: str, url: str, speaker: str, bomb: bytes) -> tuple[int, bool]:
     return status, status == 200 or b'"detail"' in reply
 
 
+ATTACKS = ("oversized", "bomb", "slow", "reader", "upload")
+
+
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"requests": 0, "p50_s": None, "p95_s": None}
@@ -92,8 +124,10 @@ def main() -> int:
     parser.add_argument("--rss-growth-mb", type=float, default=64.0)
     parser.add_argument("--hostile", action="store_true", help="a quarter of the clients hostile (see above)")
     parser.add_argument("--baseline-clients", type=int, default=16, help="with --hostile: good clients of the baseline")
+    parser.add_argument("--reader-hold", type=float, default=30.0, help="with --hostile: seconds a slow reader holds its socket")
     args = parser.parse_args()
     bomb = _bomb() if args.hostile else b""
+    flac = _wide_flac() if args.hostile else b""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -127,7 +161,7 @@ def main() -> int:
                             status = response.status_code
                             reasoned = status == 200 or bool(response.json().get("detail"))
                         else:
-                            status, reasoned = hostile(kind, url, speaker, bomb)
+                            status, reasoned = hostile(kind, url, speaker, bomb, flac, args.reader_hold)
                     except (httpx.TransportError, OSError):
                         status = 599  # no answer at all counts as a server failure
                     with lock:
@@ -138,7 +172,7 @@ def main() -> int:
             if not mixed:
                 return ["good"] * clients
             bad = clients // 4
-            return ["good"] * (clients - bad) + [("oversized", "bomb", "slow")[i % 3] for i in range(bad)]
+            return ["good"] * (clients - bad) + [ATTACKS[i % len(ATTACKS)] for i in range(bad)]
 
         def run_clients(clients: int = args.clients, mixed: bool = args.hostile) -> None:
             threads = [threading.Thread(target=client, args=(i, kind)) for i, kind in enumerate(kinds(clients, mixed))]
@@ -166,7 +200,18 @@ def main() -> int:
         records = []
         began = time.monotonic()
         stop = began + args.seconds
+        peak = [rss_start]
+        sampling = threading.Event()
+
+        def sample() -> None:  # the peak under load, not only the two ends
+            while not sampling.wait(0.2):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         run_clients()
+        sampling.set()
+        sampler.join()
         wall = time.monotonic() - began
         rss_end = process.memory_info().rss
     finally:
@@ -188,6 +233,7 @@ def main() -> int:
         "first_window": percentiles([latency for t, latency in ok if t < args.window]),
         "last_window": percentiles([latency for t, latency in ok if t >= args.seconds - args.window]),
         "rss_start_mb": rss_start / 2**20, "rss_end_mb": rss_end / 2**20, "rss_growth_mb": growth_mb,
+        "rss_peak_mb": peak[0] / 2**20, "rss_peak_growth_mb": (peak[0] - rss_start) / 2**20,
         "rss_bound_mb": args.rss_growth_mb, "bundle": str(args.bundle), "warmup_s": args.warmup,
         "warmup_statuses": warmup_statuses, "hostile": args.hostile, "by_kind": by_kind,
         "refused_without_reason": unexplained, "baseline": baseline, "baseline_clients": args.baseline_clients,
@@ -205,6 +251,11 @@ def main() -> int:
               f"against {baseline['p95_s']:.3f} s with {args.baseline_clients} good clients alone "
               f"({report['all']['p95_s'] / baseline['p95_s']:.2f}×)")
     failed = statuses.get("5xx", 0) > 0 or growth_mb > args.rss_growth_mb or unexplained > 0
+    if baseline is not None:
+        p95_ratio = report["all"]["p95_s"] / baseline["p95_s"]
+        print(f"peak RSS {report['rss_peak_mb']:.0f} MB ({report['rss_peak_growth_mb']:+.0f} MB over the start; "
+              f"target ≤ +300 MB); good p95 {p95_ratio:.2f}× the baseline (target ≤ 2×)")
+        failed = failed or p95_ratio > 2.0 or report["rss_peak_growth_mb"] > 300
     return 1 if failed else 0
 
 
