@@ -100,7 +100,7 @@ def test_flow_runs_the_pipeline_through_prefect(tmp_path, kathleen_files, worksp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     corpus = corpora.ljspeech(tmp_path / "lj", kathleen_files)
     tiny = [*as_overrides("model", TINY_MODEL), *as_overrides("vocoder", TINY_VOCODER), "train.max_steps=2",
-            "pretrain.max_steps=2", "pretrain.source=null",
+            "pretrain.max_steps=2", "pretrain.source=null", "vocoder.init_from=null",
             "demo.utterances_per_speaker=3", "train.batch_size=2", "vocoder.max_steps=2",
             "train.members=[{name: a, seed: 1, conditioning: audio, variant: {}}, "
             "{name: b, seed: 2, conditioning: audio+image, variant: {kernel_size: 3}}]",
@@ -244,7 +244,7 @@ def test_deployment_runs_through_a_prefect_server_and_worker(tmp_path, kathleen_
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
     tiny = [*as_overrides("model", TINY_MODEL), *as_overrides("vocoder", TINY_VOCODER), "train.max_steps=2",
-            "pretrain.max_steps=2", "pretrain.source=null",
+            "pretrain.max_steps=2", "pretrain.source=null", "vocoder.init_from=null",
             "demo.utterances_per_speaker=3", "train.batch_size=2", "vocoder.max_steps=2", "features.splits.test=0.34",
             "ensemble.fit_steps=20", "evaluate.rtf_sentences=1", "evaluate.centroid_takes=2",
             "evaluate.report_samples=1", "evaluate.bootstrap_resamples=100", "parallel.workers=1",

@@ -17,10 +17,10 @@ def as_overrides(section: str, values: dict) -> list[str]:
     return [f"{section}.{key}={value}" for key, value in values.items()]
 
 
-# A member trained from scratch in a few cheap steps (the warm-up ends before them). A base, when a
-# test builds one, is trained too: the shipped base is the full-size `model` section, not the tiny one.
+# A member trained from scratch in a few cheap steps (the warm-up ends before them). A base or a
+# vocoder, when a test builds one, is trained from scratch too: the shipped ones are full-size.
 TINY_TRAINING = [*as_overrides("model", TINY_MODEL), "train.init_from=null", "train.batch_size=2", "train.warmup_steps=2",
-                 "pretrain.source=null"]
+                 "pretrain.source=null", "vocoder.init_from=null"]
 
 
 def tiny_params(params_file: Path) -> dict:
@@ -34,7 +34,7 @@ def tiny_params(params_file: Path) -> dict:
     params["model"].update(TINY_MODEL)
     params["train"].update(max_steps=2, batch_size=2, validate_every=2, checkpoint_every=2)
     params["pretrain"].update(max_steps=2, source=None)  # a tiny base, trained: the shipped one is full-size
-    params["vocoder"].update(TINY_VOCODER, max_steps=2)
+    params["vocoder"].update(TINY_VOCODER, max_steps=2, init_from=None)
     params["features"]["splits"].update(val=0.25, test=0.25)
     params["ensemble"].update(fit_utterances=2, fit_steps=20)
     params["evaluate"].update(max_utterances=2, rtf_sentences=1, report_samples=1, centroid_takes=2,

@@ -81,6 +81,7 @@ def ship(name: str, files: dict[str, Path], record: dict[str, Any], root: Path |
                                              "sha256": sha256_file(staging / file)} for file in sorted(files)}}
         atomic_write_text(staging / CARD, json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
         atomic_write_text(staging / CARD_MD, card_markdown(name, record))
+        staging.chmod(0o755)  # mkdtemp makes it private; it is part of the package
         replace_folder(staging, root / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -92,7 +93,7 @@ def card_markdown(name: str, record: dict[str, Any]) -> str:
     """The card for reading: what the asset is, how to rebuild it, what it was trained on, its figures."""
     lines = [f"# polyvox shipped asset: {name}", "", record.get("about", ""), "",
              "## Rebuild", "", "```bash", record["command"], "```", "",
-             f"At commit `{record.get('commit', '?')}`, with these params (the `pretrain` stage's settings):", "",
+             f"At commit `{record.get('commit', '?')}`, with these params:", "",
              "```json", json.dumps(record.get("params", {}), indent=1, sort_keys=True), "```", "",
              "## Data", ""]
     lines += [f"- {key}: {value}" for key, value in sorted(record.get("data", {}).items())]

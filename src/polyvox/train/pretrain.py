@@ -179,7 +179,7 @@ def _fp16_parity(folder: Path, halved: Path) -> dict:
 
 
 def ship_base(params: Params, workspace: Workspace, result: PretrainResult, commit: str,
-              root: Path | None = None) -> Path:
+              root: Path | None = None, figures: dict | None = None) -> Path:
     """Write the base just trained (``models/base``) into the package as the shipped base, with its
     card: weights only, fp16 where parity holds (:func:`_fp16_parity`)."""
     import platform
@@ -231,6 +231,6 @@ def ship_base(params: Params, workspace: Workspace, result: PretrainResult, comm
                          "best_val_loss": train.best_val_loss, "device": train.device,
                          "machine": f"{platform.machine()} {platform.processor() or ''}".strip()},
             "figures": {"weights": "fp16" if fp16 else "fp32 (fp16 parity failed)",
-                        "fp16_parity": parity},
+                        "fp16_parity": parity, **(figures or {})},
         }
         return pretrained.ship(BASE, {name: halved / name for name in BASE_FILES}, record, root)

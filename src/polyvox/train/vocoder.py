@@ -402,7 +402,7 @@ def _split(judged, batch: int):
 
 
 def ship_vocoder(params: Params, workspace: Workspace, name: str, result: VocoderResult, command: str, commit: str,
-                 root: Path | None = None) -> Path:
+                 root: Path | None = None, figures: dict | None = None) -> Path:
     """Write the vocoder ``models/<name>`` into the package as the shipped universal vocoder
     (``vocoder.init_from: shipped``) with its card: ``vocoder.json`` and best.pt's weights (fp32:
     the vocoder is small, and a waveform has no duration rounding to hide a difference behind)."""
@@ -431,6 +431,6 @@ def ship_vocoder(params: Params, workspace: Workspace, name: str, result: Vocode
             "training": {"steps": result.steps, "stopped_by": result.stopped_by, "seconds": round(result.seconds),
                          "seconds_per_step": round(result.seconds_per_step, 3), "best_val_mel": result.best_val_mel,
                          "device": result.device, "machine": f"{platform.machine()} {platform.processor() or ''}".strip()},
-            "figures": {"weights": "fp32"},
+            "figures": {"weights": "fp32", **(figures or {})},
         }
         return pretrained.ship("vocoder", {"vocoder.json": folder / "vocoder.json", "best.pt": weights}, record, root)
