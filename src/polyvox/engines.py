@@ -108,9 +108,12 @@ def unavailable(voice: TeacherVoice) -> str | None:
 
 def catalogue() -> list[dict[str, str]]:
     """Every voice of :data:`CATALOG` with whether it can speak here (``available``) and, if not, why."""
-    return [{"name": v.name, "engine": v.engine, "voice": v.voice, "gender": v.gender, "accent": v.accent,
-             "package": v.package, "available": "no" if unavailable(v) else "yes", "missing": unavailable(v) or ""}
-            for v in CATALOG.values()]
+    rows = []
+    for v in CATALOG.values():
+        missing = unavailable(v)
+        rows.append({"name": v.name, "engine": v.engine, "voice": v.voice, "gender": v.gender, "accent": v.accent,
+                     "package": v.package, "available": "no" if missing else "yes", "missing": missing or ""})
+    return rows
 
 
 def synthesize(voice: TeacherVoice, text: str, out_wav: Path, label: str) -> None:

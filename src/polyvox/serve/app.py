@@ -259,16 +259,19 @@ class Gate:
             if refusal is not None:
                 await refusal(scope, receive, send_counted)
                 return
-            received = 0
+            received, body_done = 0, False
 
             async def receive_counted():
-                nonlocal received
+                nonlocal received, body_done
+                if body_done:  # the body is whole: what is left is waiting for a disconnect, with no deadline
+                    return await receive()
                 try:
                     message = await asyncio.wait_for(receive(), timeout=self.body_seconds)
                 except asyncio.TimeoutError:
                     raise HTTPException(408, f"the request body stopped arriving for {self.body_seconds:g} s "
                                              "(serve.body_seconds)") from None
                 if message["type"] == "http.request":
+                    body_done = not message.get("more_body", False)
                     received += len(message.get("body", b""))
                     if received > self.limit:
                         raise HTTPException(413, f"request body over the {self.limit}-byte limit "
