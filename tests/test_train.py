@@ -577,3 +577,97 @@ def test_a_time_bound_run_follows_the_recent_pace_when_the_machine_slows(feature
     assert result.seconds <= 30.0
     rows = list(csv.DictReader(open(target.models / "a/metrics.csv")))
     assert float(rows[-1]["lr"]) == pytest.approx(LR_FLOOR * auto.train.lr, rel=1e-3)
+
+
+class SharedMachine:
+    """A 2-core machine for the thread governor: the clock, /proc/stat's busy seconds and this
+    process's CPU seconds advance by each step, while a neighbour uses ``neighbour`` cores."""
+
+    def __init__(self):
+        self.now = self.busy = self.own = 0.0
+        self.neighbour, self.threads = 0.0, 2
+        self.seconds = {2: 0.3, 1: 0.5}  # a step's seconds per thread count
+
+    def step(self, governor) -> None:
+        seconds = self.seconds[self.threads]
+        self.now += seconds
+        self.own += self.threads * seconds
+        self.busy += (self.threads + self.neighbour) * seconds
+        governor.observe(seconds)
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
+
+
+def _governor(machine: SharedMachine, **kwargs):
+    from polyvox.train.loop import ThreadGovernor
+
+    return ThreadGovernor(2, clock=lambda: machine.now, usage=lambda: (machine.busy, machine.own),
+                          set_threads=machine.set_threads, **kwargs)
+
+
+def test_the_thread_governor_trains_on_one_thread_while_another_process_is_busy(monkeypatch):
+    """Alone it never switches (a run stays bit-identical); a neighbour that makes two threads slow
+    moves it to one thread, which it keeps while the neighbour stays, and all threads come back when
+    the neighbour goes. A neighbour that does not hurt two threads gets a probe, then ever rarer ones."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    machine = SharedMachine()
+    governor = _governor(machine)
+    assert governor.active
+    for _ in range(200):
+        machine.step(governor)
+    assert governor.switches == [] and machine.threads == 2
+
+    machine.neighbour, machine.seconds[2] = 1.0, 9.0  # a 2-thread scorer from another shell: 30x
+    for _ in range(40):
+        machine.step(governor)
+    assert machine.threads == 1 and governor.switches[-1][1] == 1 and governor.switches[-1][2] >= 0.5
+    switched = len(governor.switches)
+    for _ in range(100):
+        machine.step(governor)
+    assert machine.threads == 1 and len(governor.switches) == switched  # one thread won and stays
+
+    machine.neighbour, machine.seconds[2] = 0.0, 0.3
+    for _ in range(20):
+        machine.step(governor)
+    assert machine.threads == 2 and len(governor.switches) == switched + 1
+
+    machine.neighbour = 1.0  # busy, but two threads stay faster (a niced neighbour in the same session)
+    for _ in range(400):
+        machine.step(governor)
+    probes = [observed for observed, threads, _ in governor.switches[switched + 1:] if threads == 1]
+    assert machine.threads == 2 and len(probes) >= 2
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]  # each losing probe waits twice as long for the next
+
+    governor.switches.clear()
+    machine.seconds[2] = 9.0
+    for _ in range(30):
+        machine.step(governor)
+    assert machine.threads == 1
+    governor.restore()
+    assert machine.threads == 2  # the next stage in this process gets its threads back
+
+
+@pytest.mark.parametrize("case", ["one thread", "OMP_NUM_THREADS", "no /proc/stat", "tiny steps"])
+def test_the_thread_governor_stays_off_where_it_cannot_help_or_must_not_act(monkeypatch, case):
+    from polyvox.train.loop import ThreadGovernor
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    machine = SharedMachine()
+    machine.neighbour, machine.seconds[2] = 1.0, 9.0
+    if case == "one thread":
+        machine.threads = 1
+        governor = ThreadGovernor(1, clock=lambda: machine.now, usage=lambda: (machine.busy, machine.own),
+                                  set_threads=machine.set_threads)
+    elif case == "OMP_NUM_THREADS":
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        governor = _governor(machine)
+    elif case == "no /proc/stat":
+        governor = ThreadGovernor(2, clock=lambda: machine.now, usage=lambda: None, set_threads=machine.set_threads)
+    else:
+        machine.seconds = {2: 0.05, 1: 0.02}
+        governor = _governor(machine)
+    for _ in range(50):
+        machine.step(governor)
+    assert governor.switches == [] and machine.threads == (1 if case == "one thread" else 2)

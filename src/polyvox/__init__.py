@@ -11,3 +11,11 @@ __version__ = "0.1.0"
 # pool's fork server fills once before any worker starts (polyvox.signal.jit).
 os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
                                                       "polyvox", "numba"))
+
+# torch's OpenMP (libgomp on Linux) makes a thread that reaches a barrier spin 300000 times before
+# it sleeps. When another process holds one of the cores, the spinning thread burns the time its
+# partner needs: a 2-thread training step beside one busy process took 9.7 s instead of 0.30 s
+# (benchmarks/neighbour.py). 10000 spins cost nothing measurable alone and cut that to 0.9 s;
+# polyvox.train.loop.ThreadGovernor does the rest. libgomp reads this once, when torch loads, so
+# it is set here, before any polyvox module imports torch; a value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,6 +144,121 @@ def run_once(out: Path, identity: str, bounds: str, files: tuple[str, ...], resu
 METRICS_DECIMALS = 5
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process on this machine has used, CPU seconds this process has used), or
+    None where the kernel does not say (no /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if fields[:1] != ["cpu"]:
+        return None
+    ticks = [int(value) for value in fields[1:]]
+    busy = sum(ticks[:8]) - ticks[3] - ticks[4]  # user nice system (idle iowait) irq softirq steal
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
+class ThreadGovernor:
+    """Keeps a CPU run's torch threads where a shared machine makes them fastest.
+
+    torch's threads meet at a barrier after every parallel region, and the one the scheduler parks
+    behind another process keeps its partner waiting: on 2 cores, a 2-thread step beside one busy
+    process started from another shell (``nice`` does not help there: Linux's autogroup shares the
+    CPU between sessions first) took 3x (libgomp spinning 10000 times, polyvox's setting) to 30x
+    (libgomp's default) its time alone, while one thread ran at its own speed beside it
+    (``benchmarks/neighbour.py``).
+
+    The governor looks every ``window`` training steps at how much CPU *other* processes used
+    (``/proc/stat`` less this process): from ``busy_cores`` of them on, it tries one thread for a
+    window and keeps it if it was faster; once the others use less than ``quiet_cores``, all threads
+    come back. Every switch is logged. On a machine nobody else uses it never switches, so such a
+    run stays bit-identical to any other (a switch changes the order of floating-point sums; losses
+    then agree to ~1e-7, not exactly). It stays off with one thread, in a distributed run (ranks run
+    in step), without /proc/stat, for steps under ``min_seconds`` (a tiny model's step is overhead),
+    and when ``OMP_NUM_THREADS`` is set: the user's thread count wins."""
+
+    def __init__(self, threads: int | None = None, *, window: int = 8, skip: int = 2, busy_cores: float = 0.5,
+                 quiet_cores: float = 0.25, gain: float = 1.1, min_seconds: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic,
+                 usage: Callable[[], tuple[float, float] | None] = cpu_seconds,
+                 set_threads: Callable[[int], None] = torch.set_num_threads):
+        self.full = torch.get_num_threads() if threads is None else threads
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.active = (self.full > 1 and not distributed and "OMP_NUM_THREADS" not in os.environ
+                       and usage() is not None)
+        self.window, self.skip, self.busy_cores, self.quiet_cores = window, skip, busy_cores, quiet_cores
+        self.gain, self.min_seconds = gain, min_seconds
+        self.clock, self.usage, self.set_threads = clock, usage, set_threads
+        self.threads = self.full
+        self.pace: dict[int, float] = {}  # threads -> the median step seconds of their last window
+        self.others = 0.0  # cores other processes used over the last window
+        self.probing = False  # on one thread to see whether it is faster
+        self._hold, self._held = 0, 0  # windows to wait before the next probe (doubles after each that lost)
+        self._lost_at = math.inf  # the pace on all threads that the last probe lost against
+        self._was_busy = self._mixed = False  # the window before the probe's: busy too? (else it mixed both)
+        self.switches: list[tuple[int, int, float]] = []  # (steps observed, threads, others' cores) per switch
+        self._steps: list[float] = []
+        self._observed = 0
+        self._mark = (clock(), usage()) if self.active else None
+
+    def _switch(self, threads: int, reason: str) -> None:
+        self.threads = threads
+        self.set_threads(threads)
+        self._steps = []
+        self.switches.append((self._observed, threads, round(self.others, 2)))
+        log.warning("training on %d thread%s: %s", threads, "" if threads == 1 else "s", reason)
+
+    def restore(self) -> None:
+        """Give the process back its threads: the next stage in it should not inherit a busy hour's setting."""
+        if self.threads != self.full:
+            self.threads = self.full
+            self.set_threads(self.full)
+
+    def observe(self, seconds: float) -> None:
+        """One training step (its validation not included) took ``seconds``."""
+        if not self.active:
+            return
+        self._observed += 1
+        self._steps.append(seconds)
+        if len(self._steps) < self.skip + self.window:  # the first steps after a switch warm the new thread pool
+            return
+        now, used = self.clock(), self.usage()
+        (then, before), self._mark = self._mark, (now, used)
+        self.others = max(0.0, (used[0] - before[0]) - (used[1] - before[1])) / max(now - then, 1e-9)
+        pace = statistics.median(self._steps[-self.window:])
+        self._steps = self._steps[:self.skip]  # measure the next window at the same setting
+        self.pace[self.threads] = pace
+        if self.threads == self.full:
+            busy, was_busy = self.others >= self.busy_cores, self._was_busy
+            self._was_busy = busy
+            if self._held and pace < 1.5 * self._lost_at:  # a wait ends early when two threads got slower
+                self._held -= 1
+            elif busy and pace >= self.min_seconds:
+                self._held = 0
+                # The first busy window's steps may be from before the neighbour came: a probe that
+                # loses against it is measured again at once instead of waiting for the next try.
+                self._mixed = not was_busy
+                self.probing = True
+                self._switch(1, f"other processes use {self.others:.1f} cores; trying one thread "
+                                f"({pace:.3f} s/step on {self.full})")
+        elif self.probing:
+            self.probing = False
+            if pace * self.gain < self.pace[self.full]:
+                log.warning("staying on one thread while other processes are busy: %.3f s/step against %.3f on %d",
+                            pace, self.pace[self.full], self.full)
+            elif self._mixed:
+                self._switch(self.full, f"one thread ({pace:.3f} s/step) against {self.full} threads before the "
+                                        "other processes came; measuring again")
+            else:
+                self._hold = min(64, max(4, 2 * self._hold))
+                self._held, self._lost_at = self._hold, self.pace[self.full]
+                self._switch(self.full, f"one thread was no faster ({pace:.3f} against {self.pace[self.full]:.3f} "
+                                        f"s/step); next try in {self._hold * self.window} steps")
+        elif self.others < self.quiet_cores:
+            self._switch(self.full, f"other processes use {self.others:.1f} cores now")
+
+
 class Session:
     """The bookkeeping of one run of a training loop into ``out``: the exact resume from last.pt,
     the metrics log (metrics.csv), the best and last checkpoints and the time bound. The caller
@@ -171,6 +288,8 @@ class Session:
         if self._writer:
             self._writer.writerows([["step", *losses, val_name, "lr", "seconds"], *kept])
         self.began = time.monotonic()
+        self.governor = ThreadGovernor()
+        self._stepped = self.began  # when the last recorded step ended
 
     def elapsed(self) -> float:
         return time.monotonic() - self.began
@@ -195,6 +314,9 @@ class Session:
         """Log step ``step`` (done), then checkpoint it when due. The row goes out before the
         checkpoint: a kill between the two leaves a row past last.pt's step, which the resume
         drops and redoes; the other order would lose the row."""
+        now = time.monotonic()
+        if val is None:  # a step with a validation pass says nothing about the threads' pace
+            self.governor.observe(now - self._stepped)
         if self._writer:
             self._writer.writerow([step, *(f"{float(losses[n].detach()):.{METRICS_DECIMALS}f}" for n in self.losses),
                                    "" if val is None else f"{val:.{METRICS_DECIMALS}f}",
@@ -203,6 +325,7 @@ class Session:
             self._metrics.flush()  # readable while training runs (DVC plots, tail -f)
         if self.write and (step % self.checkpoint_every == 0 or last):
             save_checkpoint(self.out / "last.pt", self.state(step))
+        self._stepped = time.monotonic()  # the next step's seconds leave this bookkeeping out
 
     def finish(self, step: int, stopped_by: str) -> None:
         """A run the clock stopped keeps its last step in last.pt (a run of all its steps saved it already)."""
@@ -210,5 +333,6 @@ class Session:
             save_checkpoint(self.out / "last.pt", self.state(step))
 
     def close(self) -> None:
+        self.governor.restore()
         if self._metrics:
             self._metrics.close()
