@@ -8,7 +8,7 @@ that declare 10 GB, a decompression bomb (a 13300×13300 PNG of a few hundred KB
 trickle their body a byte at a time, slow readers (a stream asked for and never read, the socket
 held for 30 s) and uploads that decode big (a 75 KB silent 8-channel 192 kHz 30 s FLAC as
 reference audio). Every refused request must be a 4xx or a 503 with a reason (a JSON ``detail``).
-The good clients' p95 is reported against a 16-client run of good clients alone, measured first in
+The good clients' p95 is reported against a run of as many good clients alone (`--baseline-clients`), measured first in
 the same run, with the targets: good p95 ≤ 2× the baseline's, peak RSS ≤ 300 MB over the start.
 
 Every response is counted by status class; 5xx other than 503 (busy, Retry-After) must be zero. Latency p50/p95 is reported for the
@@ -123,7 +123,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of full load before RSS is first read")
     parser.add_argument("--rss-growth-mb", type=float, default=64.0)
     parser.add_argument("--hostile", action="store_true", help="a quarter of the clients hostile (see above)")
-    parser.add_argument("--baseline-clients", type=int, default=16, help="with --hostile: good clients of the baseline")
+    parser.add_argument("--baseline-clients", type=int, default=None,
+                        help="with --hostile: good clients of the baseline (default: as many as run beside the "
+                             "attackers, so that the ratio is the attackers' cost alone)")
     parser.add_argument("--reader-hold", type=float, default=30.0, help="with --hostile: seconds a slow reader holds its socket")
     args = parser.parse_args()
     bomb = _bomb() if args.hostile else b""
@@ -187,6 +189,8 @@ def main() -> int:
         if args.hostile:  # the figure the good clients' latency under attack is read against, first
             began = time.monotonic()
             stop = began + args.seconds
+            if args.baseline_clients is None:
+                args.baseline_clients = args.clients - args.clients // 4  # the good clients of the mixed run
             run_clients(args.baseline_clients, mixed=False)
             baseline = percentiles([latency for _, latency, status, _, _ in records if status == 200])
         # Warm-up with the measured mix, right before it: lazy initialisation, one allocator arena per

@@ -406,3 +406,28 @@ def test_bundle_damage_is_reported_while_the_loaded_voice_serves_on(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_heap_is_given_back_after_uploads_at_most_once_a_second(monkeypatch):
+    """glibc (this machine's allocator) takes the arena bound, and the trimmer calls malloc_trim
+    after a request with an upload, not more than once per interval, whatever the number of threads
+    releasing at once."""
+    import ctypes.util
+    import platform
+
+    from polyvox.serve import memory
+
+    if platform.system() != "Linux" or "musl" in (ctypes.util.find_library("c") or ""):
+        pytest.skip("the allocator is not glibc's")
+    assert memory.limit_arenas(8)  # glibc accepts the bound (8: the test process keeps its usual arenas)
+    calls = []
+    monkeypatch.setattr(memory, "_libc", type("libc", (), {"malloc_trim": staticmethod(calls.append)})())
+    trimmer = memory.Trimmer(every=30.0)
+    threads = [threading.Thread(target=trimmer.after_request) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == [0]
+    trimmer._last -= 31.0
+    assert trimmer.after_request() and calls == [0, 0]

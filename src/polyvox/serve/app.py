@@ -47,6 +47,7 @@ from polyvox.config import ServeSection
 from polyvox.fileio import recover_folder, remove_staging
 from polyvox.lock import writer_active
 from polyvox.runtime.bundle import BundleMeta, FileCheck, load_bundle
+from polyvox.serve.memory import Trimmer, limit_arenas
 from polyvox.serve.request import RequestError, SynthesisRequest, parse
 
 log = logging.getLogger(__name__)
@@ -379,6 +380,7 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
                        hosts=None if token is not None else allowed_hosts(settings, host),
                        body_seconds=settings.body_seconds)
     slots = threading.BoundedSemaphore(settings.max_concurrent)
+    trimmer = Trimmer()
 
     @app.exception_handler(RequestError)
     async def refused(_request, exc: RequestError) -> JSONResponse:
@@ -441,7 +443,9 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
             metrics.busy.inc()
             raise HTTPException(503, f"every synthesis slot is taken (serve.max_concurrent {settings.max_concurrent}); "
                                      "retry shortly", headers={"Retry-After": "1"})
-        release = _once(slots.release)
+        uploads = request.reference_bytes is not None or request.image_bytes is not None
+        # an upload's decoding and reference encoder allocated and freed tens of MB: give them back
+        release = _once(_then(slots.release, trimmer.after_request) if uploads else slots.release)
         try:
             request = request.decode(settings)
         except BaseException:
@@ -534,6 +538,13 @@ class PacedStream(Response):
                 from None
 
 
+def _then(first, second):
+    def call() -> None:
+        first()
+        second()
+    return call
+
+
 def _once(function):
     """``function`` made safe to call more than once (a slot released by the stream's end and by the
     response's background task alike)."""
@@ -558,6 +569,8 @@ def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: i
     import uvicorn
 
     logging.getLogger("uvicorn.error").addFilter(_SlowReadersLoggedOnce())
+    if "MALLOC_ARENA_MAX" not in os.environ:  # before the request threads exist (polyvox.serve.memory)
+        limit_arenas(2)
 
     token = os.environ.get("POLYVOX_TOKEN") or None
     host = host or settings.host
