@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from polyvox.cli import app
@@ -52,3 +54,42 @@ def test_run_with_an_unreachable_prefect_server_says_so_and_runs_nothing(workspa
     assert result.exit_code == 1
     assert "Prefect server http://127.0.0.1:9/api is unreachable" in result.output and "PREFECT_API_URL" in result.output
     assert not (workspace / "data").exists()
+
+
+@pytest.mark.parametrize("command, missing, remedy", [
+    ("validate", "data/raw", "polyvox prepare"),
+    ("clean", "data/raw", "polyvox prepare"),
+    ("features", "data/raw", "polyvox prepare"),
+    ("train", "data/features", "polyvox features"),
+    ("train-vocoder", "data/clean", "polyvox clean"),
+    ("ensemble", "data/clean", "polyvox clean"),
+    ("evaluate", "data/clean", "polyvox clean"),
+    ("promote", "models/candidate", "polyvox ensemble"),
+])
+def test_a_stage_in_an_empty_workspace_says_what_is_missing_and_what_makes_it(workspace, command, missing, remedy):
+    """One line, no traceback (before: 57-63-line FileNotFoundError tracebacks for five of them)."""
+    result = runner.invoke(app, [command])
+    assert result.exit_code == 1, result.output
+    assert f"polyvox {command}: {missing} is missing; run `{remedy}` first" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_missing_input_beyond_the_declared_ones_is_named_with_its_stage(workspace, monkeypatch, capsys):
+    """A FileNotFoundError for a workspace path (a stage killed half way, a file deleted by hand) is
+    one line naming the path and the stage that writes it; one outside the workspace keeps its traceback."""
+    from polyvox import cli
+
+    def deleted(params, ws):
+        raise FileNotFoundError(2, "No such file or directory", str(ws.root / "data/clean/manifest.parquet"))
+
+    monkeypatch.setattr(cli, "missing_input", lambda name, ws: None)
+    with pytest.raises(typer.Exit):
+        cli._run_stage(deleted, workspace / "params.yaml", [], "polyvox features")
+    said = " ".join(capsys.readouterr().err.split())
+    assert "data/clean/manifest.parquet: missing; run `polyvox clean` first" in said, said
+
+    def elsewhere(params, ws):
+        raise FileNotFoundError(2, "No such file or directory", "/usr/share/nothing")
+
+    with pytest.raises(FileNotFoundError):
+        cli._run_stage(elsewhere, workspace / "params.yaml", [], "polyvox features")

@@ -53,7 +53,8 @@ def test_a_good_request_is_parsed_and_its_uploads_decoded():
 
 @pytest.mark.parametrize("fields, status, says", [
     (dict(text="x" * (SETTINGS.max_text_chars + 1)), 413, "limit"),
-    (dict(text="   "), 422, "nothing to say"),
+    (dict(text="   "), 422, "text is empty"),
+    (dict(text="Hi.", length_scale=0.1), 422, "length_scale 0.1 is outside"),
     (dict(text="Fine. 123 456."), 422, "nothing pronounceable"),
     (dict(speaker="carol"), 422, "unknown speaker 'carol'"),
     (dict(reference_audio=b""), 422, "reference_audio upload is empty"),

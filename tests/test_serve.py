@@ -81,7 +81,8 @@ def test_metrics_count_every_response_by_route_not_by_path(service):
     for index in range(30):  # paths a client makes up: one label between them, not one each
         assert httpx.get(f"{url}/made-up/{index}").status_code == 404
     assert httpx.post(f"{url}/synthesize", data={"text": "hello", "speaker": "nobody"}).status_code == 422
-    assert httpx.post(f"{url}/synthesize", data={}).status_code == 422  # no text: FastAPI's own validation
+    empty = httpx.post(f"{url}/synthesize", data={})
+    assert empty.status_code == 422 and empty.json()["detail"] == "text is empty", empty.text
     metrics = httpx.get(f"{url}/metrics").text
     series = [line for line in metrics.splitlines() if line.startswith("polyvox_requests_total{")]
     assert 'polyvox_requests_total{endpoint="unmatched",status="404"} 30.0' in series, series
@@ -267,3 +268,43 @@ def test_synth_command_writes_a_wav(tmp_path):
     bad = subprocess.run([str(POLYVOX), "synth", "Hi.", "--speaker", "nobody", "--params", str(REPO / "params.yaml")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "unknown speaker" in bad.stderr
+
+
+def test_synth_is_a_one_liner_like_pipers(tmp_path):
+    """Text from stdin, `--voice` outside any project (no params.yaml), `-o -` to stdout, speakers
+    listed, `--length-scale` slows the voice, an empty text and a version."""
+    voice = make_bundle(tmp_path / "elsewhere" / "voice", seed=1)
+    outside = tmp_path / "nowhere"
+    outside.mkdir()
+
+    def polyvox(*args, stdin: bytes = b""):
+        return subprocess.run([str(POLYVOX), *args], cwd=outside, input=stdin, capture_output=True, timeout=300)
+
+    piped = polyvox("synth", "-o", "piped.wav", "--voice", str(voice), stdin=b"Hello from a pipe.\nAnd a second line.\n")
+    assert piped.returncode == 0, piped.stderr.decode()
+    normal, rate = sf.read(outside / "piped.wav")
+    slow = polyvox("synth", "-", "-o", "-", "--voice", str(voice), "--length-scale", "2",
+                   stdin=b"Hello from a pipe.\nAnd a second line.\n")
+    assert slow.returncode == 0 and slow.stdout[:4] == b"RIFF", slow.stderr.decode()
+    stretched, _ = sf.read(io.BytesIO(slow.stdout))
+    assert 1.6 < len(stretched) / len(normal) < 2.4  # twice the durations (frames round per token)
+    assert b"-: " in slow.stderr  # the summary goes to stderr, the audio alone to stdout
+    listed = polyvox("synth", "--voice", str(voice), "--list-speakers")
+    assert listed.returncode == 0 and listed.stdout.decode().split() == ["alice", "bob"]
+    empty = polyvox("synth", "   ", "--voice", str(voice))
+    assert empty.returncode == 2 and "the text is empty" in empty.stderr.decode()  # a usage error, as a bad -S
+    assert b"Traceback" not in empty.stderr
+    fast = polyvox("synth", "Hi.", "--voice", str(voice), "--length-scale", "9")
+    assert fast.returncode == 1 and "length_scale 9 is outside" in fast.stderr.decode()
+    version = polyvox("--version")
+    assert version.returncode == 0 and version.stdout.decode().startswith("polyvox ")
+
+
+def test_length_scale_through_the_service(service):
+    _, url = service
+    normal, _ = _wav(httpx.post(f"{url}/synthesize", data={"text": "Hello there.", "speaker": "alice"}, timeout=60))
+    slow, _ = _wav(httpx.post(f"{url}/synthesize", data={"text": "Hello there.", "speaker": "alice",
+                                                         "length_scale": "1.5"}, timeout=60))
+    assert 1.2 < len(slow) / len(normal) < 1.8
+    refused = httpx.post(f"{url}/synthesize", data={"text": "Hi.", "length_scale": "0"}, timeout=60)
+    assert refused.status_code == 422 and "length_scale 0 is outside" in refused.json()["detail"]

@@ -6,6 +6,7 @@ its knobs from there and nowhere else, and works in the current directory's ``da
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -52,9 +53,13 @@ class PrefectUnavailable(RuntimeError):
     """PREFECT_API_URL names a Prefect server that does not answer."""
 
 
+class MissingInput(RuntimeError):
+    """A stage's input is not in the workspace: the stage that writes it has not run."""
+
+
 # Errors a user can fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, VoiceError, RegistryError, WorkspaceBusy,
-               TrackingUnavailable, PrefectUnavailable, OutputNotWritten, WorkerCrashed)
+               TrackingUnavailable, PrefectUnavailable, OutputNotWritten, WorkerCrashed, MissingInput)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -80,13 +85,49 @@ def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides:
     """Load params, run one stage function in the current directory, holding it (one writer per
     workspace); user errors exit cleanly."""
     command = command or "polyvox " + sys._getframe(1).f_code.co_name.replace("_", "-")  # the command function calling
+    name = command.split()[1]
     try:
         loaded = _load(params, overrides)
         workspace = Workspace.here()
+        missing = missing_input(name, workspace)
+        if missing:
+            raise MissingInput(f"{command.split(' --')[0]}: {missing}")
         with workspace_lock(workspace.root, command):
             return stage(loaded, workspace)
     except USER_ERRORS as exc:
         _fail(exc)
+    except FileNotFoundError as exc:  # an input the stage reads beyond its declared deps
+        path = Path(exc.filename or str(exc.args[-1] if exc.args else ""))
+        if not path.is_absolute() or Workspace.here().root not in path.parents:
+            raise  # not the workspace's: a bug or the environment, keep the traceback
+        _fail(MissingInput(f"{path}: missing; {_remedy(path.relative_to(Workspace.here().root).as_posix())}"))
+
+
+def producer(path: str) -> str | None:
+    """The stage whose outputs hold ``path`` (a workspace path), if any."""
+    for spec in STAGES.values():
+        for out in spec.outs:
+            if "${" not in out and (path == out or path.startswith(out + "/") or out.startswith(path + "/")):
+                return spec.name
+    return None
+
+
+def _remedy(path: str) -> str:
+    maker = producer(path)
+    return (f"run `polyvox {maker}` first (or `polyvox run` for every stage)" if maker
+            else "run `polyvox run` for every stage")
+
+
+def missing_input(name: str, workspace: Workspace) -> str | None:
+    """What stage ``name`` reads that the workspace lacks, and the command that makes it; None when
+    its inputs are there (or it is no stage). The base (models/base) is the trainer's to judge: it
+    may ship with polyvox or not be wanted (train.init_from)."""
+    spec = STAGES.get(name)
+    for dep in spec.deps if spec else ():
+        if "${" in dep or (workspace.root / dep).exists() or producer(dep) == "pretrain":
+            continue
+        return f"{dep} is missing; {_remedy(dep)}"
+    return None
 
 
 def _stage_command(name: str) -> None:
@@ -106,8 +147,18 @@ def _fail(exc: Exception) -> NoReturn:
     raise typer.Exit(code=2 if isinstance(exc, ConfigError) else 1)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from polyvox import __version__
+
+        typer.echo(f"polyvox {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print polyvox's version and exit.")] = False) -> None:
     _setup_logging(verbose)
 
 
@@ -279,39 +330,55 @@ def serve(
 
 @app.command()
 def synth(
-    text: Annotated[str, typer.Argument(help="What to say.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="WAV file to write.")] = Path("out.wav"),
+    text: Annotated[Optional[str], typer.Argument(help="What to say; `-` or nothing: read it from stdin.")] = None,
+    output: Annotated[str, typer.Option("-o", "--output", help="WAV file to write; `-`: standard output.")] = "out.wav",
     speaker: Annotated[Optional[str], typer.Option(help="A training speaker's name.")] = None,
     reference_audio: Annotated[Optional[Path], typer.Option(help="Audio of the voice to imitate.")] = None,
     image: Annotated[Optional[Path], typer.Option(help="An image of the speaker (PNG/JPEG).")] = None,
     voice: Annotated[Optional[Path], typer.Option(help="Bundle, voice or member folder (default: the champion, "
-                                                       "else models/candidate).")] = None,
+                                                       "else models/candidate); works outside a project.")] = None,
+    length_scale: Annotated[float, typer.Option("--length-scale", help="Durations × this: 1 is the voice's "
+                                                                       "pace, 1.2 is 20 % slower.")] = 1.0,
+    list_speakers: Annotated[bool, typer.Option("--list-speakers", help="Print the voice's speakers and exit.")] = False,
     params: ParamsOption = DEFAULT_PARAMS_FILE,
     set_: SetOption = None,
 ) -> None:
-    """Synthesise one text to a WAV file from the command line."""
-    import soundfile as sf
-
+    """Synthesise text to a WAV file, like Piper: `echo "Hello." | polyvox synth -o out.wav --voice models/champion`."""
     from polyvox.runtime.voice import Voice
-    from polyvox.fileio import atomic_path
 
     try:
-        _load(params, set_)  # a broken params file or override is refused here too
+        if voice is None or params != DEFAULT_PARAMS_FILE or params.is_file() or set_:
+            _load(params, set_)  # a broken params file or override is refused here too (none needed with --voice)
         ws = Workspace.here()
         folder = voice or next((f for f in (ws.champion, ws.candidate)
                                 if (f / "voice.json").is_file()), None)
         if folder is None:
-            raise ConfigError("no voice to speak with: no champion bundle and no models/candidate; pass --voice")
+            raise ConfigError("no voice to speak with: no champion bundle and no models/candidate here; pass --voice")
+        chosen = Voice.load(folder)
+        if list_speakers:
+            typer.echo("\n".join(chosen.speakers))
+            return
+        if text is None or text == "-":
+            if sys.stdin.isatty():
+                raise ConfigError("no text: give it as an argument or pipe it in (`echo Hello. | polyvox synth`)")
+            text = sys.stdin.read()
+        text = " ".join(text.split())  # lines of a piped file are one text; its sentences keep their order
+        if not text:
+            raise ConfigError("the text is empty: nothing to say")
         for path in (reference_audio, image):
             if path is not None and not path.is_file():
                 raise ConfigError(f"{path}: no such file")
-        chosen = Voice.load(folder)
-        wave, rate = chosen.synthesize(text, speaker=speaker, reference_audio=reference_audio, image=image)
+        if output == "-":
+            buffer = io.BytesIO()
+            seconds = chosen.synthesize_wav(text, buffer, speaker, reference_audio, image, length_scale)
+            sys.stdout.buffer.write(buffer.getvalue())
+            sys.stdout.buffer.flush()
+        else:
+            seconds = chosen.synthesize_wav(text, Path(output), speaker, reference_audio, image, length_scale)
     except (*USER_ERRORS, ValueError) as exc:
         _fail(exc)
-    with atomic_path(output) as tmp:
-        sf.write(tmp, wave, rate, format="WAV", subtype="PCM_16")
-    typer.echo(f"{output}: {len(wave) / rate:.2f} s at {rate} Hz from {folder}")
+    # the summary goes to stderr when the audio goes to stdout
+    typer.echo(f"{output}: {seconds:.2f} s at {chosen.sample_rate} Hz from {folder}", err=output == "-")
 
 
 @app.command()

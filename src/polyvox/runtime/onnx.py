@@ -222,7 +222,7 @@ class OnnxAcoustic:
             else:
                 self.vocoder = OnnxVocoder(folder / "vocoder.onnx", threads)
 
-    def mel(self, text: str, speaker: str) -> np.ndarray:
+    def mel(self, text: str, speaker: str, length_scale: float = 1.0) -> np.ndarray:
         """(n_mels, frames) log-mel on shared durations, weighted as the voice's members are: onnxruntime
         and NumPy only, unless a member reads a teacher rendering (its alignment runs in PyTorch)."""
         if speaker not in self.voice.speakers:
@@ -233,7 +233,7 @@ class OnnxAcoustic:
             embedding = self.embeddings[member.name][speaker]
             encoded[member.name] = self.sessions[member.name][0].run(None, {"tokens": tokens, "embedding": embedding})
         log_durations = np.mean([outputs[1] for outputs in encoded.values()], axis=0)[0]
-        durations = np.clip(np.round(np.exp(log_durations) - 1.0), 1, MAX_TOKEN_FRAMES).astype(np.int64)
+        durations = np.clip(np.round((np.exp(log_durations) - 1.0) * length_scale), 1, MAX_TOKEN_FRAMES).astype(np.int64)
         total = sum(m.weight for m in self.voice.members)
         positions = phone_positions_numpy(durations) if self.placed else None
         mel = None
@@ -257,8 +257,8 @@ class OnnxAcoustic:
         grid = torch.from_numpy(durations)[None]
         return warp_teacher(track, grid, frame_tokens(grid)).numpy().astype(np.float32)
 
-    def synthesize(self, text: str, speaker: str) -> tuple[np.ndarray, int]:
-        mel = self.mel(text, speaker)
+    def synthesize(self, text: str, speaker: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+        mel = self.mel(text, speaker, length_scale)
         if self.vocoder is not None:
             return self.vocoder.synthesize(mel), self.voice.sample_rate
         return self.voice.vocode(torch.from_numpy(mel)), self.voice.sample_rate

@@ -39,6 +39,17 @@ from polyvox.judges import POCKETSPHINX, Judge
 from polyvox.models.acoustic import AcousticModel
 from polyvox.runtime.synthesizer import Synthesizer
 
+# The range of length_scale a voice accepts: Piper's voices are used from ~0.5 (fast) to ~2 (slow);
+# beyond this the durations hit their one-frame floor or MAX_TOKEN_FRAMES ceiling.
+LENGTH_SCALE_RANGE = (0.25, 4.0)
+
+
+def check_length_scale(length_scale: float) -> None:
+    low, high = LENGTH_SCALE_RANGE
+    if not low <= length_scale <= high:
+        raise ValueError(f"length_scale {length_scale:g} is outside {low:g}..{high:g} (1 is the voice's own pace, "
+                         "larger is slower)")
+
 FORMAT = 1
 Mode = Literal["weighted", "rerank"]
 
@@ -211,19 +222,22 @@ class Voice:
 
     @torch.no_grad()
     def member_mels(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
-                    shared_durations: bool = True) -> dict[str, torch.Tensor]:
+                    shared_durations: bool = True, length_scale: float = 1.0) -> dict[str, torch.Tensor]:
         """Each participating member's log-mel (n_mels, frames): on the shared durations (all the same
-        length), or each on its own predicted durations."""
+        length), or each on its own predicted durations; ``length_scale`` stretches every duration
+        (Piper's knob: 1.2 speaks 20 % slower)."""
+        check_length_scale(length_scale)
         encoded = self._encoded(text, speaker, reference_audio, image)
         tokens = self.members[0].synthesizer.tokens(text)
         mels = {}
         if shared_durations:
             mask = encoded[0][2]
             log_durations = torch.stack([m.synthesizer.model.log_durations(h, k) for m, h, k in encoded]).mean(dim=0)
-            durations = AcousticModel.durations(log_durations, mask)
+            durations = AcousticModel.durations(log_durations, mask, length_scale)
         for member, hidden, token_mask in encoded:
             model = member.synthesizer.model
-            own = durations if shared_durations else model.durations(model.log_durations(hidden, token_mask), token_mask)
+            own = durations if shared_durations else model.durations(model.log_durations(hidden, token_mask), token_mask,
+                                                                     length_scale)
             teacher = member.synthesizer.teacher_track(text, tokens)
             mel, lengths = model.decode(hidden, token_mask, own, teacher)
             mels[member.name] = mel[0, :, : int(lengths[0])]
@@ -237,9 +251,10 @@ class Voice:
         return {name: weight / total for name, weight in chosen.items()}
 
     @torch.no_grad()
-    def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None) -> torch.Tensor:
+    def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
+            length_scale: float = 1.0) -> torch.Tensor:
         """The weighted average of the members' log-mels on shared durations, (n_mels, frames)."""
-        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=True)
+        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=True, length_scale=length_scale)
         weights = self._weights(mels)
         return sum(weights[name] * mel for name, mel in mels.items())
 
@@ -256,11 +271,30 @@ class Voice:
 
     @torch.no_grad()
     def synthesize(self, text: str, speaker: str | None = None, reference_audio=None,
-                   image=None) -> tuple[np.ndarray, int]:
-        """Waveform (float32, mono) and its sample rate; arguments as :meth:`Synthesizer.synthesize`."""
+                   image=None, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+        """Waveform (float32, mono) and its sample rate; arguments as :meth:`Synthesizer.synthesize`,
+        ``length_scale`` as :meth:`member_mels`."""
+        if not text.strip():
+            raise ValueError("the text is empty")
         if self.mode == "rerank" and len(self.members) > 1:
-            return self.rerank(text, speaker, reference_audio, image)[0], self.sample_rate
-        return self.vocode(self.mel(text, speaker, reference_audio, image)), self.sample_rate
+            return self.rerank(text, speaker, reference_audio, image, length_scale)[0], self.sample_rate
+        return self.vocode(self.mel(text, speaker, reference_audio, image, length_scale)), self.sample_rate
+
+    def synthesize_wav(self, text: str, path, speaker: str | None = None, reference_audio=None, image=None,
+                       length_scale: float = 1.0) -> float:
+        """:meth:`synthesize` into a 16-bit WAV file at ``path`` (written whole or not at all: a
+        temporary file renamed), or into a binary file object; returns the seconds of audio."""
+        import soundfile as sf
+
+        from polyvox.fileio import atomic_path
+
+        wave, rate = self.synthesize(text, speaker, reference_audio, image, length_scale)
+        if hasattr(path, "write"):
+            sf.write(path, wave, rate, format="WAV", subtype="PCM_16")
+        else:
+            with atomic_path(Path(path)) as tmp:
+                sf.write(tmp, wave, rate, format="WAV", subtype="PCM_16")
+        return len(wave) / rate
 
     def _target_embedding(self, speaker, reference_audio) -> np.ndarray | None:
         scorer = self._rerank_scorer()
@@ -282,12 +316,13 @@ class Voice:
             self._scorer = SpeakerEncoder()
         return self._scorer
 
-    def rerank(self, text: str, speaker=None, reference_audio=None, image=None) -> tuple[np.ndarray, list[dict]]:
+    def rerank(self, text: str, speaker=None, reference_audio=None, image=None,
+               length_scale: float = 1.0) -> tuple[np.ndarray, list[dict]]:
         """Every member's synthesis scored; the best one and every candidate's scores."""
         from polyvox.judges.scores import asr_scores
         from polyvox.judges.speaker import SpeakerEncoder
 
-        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=False)
+        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=False, length_scale=length_scale)
         target = self._target_embedding(speaker, reference_audio)
         judge = self.judge or POCKETSPHINX
         scored = []

@@ -224,10 +224,10 @@ def render(loaded: Loaded, request: SynthesisRequest, pause_seconds: float, metr
         try:
             with torch.no_grad():
                 if loaded.onnx is not None and request.by_name_only:
-                    wave, _ = loaded.onnx.synthesize(sentence, request.speaker)
+                    wave, _ = loaded.onnx.synthesize(sentence, request.speaker, request.length_scale)
                 else:
                     wave, _ = voice.synthesize(sentence, speaker=request.speaker, reference_audio=request.reference,
-                                               image=request.picture)
+                                               image=request.picture, length_scale=request.length_scale)
         except ValueError as exc:  # e.g. nothing pronounceable in the sentence
             raise HTTPException(422, str(exc)) from None
         metrics.synthesised(time.perf_counter() - started, len(wave) / voice.sample_rate)
@@ -428,9 +428,11 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
 
     @app.post("/synthesize",
               responses={200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV"}})
-    def synthesize(text: Annotated[str, Form(min_length=1)],
+    def synthesize(text: Annotated[str, Form()] = "",
                    speaker: Annotated[str | None, Form()] = None,
                    stream: Annotated[bool, Form()] = False,
+                   length_scale: Annotated[float, Form(description="durations × this: 1 is the voice's pace, "
+                                                                   "1.2 is 20 % slower (0.25..4)")] = 1.0,
                    reference_audio: Annotated[UploadFile | None, File()] = None,
                    image: Annotated[UploadFile | None, File()] = None) -> Response:
         deadline = time.monotonic() + settings.request_seconds
@@ -438,7 +440,7 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         # Checked here (headers only), decoded under the slot: in-flight decoding is bounded by
         # serve.max_concurrent, whatever the number of uploads in flight.
         request = parse(loaded.voice, settings, text, speaker, stream, read(reference_audio), read(image),
-                        decode=False)
+                        decode=False, length_scale=length_scale)
         if not slots.acquire(timeout=0.25):
             metrics.busy.inc()
             raise HTTPException(503, f"every synthesis slot is taken (serve.max_concurrent {settings.max_concurrent}); "

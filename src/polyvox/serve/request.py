@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from polyvox.config import ServeSection
+from polyvox.runtime.voice import check_length_scale
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 # What the uploads may be. The rates span telephone to studio audio (a 1 Hz WAV would be resampled
@@ -48,6 +49,7 @@ class SynthesisRequest:
     reference_bytes: bytes | None = None
     image_bytes: bytes | None = None
     image_size: int = 0
+    length_scale: float = 1.0  # every duration stretched by it (larger is slower)
 
     @property
     def by_name_only(self) -> bool:
@@ -147,7 +149,8 @@ def decode_image(data: bytes, size: int, settings: ServeSection, header_only: bo
 
 
 def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream: bool,
-          reference_audio: bytes | None, image: bytes | None, decode: bool = True) -> SynthesisRequest:
+          reference_audio: bytes | None, image: bytes | None, decode: bool = True,
+          length_scale: float = 1.0) -> SynthesisRequest:
     """Check a request against the voice it will be rendered by (its speakers, its text front-end,
     whether it takes images) and the service's limits; decode its uploads (``decode=False``: check
     their headers only, and leave the decoding to :meth:`SynthesisRequest.decode`)."""
@@ -155,7 +158,11 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
         raise RequestError(413, f"text is {len(text)} characters; the limit is {settings.max_text_chars}")
     sentences = split_sentences(text)
     if not sentences:
-        raise RequestError(422, "text holds nothing to say")
+        raise RequestError(422, "text is empty")
+    try:
+        check_length_scale(length_scale)
+    except ValueError as exc:
+        raise RequestError(422, str(exc)) from None
     if len(sentences) > settings.max_sentences:
         raise RequestError(413, f"text has {len(sentences)} sentences; the limit is {settings.max_sentences}")
     front_end = voice.members[0].synthesizer
@@ -181,5 +188,6 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
     if image_bytes is not None:
         decode_image(image_bytes, front_end.image_size, settings, header_only=True)
     request = SynthesisRequest(sentences=sentences, speaker=speaker, stream=stream, reference=None, picture=None,
-                               reference_bytes=audio_bytes, image_bytes=image_bytes, image_size=front_end.image_size)
+                               reference_bytes=audio_bytes, image_bytes=image_bytes, image_size=front_end.image_size,
+                               length_scale=length_scale)
     return request.decode(settings) if decode else request
