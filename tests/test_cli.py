@@ -93,3 +93,22 @@ def test_a_missing_input_beyond_the_declared_ones_is_named_with_its_stage(worksp
 
     with pytest.raises(FileNotFoundError):
         cli._run_stage(elsewhere, workspace / "params.yaml", [], "polyvox features")
+
+
+def test_prefect_run_logs_carry_their_runs_name():
+    """"Finished in state Completed()" said eleven times with no task named (issue 32 §5)."""
+    import logging
+
+    from polyvox.cli import RunNames
+
+    record = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Finished in state %s", ("Completed()",),
+                               None)
+    record.task_run_name = "train-voice-0"
+    assert RunNames().filter(record) and record.getMessage() == "train-voice-0: Finished in state Completed()"
+    RunNames().filter(record)  # a second handler's filter does not name it twice
+    assert record.getMessage() == "train-voice-0: Finished in state Completed()"
+    flow = logging.LogRecord("prefect.flow_runs", logging.INFO, __file__, 1, "Beginning flow run 'tactful-boa'", (),
+                             None)
+    flow.flow_run_name = "tactful-boa"
+    RunNames().filter(flow)
+    assert flow.getMessage() == "Beginning flow run 'tactful-boa'"  # named already

@@ -1,6 +1,7 @@
 """polyvox: from a voice corpus to a deployed custom voice."""
 
 import os
+import warnings
 
 __version__ = "0.1.0"
 
@@ -19,3 +20,14 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.environ.get("XDG_CACHE_
 # polyvox.train.loop.ThreadGovernor does the rest. libgomp reads this once, when torch loads, so
 # it is set here, before any polyvox module imports torch; a value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+# polyvox works offline. Prefect, MLflow and other libraries that honour DO_NOT_TRACK would otherwise
+# try to send usage data from every command and log an error when the network refuses it (the
+# Makefile set these for `make demo`; `polyvox run` from a shell did not). A value the user set wins.
+for _name, _value in (("DO_NOT_TRACK", "1"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+                      ("MLFLOW_DISABLE_TELEMETRY", "true")):
+    os.environ.setdefault(_name, _value)
+
+# webrtcvad (a dependency of the voice-activity check) imports pkg_resources, which warns on every
+# import, in every worker; the warning is about webrtcvad's packaging, not about anything a user does.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API", category=UserWarning)

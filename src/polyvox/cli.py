@@ -62,12 +62,25 @@ USER_ERRORS = (ConfigError, CorpusError, SynthesisError, ValidationFailed, Voice
                TrackingUnavailable, PrefectUnavailable, OutputNotWritten, WorkerCrashed, MissingInput)
 
 
+class RunNames(logging.Filter):
+    """Prefect's run loggers say "Finished in state Completed()" and keep the task's or flow's name
+    in an attribute that a message-only format drops: put it in front ("train-voice: Finished …")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        if name and not getattr(record, "polyvox_named", False) and str(name) not in record.getMessage():
+            record.msg, record.args, record.polyvox_named = f"{name}: {record.getMessage()}", (), True
+        return True
+
+
 def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=err, show_path=False)
+    handler.addFilter(RunNames())
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(console=err, show_path=False)],
+        handlers=[handler],
         force=True,
     )
     # Prefect's client logs every HTTP request at INFO; that is noise here.

@@ -130,7 +130,8 @@ def _weighted(params: Params, workspace: Workspace, voice: Voice, rows: pd.DataF
         mels = voice.member_mels(row.clean_text, speaker=row.speaker, shared_durations=False)
         own.append({n: mels[n].numpy() for n in names})
     weights, history = fit_weights(shared, references, steps=params.ensemble.fit_steps)
-    log.info("ensemble weights %s (fit loss %.4f → %.4f)", dict(zip(names, np.round(weights, 3))), history[0], history[-1])
+    log.info("ensemble weights %s (fit loss %.4f → %.4f)", ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)),
+             history[0], history[-1])
     records = []
     for row, stacked, singles, reference in zip(rows.itertuples(), shared, own, references, strict=True):
         record = {"id": row.id, "speaker": row.speaker,

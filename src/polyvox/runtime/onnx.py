@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +78,23 @@ class _Decoder(nn.Module):
         return self.model.denormalise(post)
 
 
+@contextmanager
+def _quiet_export():
+    """torch's exporter logs what does not concern these graphs: four lines per export that
+    torchvision's ops are skipped (polyvox uses none), and a UserWarning that an axis named "frames"
+    shares its constraints with "frames" (the positions and teacher inputs share the frames' Dim on
+    purpose). A user's log shows neither; other warnings pass."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_member(model: AcousticModel, target: Path) -> None:
     """``encoder.onnx`` and ``decoder.onnx`` of one member into ``target``."""
     target.mkdir(parents=True, exist_ok=True)
@@ -87,7 +106,7 @@ def export_member(model: AcousticModel, target: Path) -> None:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA kernel has no ONNX export
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_export():
             length = torch.export.Dim("tokens", min=2, max=4096)
             outputs = ["adapted", "log_durations"] + (["mu"] if model.teacher is not None else [])
             torch.onnx.export(_Encoder(model).eval(), (tokens, embedding), str(target / "encoder.onnx"), dynamo=True,
@@ -149,7 +168,7 @@ def export_vocoder(model, target: Path) -> Path:
     """``target`` (a ``.onnx`` path) ← the trained vocoder ``model`` (a Vocos), dynamic frame count."""
     target.parent.mkdir(parents=True, exist_ok=True)
     mel = torch.randn(1, model.cfg.n_mels, 40) - 5.0
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_export():
         frames = torch.export.Dim("frames", min=2, max=65536)
         torch.onnx.export(_Vocoder(model.eval()).eval(), (mel,), str(target), dynamo=True, input_names=["mel"],
                           output_names=["wave"], dynamic_shapes={"mel": {2: frames}}, verbose=False)

@@ -278,7 +278,7 @@ def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
     no-op, a change of bounds only resumes, any other change (data, settings, code) trains afresh."""
     cfg = params.vocoder if cfg is None else cfg
     return run_once(workspace.models / name, *vocoder_fingerprints(params, workspace, cfg), FILES, resume,
-                    f"vocoder {name}", lambda resume: _fit(params, workspace, name, cfg, resume), VocoderResult)
+                    name if "vocoder" in name else f"vocoder {name}", lambda resume: _fit(params, workspace, name, cfg, resume), VocoderResult)
 
 
 def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, resume: bool) -> VocoderResult:
@@ -313,7 +313,7 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
 
     stopped_by = "steps"
     try:
-        for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train vocoder {name}", log):
+        for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train {name}" if "vocoder" in name else f"train vocoder {name}", log):
             if session.out_of_time():
                 stopped_by = "time"
                 break
@@ -334,7 +334,8 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
             if session.validation_due(done, last):
                 val = validation_mel_l1(model, val_clips, loss_fn, device)
                 session.keep_if_best(val, done)
-                log.info("vocoder %s step %d: train loss %.4f (mel %.4f), val mel L1 %.4f, %.3f s/step", name, done,
+                log.info("%s step %d: train loss %.4f (mel %.4f), val mel L1 %.4f, %.3f s/step",
+                         name if "vocoder" in name else f"vocoder {name}", done,
                          float(losses["total"].detach()), float(losses["mel"].detach()), val,
                          session.elapsed() / (done - start))
             session.record(done, losses, val, last)
