@@ -267,3 +267,33 @@ def test_deployment_runs_through_a_prefect_server_and_worker(tmp_path, kathleen_
     state = asyncio.run(final_state())
     assert state.is_completed(), f"{state.name}: {state.message}\n{worker.stdout[-3000:]}"
     assert (project / "reports/evaluate/report.html").is_file() and (project / "reports/promote.json").is_file()
+
+
+def test_deploying_without_a_project_is_refused_at_deploy_time(tmp_path, prefect_server):
+    """POLYVOX_PROJECT unset: Prefect would store the literal `{{ $POLYVOX_PROJECT }}` as the runs'
+    directory; prefect.yaml's build step refuses the deploy instead, saying what to export."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+
+    from polyvox.deploy import require_project
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(REPO / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "prefect.yaml"):
+        shutil.copy(REPO / name, project / name)
+    env = {k: v for k, v in os.environ.items() if k != "POLYVOX_PROJECT"} | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    run = lambda *args: subprocess.run([prefect, *args], cwd=project, env=env, capture_output=True, text=True,  # noqa: E731
+                                       timeout=300)
+    run("work-pool", "create", "polyvox-local", "--type", "process")  # may exist already (another test made it)
+    deployed = run("--no-prompt", "deploy", "--all")
+    said = deployed.stdout + deployed.stderr
+    assert deployed.returncode != 0 and "POLYVOX_PROJECT is not set" in said, said[-3000:]
+
+    assert require_project(str(project)) == {"project": str(project)}
+    for wrong, says in (("", "not set"), ("project", "relative"), (str(tmp_path), "no params.yaml")):
+        with pytest.raises(ValueError, match=says):
+            require_project(wrong)
