@@ -75,3 +75,24 @@ def test_an_image_for_a_voice_without_images_is_refused():
     with pytest.raises(RequestError, match="takes no image") as caught:
         parse(no_images, SETTINGS, "Hello.", None, False, None, _png())
     assert caught.value.status == 422
+
+
+@pytest.mark.parametrize("text, language, refused", [
+    ("Привет, как дела?", "en-us", "'Привет,' (cyrillic letters)"),
+    ("你好世界", "en-us", "'你好世界' (cjk letters)"),
+    ("Hello, Привет.", "en-gb", "'Привет.'"),
+    ("Café déjà vu, naïve Zoë.", "en-us", None),
+    ("Привет, Anna.", "ru", None),  # a Russian voice reads Cyrillic, and Latin names
+    ("Γειά σου", "ru", "greek"),
+    ("1999, 3.5 % — ok?", "en-us", None),
+])
+def test_text_in_a_script_the_voice_cannot_read_is_refused_by_name(text, language, refused):
+    """espeak under en-us reads Cyrillic as letter names and CJK as "Chinese letter" (issue 32 §2)."""
+    from polyvox.text.scripts import UnreadableText, check_readable
+
+    if refused is None:
+        check_readable(text, language)
+    else:
+        with pytest.raises(UnreadableText, match="cannot read") as caught:
+            check_readable(text, language)
+        assert refused in str(caught.value)

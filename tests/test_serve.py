@@ -300,6 +300,14 @@ def test_synth_is_a_one_liner_like_pipers(tmp_path):
     assert version.returncode == 0 and version.stdout.decode().startswith("polyvox ")
 
 
+def test_text_the_voice_cannot_read_is_refused_not_spelled_out(service):
+    _, url = service
+    for text, word in (("Привет, как дела?", "Привет"), ("你好世界", "你好世界")):
+        refused = httpx.post(f"{url}/synthesize", data={"text": text, "speaker": "alice"}, timeout=60)
+        assert refused.status_code == 422 and f"cannot read '{word}" in refused.json()["detail"], refused.text
+    assert httpx.post(f"{url}/synthesize", data={"text": "Café déjà vu.", "speaker": "alice"}, timeout=60).status_code == 200
+
+
 def test_length_scale_through_the_service(service):
     _, url = service
     normal, _ = _wav(httpx.post(f"{url}/synthesize", data={"text": "Hello there.", "speaker": "alice"}, timeout=60))

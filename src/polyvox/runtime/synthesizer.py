@@ -19,6 +19,7 @@ from polyvox.models.symbols import Vocabulary
 from polyvox.signal.griffin_lim import griffin_lim
 from polyvox.text.normalize import normalize_text
 from polyvox.text.phonemes import phonemize
+from polyvox.text.scripts import check_readable
 
 
 class Synthesizer:
@@ -62,6 +63,7 @@ class Synthesizer:
 
     def token_ids(self, text: str) -> list[int]:
         """The text front-end that ``clean`` ran for training: normalised text → phonemes → symbol ids."""
+        check_readable(text, self.text_frontend["language"])
         phones, _ = phonemize([normalize_text(text)], self.text_frontend["language"], self.text_frontend["phonemizer"])
         ids = self.vocab.encode(phones[0])
         if not ids:

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from polyvox.config import ServeSection
 from polyvox.runtime.voice import check_length_scale
+from polyvox.text.scripts import UnreadableText
 
 SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 # What the uploads may be. The rates span telephone to studio audio (a 1 Hz WAV would be resampled
@@ -169,6 +170,8 @@ def parse(voice, settings: ServeSection, text: str, speaker: str | None, stream:
     for sentence in sentences:  # refused before a stream starts, while a 4xx can still be sent
         try:
             tokens = front_end.tokens(sentence)
+        except UnreadableText as exc:
+            raise RequestError(422, str(exc)) from None
         except ValueError:
             raise RequestError(422, f"nothing pronounceable in the sentence {sentence[:80]!r}") from None
         count = tokens.shape[-1]  # (1, tokens)
