@@ -188,3 +188,24 @@ def test_page_loads_share_one_reading_of_mlflow(recorded, monkeypatch):
     for _ in range(5):
         assert _page(app).count('class="run"') == 3
     assert len(calls) == 1
+
+
+def test_a_stage_that_opens_its_run_when_done_shows_its_wall_time(tmp_path, monkeypatch):
+    """Ensemble and evaluate open their MLflow run once their work is done: the dashboard showed
+    0 s and MLflow 31 ms for a 157 s evaluation (issue 32 §4). The run now starts when the stage did."""
+    from polyvox.dashboard import app as dashboard
+    from polyvox.tracking import stage_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("POLYVOX_RUN_ID", "night-1")
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir(parents=True)
+    params = load_params(REPO / "params.yaml")
+    stage_run("evaluate", params, ws, seconds=157.0).end()
+    stage_run("ensemble", params, ws, seconds=12.0).end()
+    stages = dict(dashboard.collect(uri, "polyvox")["runs"][0]["stages"])
+    assert 157 <= stages["evaluate"] < 170 and 12 <= stages["ensemble"] < 25, stages
+    page = _page(dashboard.create_app(uri, "polyvox"))
+    assert "stages (wall time, s)" in page and "WER (0–1, lower is better)" in page
+    assert "Trend plots appear once two pipeline runs" in page  # one run: no plot, and the page says why

@@ -145,7 +145,8 @@ def git_commit(repo: Path | None = None) -> str | None:
 class Run:
     """One MLflow run, or nothing when tracking is off. Metrics are buffered and flushed in batches."""
 
-    def __init__(self, name: str, params: dict[str, Any], tags: dict[str, str], workspace=None):
+    def __init__(self, name: str, params: dict[str, Any], tags: dict[str, str], workspace=None,
+                 began: float | None = None):
         configured = (params.get("registry") or {}).get("tracking_uri") if isinstance(params, dict) else None
         self.uri = tracking_uri(workspace, configured)
         self.client = None
@@ -159,7 +160,9 @@ class Run:
         self.client, experiment_id = client_and_experiment(self.uri, workspace)
         group, trigger = pipeline_run()
         tags = {"pipeline_run": group, "trigger": trigger, **tags}
-        self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        # began (epoch seconds): a stage that opens its run when its work is done still shows its wall time
+        self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags,
+                                             start_time=None if began is None else int(began * 1000)).info.run_id
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in flatten(params).items()]
@@ -218,16 +221,18 @@ class Run:
             self._lost_server(exc, f"the end of the run ({status})")
 
 
-def stage_run(stage: str, params, workspace, tags: dict[str, str] | None = None, name: str | None = None) -> Run:
+def stage_run(stage: str, params, workspace, tags: dict[str, str] | None = None, name: str | None = None,
+              seconds: float | None = None) -> Run:
     """The MLflow run of one call of ``stage``: its declared settings (:data:`polyvox.stages.STAGES`)
-    as params, and its name, code version and the git commit as tags."""
+    as params, and its name, code version and the git commit as tags. ``seconds``: the stage has
+    worked that long already (the run starts that much earlier, so its duration is the stage's)."""
     from polyvox.stages import STAGES
 
     spec = STAGES[stage]
     configured = {"registry": params.model_dump(by_alias=True).get("registry")}  # where to track to
     return Run(name or stage, spec.settings(params) | configured,
                {"stage": stage, "code_version": spec.code_digest(), "git_commit": git_commit() or "unknown",
-                **(tags or {})}, workspace)
+                **(tags or {})}, workspace, began=None if seconds is None else time.time() - seconds)
 
 
 def tracked(stage: str, output: Callable[[Any], Path]):

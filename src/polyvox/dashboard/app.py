@@ -31,8 +31,10 @@ from polyvox.tracking import client_and_experiment, redact
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "validate", "clean", "features", "pretrain", "train", "train-vocoder", "ensemble", "evaluate", "promote")
-SHOWN = (("wer", "WER"), ("cer", "CER"), ("mcd_db", "MCD"), ("speaker_similarity", "similarity"), ("mos_ovrl", "MOS"),
-         ("rtf_one_thread", "RTF"))
+# (metric, column heading: its unit and which way is better)
+SHOWN = (("wer", "WER (0–1, lower is better)"), ("cer", "CER (0–1, lower is better)"),
+         ("mcd_db", "MCD (dB, lower is better)"), ("speaker_similarity", "similarity (cosine, higher is better)"),
+         ("mos_ovrl", "MOS (DNSMOS 1–5, higher is better)"), ("rtf_one_thread", "RTF (1 thread, lower is better)"))
 JUDGED = {"wer": "wer_pocketsphinx", "cer": "cer_pocketsphinx"}  # ASR figures → their second opinion's
 UNJUDGED = "pocketsphinx"  # the ASR of evaluate runs logged before the `asr` tag
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -54,9 +56,10 @@ audio{height:2em;width:16em;display:block}code{background:#f6f6f6}img{max-width:
 <table id="alias-history"><tr><th>time</th><th>action</th><th>from</th><th>to</th><th>reason</th></tr>
 {% for move in history|reverse %}<tr><td>{{ move.time }}</td><td>{{ move.action }}</td><td>{{ move["from"] or "—" }}</td>
 <td>{{ move.to }}</td><td>{{ move.reason }}</td></tr>{% endfor %}</table>
-{% if trend %}<h2>Trends</h2><p><img alt="metric trends over runs" src="{{ trend }}"></p>{% endif %}
+<h2>Trends</h2>{% if trend %}<p><img alt="metric trends over runs" src="{{ trend }}"></p>
+{% else %}<p id="no-trend"><small>Trend plots appear once two pipeline runs have been evaluated (a line needs two points).</small></p>{% endif %}
 <h2>Runs</h2>
-<table id="runs"><thead><tr><th>started</th><th>trigger</th><th>data version</th><th>stages (s)</th>
+<table id="runs"><thead><tr><th>started</th><th>trigger</th><th>data version</th><th>stages (wall time, s)</th>
 {% for _, label in shown %}<th>{{ label }}</th>{% endfor %}<th>gate</th><th>listen</th></tr></thead><tbody>
 {% for run in runs %}<tr class="run">
 <td>{{ run.started }}<br><small>{{ run.id }}</small>{% if run.prefect %}<br><small>Prefect: {{ run.prefect }}</small>{% endif %}</td>

@@ -231,7 +231,7 @@ def ensemble(params: Params, workspace: Workspace) -> EnsembleResult:
         table.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)
 
     tracker = stage_run("ensemble", params, workspace,
-                        {"data_version": info["data_version"], "candidate": result.candidate})
+                        {"data_version": info["data_version"], "candidate": result.candidate}, seconds=result.seconds)
     tracker.metrics({"ensemble_score": ensemble_score, **{f"member_score.{n}": v for n, v in member_scores.items()},
                      **{f"weight.{n}": v for n, v in weights.items()}, "kept": float(kept)}, step=0)
     tracker.artifacts([workspace.reports / "ensemble.json", workspace.reports / "ensemble.csv"])

@@ -283,7 +283,7 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     tracker = stage_run("evaluate", params, workspace,
                         {"data_version": metrics["data_version"], "champion_scored": str("champion" in systems),
                          "speakers": ",".join(speakers)[:5000], "asr": judge.name,
-                         "asr_second_opinion": second.name if second else "none"})
+                         "asr_second_opinion": second.name if second else "none"}, seconds=metrics["seconds"])
     tracker.metrics({f"{system}.{k}": v for system, figures in summary.items() for k, v in figures.items()
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=0)
     tracker.artifacts([out / "metrics.json", out / "per_utterance.csv", report])
