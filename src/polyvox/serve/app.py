@@ -372,7 +372,11 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
         yield
         stop.set()
 
-    app = FastAPI(title="polyvox", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan)
+    # /docs from Swagger UI files that ship in a package (fastapi-offline's static folder), not from a
+    # CDN: the page works on a machine with no network, like the rest of polyvox.
+    app = FastAPI(title="polyvox", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    mount_docs(app)
     # Two uploads at their limit, the text at its limit (4 bytes a character at most) and form overhead.
     body_limit = int(2 * settings.max_upload_mb * 2**20 + 4 * settings.max_text_chars + 2**16)
     app.add_middleware(Gate, limit=body_limit, token=token, protected=("/synthesize", "/reload"), metrics=metrics,
@@ -397,14 +401,18 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
 
     # The cheap endpoints are async: they answer on the event loop, never queued behind syntheses
     # in the thread pool.
-    @app.get("/healthz")
+    @app.get("/healthz", summary="Liveness and the loaded voice",
+             description="`ok`, `degraded` (a file of the bundle is damaged: `damage` lists them; the loaded voice "
+                         "still serves) or `no-voice`; the version served and the last reload error.")
     async def healthz() -> dict:
         loaded = holder.current
         status = "no-voice" if not loaded else "degraded" if holder.damage else "ok"
         return {"status": status, "version": loaded.meta.version if loaded else None,
                 "reload_error": holder.reload_error, "damage": holder.damage}
 
-    @app.get("/voices")
+    @app.get("/voices", summary="What the voice can do",
+             description="Its speakers, whether it takes a speaker image or reference audio, its sample rate, the "
+                         "runtime (onnx or torch) and the text limit.")
     async def voices() -> dict:
         loaded = holder.get()
         return {"version": loaded.meta.version, "data_version": loaded.meta.data_version,
@@ -413,11 +421,15 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
                 "takes_reference_audio": True, "sample_rate": loaded.voice.sample_rate,
                 "max_text_chars": settings.max_text_chars}
 
-    @app.get("/metrics")
+    @app.get("/metrics", summary="Prometheus metrics", description="Requests by route and status, latency, "
+             "busy refusals, slow readers, the version served.")
     async def prometheus() -> Response:
         return metrics.exposition()
 
-    @app.post("/reload")
+    @app.post("/reload", summary="Load the bundle again now",
+              description="Reads the bundle folder again (the poller does so by itself when bundle.json changes).",
+              responses={401: ERRORS[401], 503: {"description": "The bundle did not load; the loaded voice still "
+                                                                "serves"}})
     def reload_now() -> dict:
         changed = holder.try_reload(force=True)
         metrics.serving(holder)
@@ -426,8 +438,12 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
                                      f"{holder.reload_error}")
         return {"reloaded": changed, "version": holder.get().meta.version}
 
-    @app.post("/synthesize",
-              responses={200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV"}})
+    @app.post("/synthesize", summary="Text to speech",
+              description="A multipart form: `text` (sentences are rendered one after another), optionally "
+                          "`speaker` (a name from /voices), `reference_audio` (a recording of the voice to imitate), "
+                          "`image` (a picture of the speaker), `length_scale` (slower above 1) and `stream` "
+                          "(sentences sent as they are rendered).",
+              responses={200: {"content": {"audio/wav": {}}, "description": "16-bit mono WAV"}, **ERRORS})
     def synthesize(text: Annotated[str, Form()] = "",
                    speaker: Annotated[str | None, Form()] = None,
                    stream: Annotated[bool, Form()] = False,
@@ -538,6 +554,35 @@ class PacedStream(Response):
                         seconds + self.grace)
             raise SlowReader(f"the client reads slower than real time (serve.stream_grace_seconds {self.grace})") \
                 from None
+
+
+ERRORS = {
+    401: {"description": "POLYVOX_TOKEN is set and the request has no `Authorization: Bearer <token>` matching it"},
+    413: {"description": "The body, an upload, the text or a sentence is over its limit (the reply names which)"},
+    415: {"description": "An upload is not audio or not a picture polyvox reads"},
+    422: {"description": "A field breaks a rule: empty text, an unknown speaker, text in a script the voice "
+                         "cannot read, length_scale out of range (the reply names the field and the rule)"},
+    503: {"description": "Every synthesis slot is taken (Retry-After: 1), or the request ran past "
+                         "serve.request_seconds"},
+}
+
+
+def mount_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI 5 (it reads FastAPI's OpenAPI 3.1; the 4.x of swagger-ui-bundle does not)
+    from fastapi-offline's static files, served by this app under /docs-assets."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="polyvox — API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon.png")
 
 
 def _then(first, second):
