@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,6 +144,13 @@ def test_promote_refuse_and_rollback_through_the_registry(project):
     assert rollback(params, ws, to="3").after == "3"
     stages = {r.data.tags.get("stage") for r in client.search_runs([registry.experiment_id])}
     assert {"promote", "rollback"} <= stages
+    # the history as a table on the run of the last move (issue 32 §4), not only JSON in a tag
+    last = client.search_runs([registry.experiment_id], "tags.stage = 'rollback'",
+                              order_by=["attributes.start_time DESC"])[0]
+    table = json.loads(Path(client.download_artifacts(last.info.run_id, "champion_history.json")).read_text())
+    assert table["columns"][:5] == ["time", "action", "from", "to", "reason"]
+    assert [(row[1], row[3]) for row in table["data"]] == [("promote", "1"), ("promote", "3"), ("rollback", "1"),
+                                                          ("rollback", "3")]
 
 
 def test_promote_refuses_an_evaluation_of_another_candidate(project):

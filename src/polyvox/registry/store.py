@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 ALIAS = "champion"
 HISTORY_TAG = "champion_history"
+HISTORY_TABLE = "champion_history.json"  # the same moves as an MLflow table artifact of the run that made the last one
 TAG_LIMIT = 5000  # MLflow's tag value limit (characters)
 
 
@@ -126,6 +127,11 @@ class Registry:
         while len(json.dumps(history)) > TAG_LIMIT and len(history) > 1:
             history.pop(0)
         self.client.set_registered_model_tag(self.name, HISTORY_TAG, json.dumps(history))
+        if run_id is not None:  # readable in MLflow's UI: a table on the promote/rollback run, not JSON in a tag
+            import pandas as pd
+
+            self.client.log_table(run_id, pd.DataFrame(history, columns=list(entry)).astype(str),
+                                  HISTORY_TABLE)
         log.info("%s: alias %s %s → %s (%s)", self.name, ALIAS, before, version, action)
         return entry
 
