@@ -209,3 +209,34 @@ def test_a_stage_that_opens_its_run_when_done_shows_its_wall_time(tmp_path, monk
     page = _page(dashboard.create_app(uri, "polyvox"))
     assert "stages (wall time, s)" in page and "WER (0–1, lower is better)" in page
     assert "Trend plots appear once two pipeline runs" in page  # one run: no plot, and the page says why
+
+
+def test_a_pipeline_runs_stages_nest_under_one_mlflow_run(tmp_path, monkeypatch):
+    """MLflow showed a pipeline run as ten loose stage runs (issue 32 §4): they now nest under one
+    run per pipeline run, which spans them; a single command outside a pipeline gets no parent; the
+    dashboard still shows one row per pipeline run."""
+    from mlflow.tracking import MlflowClient
+
+    from polyvox.dashboard import app as dashboard
+    from polyvox.tracking import PARENT_TAG, stage_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir(parents=True)
+    params = load_params(REPO / "params.yaml")
+    monkeypatch.setenv("POLYVOX_RUN_ID", "night-1")
+    runs = [stage_run(stage, params, ws) for stage in ("prepare", "features")]
+    for run in runs:
+        run.end()
+    client = MlflowClient(uri)
+    parent = {client.get_run(r.run_id).data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parent) == 1
+    top = client.get_run(parent.pop())
+    assert top.data.tags[PARENT_TAG] == "true" and top.info.end_time >= client.get_run(runs[-1].run_id).info.end_time
+    monkeypatch.delenv("POLYVOX_RUN_ID")
+    alone = stage_run("prepare", params, ws)
+    alone.end()
+    assert "mlflow.parentRunId" not in client.get_run(alone.run_id).data.tags
+    shown = dashboard.collect(uri, "polyvox")["runs"]
+    assert len(shown) == 2 and all("pipeline" not in dict(r["stages"]) for r in shown)

@@ -102,10 +102,10 @@ def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides:
     try:
         loaded = _load(params, overrides)
         workspace = Workspace.here()
-        missing = missing_input(name, workspace)
-        if missing:
-            raise MissingInput(f"{command.split(' --')[0]}: {missing}")
-        with workspace_lock(workspace.root, command):
+        with workspace_lock(workspace.root, command):  # first: the writer holding it may be making the input
+            missing = missing_input(name, workspace)
+            if missing:
+                raise MissingInput(f"{command.split(' --')[0]}: {missing}")
             return stage(loaded, workspace)
     except USER_ERRORS as exc:
         _fail(exc)

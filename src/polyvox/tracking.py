@@ -92,6 +92,32 @@ def pipeline_run() -> tuple[str, str]:
     return _PROCESS_RUN, "cli"
 
 
+PARENT_TAG = "polyvox.pipeline_parent"  # on the MLflow run that stands for a whole pipeline run
+
+
+def nest(client, experiment_id: str, tags: dict[str, str]) -> str | None:
+    """The id of the MLflow run standing for the pipeline run of ``tags`` (``pipeline_run``),
+    created by its first stage, under which each stage run nests (MLflow's ``mlflow.parentRunId``):
+    MLflow's UI then shows one row per pipeline run, its stages folded under it. None for a single
+    command outside a pipeline (trigger ``cli``): it gets no parent."""
+    group, trigger = tags.get("pipeline_run"), tags.get("trigger")
+    if not group or trigger == "cli":
+        return None
+    quoted = group.replace("'", "")
+    found = client.search_runs([experiment_id], f"tags.pipeline_run = '{quoted}' and tags.`{PARENT_TAG}` = 'true'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(experiment_id, run_name=f"pipeline {group}",
+                             tags={"pipeline_run": group, "trigger": trigger, PARENT_TAG: "true"}).info.run_id
+
+
+def end_parent(client, parent: str | None) -> None:
+    """Move the pipeline run's end to now: it spans its stages, first to last."""
+    if parent is not None:
+        client.set_terminated(parent, "FINISHED")
+
+
 def client_and_experiment(uri: str, workspace=None):
     """An MlflowClient for ``uri`` and the id of experiment ``polyvox`` (created on first use, with
     its artifacts in ``<workspace>/mlruns`` for a local store)."""
@@ -151,6 +177,7 @@ class Run:
         self.uri = tracking_uri(workspace, configured)
         self.client = None
         self.run_id: str | None = None
+        self.parent: str | None = None
         self._pending: list = []
         self.name = name
         self._warned = False
@@ -160,6 +187,9 @@ class Run:
         self.client, experiment_id = client_and_experiment(self.uri, workspace)
         group, trigger = pipeline_run()
         tags = {"pipeline_run": group, "trigger": trigger, **tags}
+        self.parent = nest(self.client, experiment_id, tags)
+        if self.parent is not None:
+            tags["mlflow.parentRunId"] = self.parent
         # began (epoch seconds): a stage that opens its run when its work is done still shows its wall time
         self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags,
                                              start_time=None if began is None else int(began * 1000)).info.run_id
@@ -217,6 +247,7 @@ class Run:
         self.flush()
         try:
             self.client.set_terminated(self.run_id, status)
+            end_parent(self.client, self.parent)
         except tracking_errors() as exc:
             self._lost_server(exc, f"the end of the run ({status})")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 
-from polyvox.tracking import client_and_experiment, redact
+from polyvox.tracking import PARENT_TAG, client_and_experiment, redact
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ def collect(uri: str, model_name: str) -> dict:
     groups: dict[str, dict] = {}
     for run in runs:
         tags = run.data.tags
+        if tags.get(PARENT_TAG) == "true":  # the pipeline run's own MLflow run: its stages are the rows' content
+            continue
         key = tags.get("pipeline_run", run.info.run_id)
         group = groups.setdefault(key, {"id": key, "start": run.info.start_time, "trigger": tags.get("trigger", "?"),
                                         "data_version": "", "stages": {}, "metrics": {}, "decision": None,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from polyvox.fileio import replace_folder
 from polyvox.runtime.bundle import BundleMeta
-from polyvox.tracking import client_and_experiment, flatten, pipeline_run
+from polyvox.tracking import client_and_experiment, end_parent, flatten, nest, pipeline_run
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,11 @@ class Registry:
 
     def start_run(self, stage: str, params: dict | None, tags: dict[str, str]) -> str:
         group, trigger = pipeline_run()
-        run = self.client.create_run(self.experiment_id, run_name=stage,
-                                     tags={"stage": stage, "pipeline_run": group, "trigger": trigger, **tags})
+        tags = {"stage": stage, "pipeline_run": group, "trigger": trigger, **tags}
+        parent = nest(self.client, self.experiment_id, tags)
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, run_name=stage, tags=tags)
         if params:
             from mlflow.entities import Param
 
@@ -137,3 +140,4 @@ class Registry:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+        end_parent(self.client, self.client.get_run(run_id).data.tags.get("mlflow.parentRunId"))
