@@ -106,3 +106,21 @@ def test_step_bounds_are_a_positive_count_or_auto(key):
     with pytest.raises(ConfigError, match=rf"'{key}': max_steps must be a positive step count or 'auto', got 0"):
         load_params(REPO / "params.yaml", [f"{key}=0"])
     assert load_params(REPO / "params.yaml", [f"{key}=auto"]) and load_params(REPO / "params.yaml", [f"{key}=7"])
+
+
+def test_members_are_keyed_by_name_and_a_profile_replaces_them_whole(tmp_path):
+    """params.yaml keys members by name (dvc.yaml's foreach then names the stage train@voice); the
+    list form still reads; a profile's members are its ensemble, not additions to the base file's."""
+    params = load_params(REPO / "params.yaml")
+    assert [m.name for m in params.train.members] == ["voice"]
+    assert load_params(REPO / "params.yaml", ["train.members=[{name: a, seed: 1, conditioning: audio, variant: {}}]"]
+                       ).train.members[0].name == "a"
+    assert [m.name for m in load_params(REPO / "profiles" / "kathleen-a.yaml").train.members] == ["kathleen"]
+    overlay = tmp_path / "two.yaml"
+    overlay.write_text(f"extends: {REPO / 'params.yaml'}\ntrain:\n  members:\n"
+                       "    a: {seed: 1, conditioning: audio, variant: {}}\n    b: {seed: 2, conditioning: audio, variant: {}}\n")
+    assert [(m.name, m.seed) for m in load_params(overlay).train.members] == [("a", 1), ("b", 2)]
+    overlay.write_text(f"extends: {REPO / 'params.yaml'}\ntrain:\n  members:\n"
+                       "    a: {name: b, seed: 1, conditioning: audio, variant: {}}\n")
+    message = str(pytest.raises(ConfigError, load_params, overlay).value)
+    assert "member 'a' says name 'b'" in message

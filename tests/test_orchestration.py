@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import shutil
@@ -32,7 +33,7 @@ def _flatten(tree: dict, prefix: str = "") -> set[str]:
 
 
 def _expand(stages: dict, params: dict) -> dict:
-    """Stage name → definition, with ``foreach`` over a params list expanded (``${item.name}``)."""
+    """Stage name → definition, with ``foreach`` over a params mapping expanded (``${key}``)."""
     expanded = {}
     for name, stage in stages.items():
         if "foreach" not in stage:
@@ -42,9 +43,9 @@ def _expand(stages: dict, params: dict) -> dict:
         items = params
         for part in source.split("."):
             items = items[part]
-        for item in items:
-            text = yaml.safe_dump(stage["do"]).replace("${item.name}", item["name"])
-            expanded[f"{name}@{item['name']}"] = yaml.safe_load(text)
+        for key in items:  # a mapping: DVC names each stage by its key
+            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            expanded[f"{name}@{key}"] = yaml.safe_load(text)
     return expanded
 
 
@@ -73,7 +74,7 @@ def test_dvc_yaml_matches_cli_params_and_workspace():
             out = out if isinstance(out, str) else next(iter(out))
             assert out in known_outs or out.startswith((models + "/", reports + "/")), f"dvc.yaml stage {name} writes {out}"
             produced.append(out)
-    members = [m["name"] for m in params["train"]["members"]]
+    members = list(params["train"]["members"])
     assert list(stages) == ["prepare", "validate", "clean", "features", "pretrain", *[f"train@{m}" for m in members], "train-vocoder",
                             "ensemble", "evaluate", "promote"]
     # the ensemble reads every member it combines, and the candidate is where the workspace says
@@ -160,15 +161,13 @@ def test_flow_fails_when_validation_fails(tmp_path, kathleen_files, workspace, p
     assert (workspace / "data/validated/quarantine.parquet").is_file()
 
 
-@pytest.mark.slow
-def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
-    """`dvc repro` in a copy of the project builds a tiny demo corpus and trains tiny members and a
-    vocoder on it, then a rerun does nothing."""
+def _dvc_project(tmp_path: Path, params: dict):
+    """A copy of the project (src/, dvc.yaml, .dvc/config, ``params``) in a fresh git + DVC repository;
+    returns (folder, run): ``run(*args)`` runs a command there with the venv's dvc and polyvox on PATH."""
     dvc = Path(sys.executable).with_name("dvc")
     project = tmp_path / "project"
     shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", project)
-    params = tiny_params(REPO / "params.yaml")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         "PATH": f"{dvc.parent}:/usr/bin:/bin",
@@ -176,13 +175,32 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
         "HOME": str(tmp_path),
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
     }
-    run = lambda *args: subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)  # noqa: E731
-    (project / ".gitignore").write_text("__pycache__/\n*.egg-info/\n/mlflow.db\n/mlruns/\n")
-    for step in (("git", "init", "-q"), (str(dvc), "init", "-q")):
+
+    def run(*args, cwd=project):
+        return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+
+    (project / ".gitignore").write_text("__pycache__/\n*.egg-info/\n/mlflow.db\n/mlruns/\n/.prefect/\n.polyvox.lock\n")
+    for step in (("git", "init", "-q"), ("dvc", "init", "-q")):
         assert run(*step).returncode == 0, step
     shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")  # the project's own: analytics off, remote
     for step in (("git", "add", "-A"), ("git", "commit", "-qm", "project")):
         assert run(*step).returncode == 0, step
+    return project, run
+
+
+def _contents(project: Path) -> dict[str, str]:
+    """sha256 of every file the pipeline writes (data/, models/, reports/)."""
+    return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in ("data", "models", "reports") for p in sorted((project / folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
+    """`dvc repro` in a copy of the project builds a tiny demo corpus and trains tiny members and a
+    vocoder on it, then a rerun does nothing, and neither does `polyvox run` after it."""
+    params = tiny_params(REPO / "params.yaml")
+    project, run = _dvc_project(tmp_path, params)
+    dvc = "dvc"
     first = run(str(dvc), "repro")
     assert first.returncode == 0, first.stdout + first.stderr
     voices = len(params["demo"]["voices"])
@@ -190,7 +208,7 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == rows
     assert len(pq.read_table(project / "data/features/index.parquet")) == rows
     for member in params["train"]["members"]:
-        assert (project / "models" / member["name"] / "best.pt").is_file(), member
+        assert (project / "models" / member / "best.pt").is_file(), member
     assert (project / "models/vocoder/vocoder.json").is_file()
     assert (project / "models/candidate/voice.json").is_file() and (project / "reports/evaluate/report.html").is_file()
     assert (project / "reports/promote.json").is_file() and (project / "mlflow.db").is_file()  # the embedded registry
@@ -198,6 +216,12 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     assert shown.returncode == 0 and "mcd_db" in shown.stdout, shown.stdout + shown.stderr
     second = run(str(dvc), "repro")
     assert second.returncode == 0 and "didn't change, skipping" in second.stdout, second.stdout
+    # the flow after dvc repro: every stage finds its outputs done, so no file changes, nor dvc.lock
+    before, lock = _contents(project), (project / "dvc.lock").read_bytes()
+    flow = run("polyvox", "run")
+    assert flow.returncode == 0, flow.stdout + flow.stderr
+    assert _contents(project) == before and (project / "dvc.lock").read_bytes() == lock
+    assert "up to date" in run(str(dvc), "status").stdout
     # the configured local-folder remote (a sibling of the project): push, lose everything, pull back
     pushed = run(str(dvc), "push")
     assert pushed.returncode == 0 and (tmp_path / "polyvox-dvc-remote").is_dir(), pushed.stdout + pushed.stderr
@@ -216,6 +240,42 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
     assert len(pq.read_table(project / "data/raw/manifest.parquet")) == voices * 3
     assert len(pq.read_table(project / "data/features/index.parquet")) == voices * 3
 
+
+
+@pytest.mark.slow
+def test_polyvox_run_writes_the_state_dvc_reads_and_dvc_pull_brings_the_champion_back(tmp_path):
+    """After `polyvox run` (what `make demo` and the deployment run), `dvc status` is clean and `dvc
+    repro` runs nothing; `dvc push` stores the run's data and models, and `dvc pull` in a fresh clone
+    brings them back, the champion with them."""
+    params = tiny_params(REPO / "params.yaml")
+    params["promote"].update(max_wer=1.0, max_wer_increase=1.0, min_speaker_similarity=0.0, max_mcd_db=1000.0,
+                             max_rtf=10.0, require_ensemble_gain=False)  # the tiny voice must become champion
+    project, run = _dvc_project(tmp_path, params)
+    flow = run("polyvox", "run")
+    assert flow.returncode == 0, flow.stdout + flow.stderr
+    assert "promoted to champion" in flow.stdout, flow.stdout
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert list(lock) == ["prepare", "validate", "clean", "features", "pretrain", "train@voice", "train-vocoder",
+                          "ensemble", "evaluate", "promote"]
+    assert (project / "models/champion.dvc").is_file()
+    status = run("dvc", "status")
+    assert status.returncode == 0 and "Data and pipelines are up to date." in status.stdout, status.stdout
+    before = _contents(project)
+    repro = run("dvc", "repro")
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+    assert _contents(project) == before
+    for step in (("git", "add", "-A"), ("git", "commit", "-qm", "a run"), ("dvc", "push")):
+        done = run(*step)
+        assert done.returncode == 0, (step, done.stdout + done.stderr)
+    clone = tmp_path / "clone"
+    assert run("git", "clone", "-q", str(project), str(clone)).returncode == 0
+    pulled = run("dvc", "pull", cwd=clone)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    champion = {p.relative_to(project): p.read_bytes() for p in (project / "models/champion").rglob("*") if p.is_file()}
+    assert champion and {p.relative_to(clone): p.read_bytes() for p in (clone / "models/champion").rglob("*")
+                         if p.is_file()} == champion
+    assert (clone / "models/candidate/voice.json").is_file() and (clone / "data/features/index.parquet").is_file()
+    assert "up to date" in run("dvc", "status", cwd=clone).stdout
 
 def test_deployment_runs_through_a_prefect_server_and_worker(tmp_path, kathleen_files, prefect_server):
     """prefect.yaml deployed to a real server on loopback, a run triggered through the API, a process

@@ -26,7 +26,7 @@ def drift(dvc: dict, params: dict) -> list[str]:
     declared = dvc["stages"]
     if list(declared) != list(STAGES):
         problems.append(f"stages: dvc.yaml has {list(declared)}, the specs {list(STAGES)}")
-    members = [m["name"] for m in params["train"]["members"]]
+    members = list(params["train"]["members"])
     combined = params["ensemble"]["members"] or members
     for name, spec in STAGES.items():
         entry = declared.get(name)

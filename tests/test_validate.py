@@ -117,6 +117,26 @@ def test_stage_fails_below_min_accepted_share(bad_corpus, tmp_path):
     assert (tmp_path / "data/validated/quarantine.parquet").is_file()  # written before failing
 
 
+def test_a_rerun_of_the_same_manifest_and_settings_validates_nothing_and_fails_the_same(bad_corpus, tmp_path):
+    """The flow after `dvc repro` (or a nightly run without new data) must leave data/validated as it
+    is: no new Great Expectations results; a failing validation still fails; a changed setting reruns."""
+    from polyvox.validate.stage import validate
+    from polyvox.workspace import Workspace
+
+    manifest, _, count = bad_corpus
+    params = params_for(manifest, "validate.min_accepted_share=0.1")
+    run_stages(params, tmp_path, upto="validate")
+    out = tmp_path / "data/validated"
+    before = _digest_tree(out)
+    again = validate(params, Workspace(tmp_path))
+    assert _digest_tree(out) == before and again.probed == 0 and again.rows == count
+    strict = params_for(manifest)  # min_accepted_share 0.8: a setting of the stage changed, so it validates
+    for _ in range(2):  # and a failure stands on a rerun of the same inputs
+        with pytest.raises(ValidationFailed, match="validate.min_accepted_share 0.8"):
+            validate(strict, Workspace(tmp_path))
+    assert _digest_tree(out) != before
+
+
 def test_all_of_kathleen_is_accepted_with_default_thresholds(kathleen, tmp_path):
     params = params_for(kathleen, "parallel.workers=2")
     result = run_stages(params, tmp_path, upto="validate")["validate"]

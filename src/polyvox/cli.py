@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from polyvox import dvcstate
 from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.engines import SynthesisError
 from polyvox.corpus.schema import CorpusError
@@ -94,9 +95,11 @@ def _load(params: Path, overrides: list[str] | None) -> Params:
 
 
 def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides: list[str] | None,
-               command: str | None = None) -> T:
+               command: str | None = None, dvc_stages: Callable[[Params], list[str]] | None = None) -> T:
     """Load params, run one stage function in the current directory, holding it (one writer per
-    workspace); user errors exit cleanly."""
+    workspace); user errors exit cleanly. ``dvc_stages``: the dvc.yaml stages the run made, recorded
+    in dvc.lock as ``dvc repro`` would (polyvox.dvcstate), and the champion with them after a promote
+    or a rollback."""
     command = command or "polyvox " + sys._getframe(1).f_code.co_name.replace("_", "-")  # the command function calling
     name = command.split()[1]
     try:
@@ -106,7 +109,11 @@ def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides:
             missing = missing_input(name, workspace)
             if missing:
                 raise MissingInput(f"{command.split(' --')[0]}: {missing}")
-            return stage(loaded, workspace)
+            result = stage(loaded, workspace)
+            if dvc_stages is not None and dvcstate.why_not(workspace.root, params, overrides or []) is None:
+                dvcstate.record(workspace.root, dvc_stages(loaded),
+                                workspace.champion if name in ("promote", "rollback") else None)
+            return result
     except USER_ERRORS as exc:
         _fail(exc)
     except FileNotFoundError as exc:  # an input the stage reads beyond its declared deps
@@ -149,7 +156,7 @@ def _stage_command(name: str) -> None:
     spec = STAGES[name]
 
     def command(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
-        typer.echo(_run_stage(spec.function(), params, set_, spec.command).summary())
+        typer.echo(_run_stage(spec.function(), params, set_, spec.command, lambda p: [name]).summary())
 
     command.__doc__ = spec.about
     app.command(name)(command)
@@ -196,6 +203,8 @@ def prepare(
             loaded = loaded.model_copy(update={"prepare": loaded.prepare.model_copy(update={"corpus": corpus})})
         with workspace_lock(Path.cwd(), "polyvox prepare"):
             result = run_prepare(loaded, Workspace.here())
+            if corpus is None and dvcstate.why_not(Path.cwd(), params, overrides) is None:
+                dvcstate.record(Path.cwd(), ["prepare"], None)
     except USER_ERRORS as exc:
         _fail(exc)
     typer.echo(result.summary())
@@ -206,7 +215,7 @@ def validate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
     """Validate data/raw (Great Expectations + audio probes): accepted rows and a quarantine with reasons."""
     from polyvox.validate.stage import validate as run_validate
 
-    result = _run_stage(run_validate, params, set_)
+    result = _run_stage(run_validate, params, set_, dvc_stages=lambda p: ["validate"])
     typer.echo(result.summary())
     if result.data_docs:
         typer.echo(f"Data Docs: {result.data_docs}")
@@ -236,7 +245,7 @@ def pretrain(
     (pretrain.source: shipped), from another folder, or trained on the teacher corpus (pretrain.source: null)."""
     from polyvox.train.pretrain import pretrain as run_pretrain, ship_base
 
-    result = _run_stage(run_pretrain, params, set_, STAGES["pretrain"].command)
+    result = _run_stage(run_pretrain, params, set_, STAGES["pretrain"].command, lambda p: ["pretrain"])
     typer.echo(result.summary())
     if ship:
         shipped = _run_stage(lambda loaded, workspace: ship_base(loaded, workspace, result, _commit()), params, set_,
@@ -262,7 +271,12 @@ def train(
         names = [p.train.member(member).name] if member is not None else [m.name for m in p.train.members]
         return [run_train(p, ws, member=name, seed=seed, resume=not fresh, init_from=init_from) for name in names]
 
-    for result in _run_stage(run_members, params, set_):
+    def made(p: Params) -> list[str]:  # a seed or warm start of the command line is not what dvc.yaml says
+        if seed is not None or init_from is not None:
+            return []
+        return [f"train@{name}" for name in ([p.train.member(member).name] if member else [m.name for m in p.train.members])]
+
+    for result in _run_stage(run_members, params, set_, dvc_stages=made):
         typer.echo(result.summary())
 
 
@@ -281,7 +295,8 @@ def train_vocoder(
 
     from polyvox.train.vocoder import ship_vocoder, train_vocoder as run_vocoder
 
-    result = _run_stage(lambda p, ws: run_vocoder(p, ws, name=name, resume=not fresh), params, set_)
+    result = _run_stage(lambda p, ws: run_vocoder(p, ws, name=name, resume=not fresh), params, set_,
+                        dvc_stages=lambda p: ["train-vocoder"] if name == "vocoder" else [])
     typer.echo(result.summary())
     if ship:
         command = shlex.join(["polyvox", *sys.argv[1:]])
@@ -299,7 +314,7 @@ def promote(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) 
     """Register the evaluated candidate in MLflow and move the `champion` alias if every gate rule passes."""
     from polyvox.registry.stage import promote as run_promote
 
-    result = _run_stage(run_promote, params, set_)
+    result = _run_stage(run_promote, params, set_, dvc_stages=lambda p: ["promote"])
     typer.echo(result.summary())
     for rule in result.rules:
         mark = "pass" if rule["passed"] else "FAIL"
@@ -315,7 +330,7 @@ def rollback(
     """Move the `champion` alias back and restore models/champion from the registry."""
     from polyvox.registry.stage import rollback as run_rollback
 
-    result = _run_stage(lambda p, ws: run_rollback(p, ws, to=to), params, set_)
+    result = _run_stage(lambda p, ws: run_rollback(p, ws, to=to), params, set_, dvc_stages=lambda p: [])
     typer.echo(result.summary())
 
 

@@ -199,6 +199,21 @@ class TrainConfig(_Section):
     init_from: str | None
     members: list[MemberConfig] = Field(min_length=1)
 
+    @field_validator("members", mode="before")
+    @classmethod
+    def _members_by_name(cls, value: Any) -> Any:
+        """params.yaml keys the members by name (``voice: {seed: …}``), so that dvc.yaml's ``foreach``
+        names their stages ``train@voice``; a list of ``{name: …, seed: …}`` entries is read too."""
+        if not isinstance(value, dict):
+            return value
+        members = []
+        for name, settings in value.items():
+            settings = dict(settings or {})
+            if settings.setdefault("name", name) != name:
+                raise ValueError(f"member {name!r} says name {settings['name']!r}: the key is its name")
+            members.append(settings)
+        return members
+
     @model_validator(mode="after")
     def _unique_members(self) -> "TrainConfig":
         names = [m.name for m in self.members]
@@ -444,11 +459,18 @@ def parse_params(tree: Any, source: str = "<params>") -> Params:
         raise ConfigError(f"{source}: {problems}") from None
 
 
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``overlay`` over ``base``: mappings merge key by key, anything else (lists included) replaces."""
+# Mappings an overlay replaces whole: a profile's members are the ensemble it trains, not additions
+# to the base file's (params.yaml keys members by name only so that DVC names their stages).
+REPLACED_WHOLE = frozenset({"train.members"})
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``overlay`` over ``base``: mappings merge key by key (but :data:`REPLACED_WHOLE`), anything else
+    (lists included) replaces."""
     merged = dict(base)
     for key, value in overlay.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict) and prefix + key not in REPLACED_WHOLE
+        merged[key] = _merge(base[key], value, f"{prefix}{key}.") if nested else value
     return merged
 
 
@@ -489,7 +511,7 @@ def _check_overlay_keys(overlay: dict[str, Any], base: dict[str, Any], source: P
     for key, value in overlay.items():
         if key not in base:
             raise ConfigError(f"{source}: unknown key {prefix + str(key)!r} (not in the params file it extends)")
-        if isinstance(value, dict) and isinstance(base[key], dict):
+        if isinstance(value, dict) and isinstance(base[key], dict) and prefix + key not in REPLACED_WHOLE:
             _check_overlay_keys(value, base[key], source, f"{prefix}{key}.")
 
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # Route the library's own log records into Prefect's run logs (must be set before Prefect loads).
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "polyvox")
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 from prefect.cache_policies import NO_CACHE, CachePolicy  # noqa: E402
 
 from polyvox.clean.stage import CleanResult, clean  # noqa: E402
+from polyvox import dvcstate  # noqa: E402
 from polyvox.config import Params, load_params  # noqa: E402
 from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
 from polyvox.ensemble import stage as ensemble_stage  # noqa: E402
@@ -187,26 +189,45 @@ def promote_task(params: Params, evaluated: EvaluateResult) -> PromoteResult:
 def pipeline(params_file: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, str]:
     """Run every stage; returns each stage's one-line summary."""
     params = load_params(params_file, overrides or [])
-    with workspace_lock(Workspace.here().root, "polyvox run (Prefect flow)"):
-        return _stages(params)
-
-
-def _stages(params: Params) -> dict[str, str]:
-    prepared = prepare_task(params)
-    validated = validate_task(params, wait_for=[prepared])
-    cleaned = clean_task(params, validated)
-    featured = features_task(params, cleaned)
-    # Members train one after another: each one uses every core (or the GPU) by itself.
     workspace = Workspace.here()
+    with workspace_lock(workspace.root, "polyvox run (Prefect flow)"):
+        # dvc.lock gets the stages that finished, the champion its .dvc file (polyvox.dvcstate), also
+        # when a later stage failed: dvc status and dvc repro then see what this run made
+        unrecorded = dvcstate.why_not(workspace.root, Path(params_file), overrides or [])
+        finished: list[str] = []
+        try:
+            return _stages(params, workspace, finished)
+        finally:
+            if unrecorded is None:
+                dvcstate.record(workspace.root, finished, workspace.champion)
+            else:
+                get_run_logger().info("dvc.lock not updated: %s", unrecorded)
+
+
+def _stages(params: Params, workspace: Workspace, finished: list[str]) -> dict[str, str]:
+    """The stages in order; each one's dvc.yaml name is appended to ``finished`` when it returns."""
+
+    def done(name: str, result):
+        finished.append(name)
+        return result
+
+    prepared = done("prepare", prepare_task(params))
+    validated = done("validate", validate_task(params, wait_for=[prepared]))
+    cleaned = done("clean", clean_task(params, validated))
+    featured = done("features", features_task(params, cleaned))
     # The base exists only for members that fine-tune from it (train.init_from: base).
-    based = [("pretrain", pretrain_task(params, featured))] if params.train.init_from == trainer.BASE else []
-    trained = [(f"train {m.name}", _cached(train_task, trainer.completed(params, workspace, m.name) is not None)(
-        params, m.name, featured, wait_for=[result for _, result in based])) for m in params.train.members]
-    vocoder = _cached(vocoder_task, vocoder_stage.vocoder_completed(params, workspace) is not None)(params, featured)
-    candidate = _cached(ensemble_task, ensemble_stage.completed(params, workspace) is not None)(
-        params, [result for _, result in trained], vocoder)
-    evaluated = _cached(evaluate_task, evaluate_stage.completed(params, workspace) is not None)(params, candidate)
-    promoted = promote_task(params, evaluated)
+    based = [("pretrain", done("pretrain", pretrain_task(params, featured)))] if params.train.init_from == trainer.BASE else []
+    # Members train one after another: each one uses every core (or the GPU) by itself.
+    trained = [(f"train {m.name}", done(f"train@{m.name}", _cached(
+        train_task, trainer.completed(params, workspace, m.name) is not None)(
+        params, m.name, featured, wait_for=[result for _, result in based]))) for m in params.train.members]
+    vocoder = done("train-vocoder", _cached(vocoder_task, vocoder_stage.vocoder_completed(params, workspace) is not None)(
+        params, featured))
+    candidate = done("ensemble", _cached(ensemble_task, ensemble_stage.completed(params, workspace) is not None)(
+        params, [result for _, result in trained], vocoder))
+    evaluated = done("evaluate", _cached(evaluate_task, evaluate_stage.completed(params, workspace) is not None)(
+        params, candidate))
+    promoted = done("promote", promote_task(params, evaluated))
     return {name: result.summary() for name, result in
             (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *based, *trained,
              ("train-vocoder", vocoder), ("ensemble", candidate), ("evaluate", evaluated), ("promote", promoted))}

@@ -93,7 +93,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: settings, files, fingerprints, progress, tracking, the text front-end, the engines,
     # the shipped weights
     ("__init__.py", "config.py", "fileio.py", "cache.py", "fingerprint.py", "imports.py", "stages.py", "lock.py",
-     "progress.py", "parallel.py", "workspace.py", "tracking.py", "engines.py", "text", "pretrained"),
+     "progress.py", "parallel.py", "workspace.py", "tracking.py", "engines.py", "text", "pretrained", "dvcstate.py"),
     ("models", "signal", "frontends"),  # networks, signal processing, the model's input front-ends
     ("runtime", "judges"),  # synthesis from a trained voice; ASR, speaker similarity, DNSMOS
     ("corpus", "validate", "clean", "features", "train", "ensemble", "evaluate", "registry"),  # the stages

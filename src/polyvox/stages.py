@@ -102,8 +102,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           about="Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or "
                 "copied from pretrain.source."),
     Stage("train", "polyvox.train.trainer", ("seed", "audio", "model", "train"),
-          deps=("data/features", "models/base"), cmd="polyvox train --member ${item.name}",
-          outs=tuple(f"models/${{item.name}}/{f}" for f in ("best.pt", "last.pt", "model.json", "speakers.pt",
+          deps=("data/features", "models/base"), cmd="polyvox train --member ${key}",
+          outs=tuple(f"models/${{key}}/{f}" for f in ("best.pt", "last.pt", "model.json", "speakers.pt",
                                                              "metrics.csv"))),
     Stage("train-vocoder", "polyvox.train.vocoder", ("seed", "audio", "vocoder"), deps=("data/clean", "data/features"),
           outs=tuple(f"models/vocoder/{f}" for f in ("best.pt", "last.pt", "vocoder.json", "metrics.csv"))),

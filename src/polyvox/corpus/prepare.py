@@ -30,6 +30,7 @@ from polyvox.corpus.probe import parse_header, read_header
 from polyvox.corpus.readers import read_corpus
 from polyvox.corpus.schema import CorpusRow, safe_name, write_manifest
 from polyvox.fileio import CHUNK, atomic_path, atomic_write_text, sha256_file
+from polyvox.fingerprint import file_digest, read_stamp
 from polyvox.progress import track
 from polyvox.workspace import Workspace
 from polyvox.tracking import tracked
@@ -287,7 +288,11 @@ def prepare(params: Params, workspace: Workspace, build_demo: Callable[..., Path
         copied=copied,
         reused=reused,
     )
-    atomic_write_text(workspace.raw / "prepare.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    # The record of the run that made data/raw: a rerun that changed nothing leaves it (and so data/raw,
+    # which DVC hashes whole) as it was; the log line says what this run did.
+    record, digest = workspace.raw / "prepare.json", file_digest(workspace.raw_manifest)
+    if (read_stamp(record) or {}).get("manifest_digest") != digest:
+        atomic_write_text(record, json.dumps({**result.to_dict(), "manifest_digest": digest}, indent=2) + "\n")
     log.info(
         "prepare: %d rows, %d speakers, %.2f h, %d parse errors, %d materialised, %d reused -> %s",
         result.rows, result.speakers, result.hours, result.parse_errors, copied, reused, result.manifest,

@@ -35,7 +35,7 @@ from polyvox.runtime.voice import Voice
 from polyvox.evaluate.scoring import ScoreItem, paired_bootstrap, score
 from polyvox.judges.speaker import SpeakerEncoder
 from polyvox.fileio import atomic_path, atomic_write_text
-from polyvox.fingerprint import current_stamp, fingerprint, voice_digest
+from polyvox.fingerprint import current_stamp, fingerprint, read_stamp, voice_digest
 from polyvox.stages import STAGES
 from polyvox.judges import Judge
 from polyvox.parallel import map_items
@@ -209,11 +209,12 @@ def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple
     return table, summary
 
 
-def input_fingerprint(params: Params, workspace: Workspace) -> str:
+def input_fingerprint(params: Params, workspace: Workspace, as_champion: bool = False) -> str:
+    """What the evaluation reads; ``as_champion``: as it will be once the candidate is the champion."""
     # A champion that is the candidate itself (just promoted) adds nothing to compare: it does not
     # change the inputs, so the nightly run after a promotion is a no-op too.
     candidate_voice = voice_digest(workspace.candidate)
-    champion_voice = voice_digest(workspace.champion)
+    champion_voice = "" if as_champion else voice_digest(workspace.champion)
     judge = Judge.from_params(params)
     second = judge.second_opinion()
     return fingerprint(workspace.data_version(), STAGES["evaluate"].identity(params), candidate_voice,
@@ -223,9 +224,17 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
 
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
     """``metrics.json`` of an evaluation of exactly these inputs, with its report in place; None when
-    :func:`evaluate` would score."""
-    return current_stamp(workspace.evaluation / "metrics.json", [workspace.evaluation / "report.html"],
-                         inputs or (lambda: input_fingerprint(params, workspace)))
+    :func:`evaluate` would score. An evaluation against an earlier champion stands once its candidate
+    is the champion (promoted since, by this pipeline or another entry point: ``dvc repro`` evaluates
+    before it promotes), as the comparison it made is all there is to know."""
+    current = lambda: inputs or input_fingerprint(params, workspace)  # noqa: E731  (computed only for a stamp)
+    stamp = current_stamp(workspace.evaluation / "metrics.json", [workspace.evaluation / "report.html"], current)
+    if stamp is None:
+        previous = read_stamp(workspace.evaluation / "metrics.json")
+        if previous and previous.get("inputs_as_champion") and (workspace.evaluation / "report.html").is_file() \
+                and previous["inputs_as_champion"] == current():
+            stamp = previous
+    return stamp
 
 
 def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
@@ -268,7 +277,8 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
                "asr_second_opinion": second.name if second else None, "systems": summary, "difference": difference,
                "seconds": seconds, "data_version": workspace.data_version(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-               "candidate_voice": systems["candidate"][0].describe(), "inputs": inputs}
+               "candidate_voice": systems["candidate"][0].describe(), "inputs": inputs,
+               "inputs_as_champion": input_fingerprint(params, workspace, as_champion=True)}
 
     # 5. outputs
     from polyvox.evaluate.report import write_report

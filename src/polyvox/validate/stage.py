@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,10 @@ from polyvox.cache import content_key, load_index, save_index
 from polyvox.config import Params
 from polyvox.corpus.schema import read_manifest
 from polyvox.fileio import atomic_path, atomic_write_text
+from polyvox.fingerprint import current_stamp, file_digest, fingerprint
 from polyvox.judges import Judge
 from polyvox.parallel import map_items
+from polyvox.stages import STAGES
 from polyvox.validate.errors import ValidationFailed
 from polyvox.validate.expectations import checks, run_suite
 from polyvox.validate.probes import FIELDS as PROBE_FIELDS
@@ -140,13 +142,21 @@ def _probe_all(
 def validate(params: Params, workspace: Workspace) -> ValidateResult:
     cfg = params.validate_
     manifest = read_manifest(workspace.raw_manifest)
+    out = workspace.validated
+    # The manifest holds every take's content hash: the same manifest and settings validate the same.
+    inputs = fingerprint(file_digest(workspace.raw_manifest), STAGES["validate"].identity(params))
+    previous = current_stamp(out / "summary.json", [workspace.accepted_manifest, out / "quarantine.parquet"], inputs)
+    if previous is not None:
+        result = ValidateResult(**{f.name: previous[f.name] for f in fields(ValidateResult)} | {"probed": 0})
+        log.info("validate: manifest and settings unchanged; %s stands (%s)", out, result.summary())
+        _judge(result, previous["critical_failures"], cfg, out)
+        return result
     raw = manifest.to_pandas()
     judge = Judge.from_params(params) if cfg.asr_check else None
     tasks = [
         ProbeTask(row=i, audio=str(workspace.raw / r["audio"]) if r["audio"] else None, text=r["text"], judge=judge)
         for i, r in enumerate(manifest.select(["audio", "text"]).to_pylist())
     ]
-    out = workspace.validated
     probes, probed = _probe_all(tasks, list(raw["source_hash"]), params, out / "probe-index.parquet")
     table = _checks_table(raw, probes)
 
@@ -180,15 +190,21 @@ def validate(params: Params, workspace: Workspace) -> ValidateResult:
         probed=probed,
     )
     thresholds = cfg.model_dump()
-    atomic_write_text(out / "summary.json", json.dumps({**asdict(result), "thresholds": thresholds}, indent=2) + "\n")
     atomic_write_text(out / "summary.md", _summary_markdown(result, thresholds))
+    # last: the stamp of a whole validation (a rerun of the same inputs reads it and does nothing)
+    atomic_write_text(out / "summary.json", json.dumps({**asdict(result), "thresholds": thresholds, "critical_failures":
+                                                        list(suite.critical_failures), "inputs": inputs}, indent=2) + "\n")
     log.info("validate: %s", result.summary())
+    _judge(result, suite.critical_failures, cfg, out)
+    return result
 
-    if suite.critical_failures:
-        raise ValidationFailed("critical expectation failed: " + "; ".join(suite.critical_failures))
+
+def _judge(result: ValidateResult, critical_failures: list[str], cfg, out: Path) -> None:
+    """Fail the stage (ValidationFailed) on a critical expectation or too small an accepted share."""
+    if critical_failures:
+        raise ValidationFailed("critical expectation failed: " + "; ".join(critical_failures))
     if result.accepted_share < cfg.min_accepted_share:
         raise ValidationFailed(
             f"accepted share {result.accepted_share:.3f} ({result.accepted}/{result.rows}) is below "
             f"validate.min_accepted_share {cfg.min_accepted_share}; see {out / 'quarantine.parquet'}"
         )
-    return result
