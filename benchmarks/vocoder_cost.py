@@ -43,7 +43,7 @@ VARIANTS = {
 
 def trainer(params, variant: dict):
     cfg = params.vocoder.model_copy(update={
-        "discriminators": variant["discriminators"], "warmup_steps": 0,
+        "discriminators": variant["discriminators"], "warmup_steps": 0, "max_steps": 2400,  # a schedule to step along
         "discriminator_channels": params.vocoder.discriminator_channels * variant.get("width", 1)})
     model = Vocos(vocoder_config(params.audio, cfg))
     loss_fn = VocoderLoss(params.audio)

@@ -70,8 +70,11 @@ def test_clean_redoes_exactly_what_changed(kathleen_files, tmp_path):
     first = run_stages(params_for(manifest), ws, upto="clean")["clean"]
     assert (first.audio_processed, first.text_processed) == (3, 3)
 
+    stamps = {p: p.stat().st_mtime_ns for p in sorted((ws / "data").rglob("*")) if p.is_file()}
     again = run_stages(params_for(manifest), ws, upto="clean")["clean"]
     assert (again.audio_processed, again.audio_reused, again.text_processed) == (0, 3, 0)
+    # a rerun with nothing new rewrites no file (DVC would rehash what it rewrote, and see a change)
+    assert {p: p.stat().st_mtime_ns for p in sorted((ws / "data").rglob("*")) if p.is_file()} == stamps
 
     shutil.copy(kathleen_files[5], corpus / "clips" / kathleen_files[5].name)
     with open(manifest, "a", encoding="utf-8") as handle:

@@ -132,7 +132,7 @@ def test_clean_dying_before_its_new_manifest_keeps_the_old_one_whole(tmp_path, c
     ws = _workspace(tmp_path, cleaned)
     old = pd.read_parquet(ws / "data/clean/manifest.parquet")
 
-    def die(target):
+    def die(target, **_):
         raise RuntimeError(f"killed while writing {target}")
 
     monkeypatch.setattr(stage, "atomic_path", die)  # in clean itself, only the manifest is written through it

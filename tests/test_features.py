@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from polyvox.config import SplitConfig, load_params
+from polyvox.config import SplitSection, load_params
 from polyvox.features.extract import compute_features
 from polyvox.fileio import load_arrays
 from polyvox.features.splits import assign_splits, prompt_group
@@ -135,7 +135,7 @@ def test_local_pool_gives_the_same_features(small, tmp_path):
 
 def test_kathleen_splits_have_no_prompt_in_two_splits(kathleen):
     texts = list(corpora.kathleen_texts(kathleen).values())
-    splits = assign_splits(texts, SplitConfig(val=0.05, test=0.05), seed=1234)
+    splits = assign_splits(texts, SplitSection(val=0.05, test=0.05), seed=1234)
     by_prompt: dict[str, set[str]] = {}
     for text, split in zip(texts, splits):
         by_prompt.setdefault(prompt_group(text), set()).add(split)
@@ -143,14 +143,14 @@ def test_kathleen_splits_have_no_prompt_in_two_splits(kathleen):
     counts = {name: splits.count(name) for name in ("train", "val", "test")}
     assert counts["val"] > 20 and counts["test"] > 20 and counts["train"] > 800
     # Deterministic, and adding rows never moves existing ones.
-    assert assign_splits(texts, SplitConfig(val=0.05, test=0.05), seed=1234) == splits
-    grown = assign_splits(texts + ["A brand new prompt."], SplitConfig(val=0.05, test=0.05), seed=1234)
+    assert assign_splits(texts, SplitSection(val=0.05, test=0.05), seed=1234) == splits
+    grown = assign_splits(texts + ["A brand new prompt."], SplitSection(val=0.05, test=0.05), seed=1234)
     assert grown[:-1] == splits
-    assert assign_splits(texts, SplitConfig(val=0.05, test=0.05), seed=99) != splits
+    assert assign_splits(texts, SplitSection(val=0.05, test=0.05), seed=99) != splits
 
 
 def test_small_corpora_still_get_val_and_test():
-    splits = assign_splits([f"Prompt {i}." for i in range(5)], SplitConfig(val=0.05, test=0.05), seed=3)
+    splits = assign_splits([f"Prompt {i}." for i in range(5)], SplitSection(val=0.05, test=0.05), seed=3)
     assert {"train", "val", "test"} <= set(splits)
     with pytest.raises(ValueError, match="nothing to train"):
-        assign_splits(["a"], SplitConfig(val=0.5, test=0.5), seed=1)
+        assign_splits(["a"], SplitSection(val=0.5, test=0.5), seed=1)

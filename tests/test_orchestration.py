@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import soundfile as sf
 import yaml
 from typer.main import get_command
 
@@ -161,20 +167,20 @@ def test_flow_fails_when_validation_fails(tmp_path, kathleen_files, workspace, p
     assert (workspace / "data/validated/quarantine.parquet").is_file()
 
 
+def _env(home: Path) -> dict[str, str]:
+    """A plain user's environment: the venv's polyvox and dvc on PATH, a fresh HOME, no telemetry."""
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DO_NOT_TRACK": "1", "HOME": str(home),
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
 def _dvc_project(tmp_path: Path, params: dict):
     """A copy of the project (src/, dvc.yaml, .dvc/config, ``params``) in a fresh git + DVC repository;
     returns (folder, run): ``run(*args)`` runs a command there with the venv's dvc and polyvox on PATH."""
-    dvc = Path(sys.executable).with_name("dvc")
     project = tmp_path / "project"
     shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copy(REPO / "dvc.yaml", project)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        "PATH": f"{dvc.parent}:/usr/bin:/bin",
-        "DO_NOT_TRACK": "1",
-        "HOME": str(tmp_path),
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    env = _env(tmp_path)
 
     def run(*args, cwd=project):
         return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
@@ -242,11 +248,19 @@ def test_dvc_repro_runs_prepare_and_then_skips(tmp_path):
 
 
 
+def _first_hour() -> list[str]:
+    """The lines of README's first-hour block, as written (comments and all)."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("<!-- first-hour:"):]
+    block = block[block.index("```bash\n") + len("```bash\n"):]
+    return block[:block.index("```")].strip().splitlines()
+
+
 @pytest.mark.slow
-def test_polyvox_run_writes_the_state_dvc_reads_and_dvc_pull_brings_the_champion_back(tmp_path):
+def test_polyvox_run_writes_the_state_dvc_reads_and_dvc_pull_brings_the_champion_back(tmp_path, kathleen, kathleen_files):
     """After `polyvox run` (what `make demo` and the deployment run), `dvc status` is clean and `dvc
     repro` runs nothing; `dvc push` stores the run's data and models, and `dvc pull` in a fresh clone
-    brings them back, the champion with them."""
+    brings them back, the champion with them. Then README's first hour, as written, in that project."""
     params = tiny_params(REPO / "params.yaml")
     params["promote"].update(max_wer=1.0, max_wer_increase=1.0, min_speaker_similarity=0.0, max_mcd_db=1000.0,
                              max_rtf=10.0, require_ensemble_gain=False)  # the tiny voice must become champion
@@ -276,6 +290,34 @@ def test_polyvox_run_writes_the_state_dvc_reads_and_dvc_pull_brings_the_champion
                          if p.is_file()} == champion
     assert (clone / "models/candidate/voice.json").is_file() and (clone / "data/features/index.parquet").is_file()
     assert "up to date" in run("dvc", "status", cwd=clone).stdout
+
+    # README's first hour: every line as written but the two that make this workspace and its PATH
+    lines = _first_hour()
+    assert lines[0].startswith("make demo ") and lines[1].startswith("source .venv/bin/activate ")
+    corpus = project / "path/to/your/corpus"
+    (corpus / "wavs").mkdir(parents=True)
+    texts = corpora.kathleen_texts(kathleen)
+    for take in kathleen_files[:4]:
+        shutil.copy(take, corpus / "wavs" / take.name)
+    (corpus / "metadata.csv").write_text("".join(f"{t.stem}|{texts[t.stem]}|{texts[t.stem]}\n" for t in kathleen_files[:4]))
+    script = "set -euo pipefail\n" + "\n".join(lines[2:]) + "\n"
+    log = tmp_path / "first-hour.log"  # a file, not a pipe: the servers left running hold their output open
+    with open(log, "w") as output:
+        hour = subprocess.Popen(["bash", "-c", script], cwd=project, env={**_env(tmp_path), "PYTHONUNBUFFERED": "1"},
+                                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            hour.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group is gone when its servers failed to start
+                os.killpg(hour.pid, signal.SIGTERM)  # the service and the dashboard it started in the background
+    said = log.read_text()
+    assert hour.returncode == 0, said
+    for name in ("hello.wav", "piped.wav", "http.wav"):
+        audio, rate = sf.read(project / name)
+        assert audio.size > rate // 4 and np.abs(audio).max() > 0.01, name
+    assert "Data and pipelines are up to date." in said
+    summary = json.loads((project / "data/validated/summary.json").read_text())
+    assert (summary["rows"], summary["accepted"]) == (4, 4), summary
 
 def test_deployment_runs_through_a_prefect_server_and_worker(tmp_path, kathleen_files, prefect_server):
     """prefect.yaml deployed to a real server on loopback, a run triggered through the API, a process
@@ -357,3 +399,51 @@ def test_deploying_without_a_project_is_refused_at_deploy_time(tmp_path, prefect
     for wrong, says in (("", "not set"), ("project", "relative"), (str(tmp_path), "no params.yaml")):
         with pytest.raises(ValueError, match=says):
             require_project(wrong)
+
+
+def test_the_offline_plots_template_is_what_the_pinned_bundle_writes():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "offline_plots.py"), "--check"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+                    reason="needs Debian's chromium and chromium-driver (make test installs them)")
+def test_dvc_plots_render_in_a_real_browser_with_the_network_off(tmp_path):
+    """`dvc plots show` loaded Vega from a CDN and drew nothing offline (issue 32 §4). With the
+    project's .dvc/config (plots.html_template: the inline bundle), a training curve renders in a
+    browser that can reach nothing but loopback."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    project = tmp_path / "project"
+    (project / "models/voice").mkdir(parents=True)
+    (project / "models/voice/metrics.csv").write_text("step,mel\n" + "".join(f"{s},{2 / s:.4f}\n" for s in range(1, 40)))
+    (project / "dvc.yaml").write_text("plots:\n  - models/voice/metrics.csv:\n      x: step\n      y: mel\n")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DO_NOT_TRACK": "1", "HOME": str(tmp_path)}
+    assert subprocess.run(["dvc", "init", "-q", "--no-scm"], cwd=project, env=env).returncode == 0
+    for name in ("config", "offline-plots.html"):
+        shutil.copy(REPO / ".dvc" / name, project / ".dvc" / name)
+    shown = subprocess.run(["dvc", "plots", "show", "-o", "plots"], cwd=project, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    page = project / "plots" / "index.html"
+    html = page.read_text()
+    assert "vegaEmbed" in html and "cdn.jsdelivr" not in html and "<script src=" not in html
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--proxy-server=http://127.0.0.1:9"):  # nothing but loopback gets out
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    browser = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        browser.get(page.as_uri())
+        WebDriverWait(browser, 60).until(expected_conditions.presence_of_element_located(
+            (By.CSS_SELECTOR, ".vega-embed canvas, .vega-embed svg")))
+        drawn = browser.find_element(By.CSS_SELECTOR, ".vega-embed canvas, .vega-embed svg")
+        assert drawn.size["width"] > 100 and drawn.size["height"] > 100, drawn.size
+        assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        browser.quit()

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from polyvox.config import ParallelConfig
+from polyvox.config import ParallelSection
 from polyvox.parallel import WorkerCrashed, map_items
 
 from conftest import REPO
 from crashers import square_or_die
 
-LOCAL = ParallelConfig(backend="local", workers=2, dask_address=None)
+LOCAL = ParallelSection(backend="local", workers=2, dask_address=None)
 log = logging.getLogger("test")
 
 

@@ -115,6 +115,17 @@ def test_streaming_sends_sentence_by_sentence(service):
     assert body[:4] == b"RIFF" and body[36:40] == b"data"
     samples = np.frombuffer(body[44:], dtype="<i2")
     assert samples.size > 3 * 2205 and np.abs(samples).max() > 0
+    # The length is open when the header goes out: its sizes say "to the end of the stream"
+    # (0xFFFFFFFF, ffmpeg's and the browsers' convention). Readers a user would pipe the stream into
+    # read every sample and no more; a size of 0, the other convention seen, reads as empty in each.
+    assert body[4:8] == body[40:44] == b"\xff\xff\xff\xff"
+    import wave
+
+    with wave.open(io.BytesIO(body)) as reader:
+        assert len(reader.readframes(2**31)) == samples.size * 2
+    assert sf.read(io.BytesIO(body), dtype="int16")[0].size == samples.size
+    piped = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-"], input=body, capture_output=True)
+    assert piped.returncode == 0 and len(piped.stdout) == samples.size * 2, piped.stderr
 
 
 @pytest.mark.parametrize("data, files, status, message", [

@@ -120,3 +120,17 @@ def test_orchestration_expands_the_same_stages():
     expanded = _expand(dvc["stages"], params)
     assert [n.split("@")[0] for n in expanded] == [n for n in STAGES for _ in
                                                   (params["train"]["members"] if n == "train" else [None])]
+
+
+def test_the_readme_code_map_names_each_stage_s_module_command_and_dvc_stage():
+    """README's code map is the newcomer's index: one row per stage, true to STAGES."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("## Code map"):text.index("## Where outputs go")]
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+    assert [name for name in rows if name != "stage"] == list(STAGES)
+    for name, spec in STAGES.items():
+        row = rows[name]
+        module = spec.module.removeprefix("polyvox.").replace(".", "/") + ".py"
+        assert f"`{module}`" in row and f"`{spec.command.split(' --')[0]}" in row, (name, row)
+        assert (REPO / "src/polyvox" / module).is_file(), module
+        assert f"`{name}@NAME`" in row if "${" in spec.command else f"| `{name}` |" in row, row

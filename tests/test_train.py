@@ -278,7 +278,7 @@ def test_images_reach_the_batches_and_train_the_image_encoder(featured, tmp_path
 
 def test_lr_schedules_warm_up_then_decay(params):
     from polyvox.train.loop import LR_FLOOR
-    from polyvox.train.trainer import lr_factor
+    from polyvox.train.loop import lr_factor
 
     cosine = params.train.model_copy(update={"lr_schedule": "cosine", "warmup_steps": 10, "max_steps": 110})
     factor = lr_factor(cosine)
@@ -291,7 +291,7 @@ def test_lr_schedules_warm_up_then_decay(params):
 
 
 def test_plan_steps_fills_the_budget():
-    from polyvox.train.trainer import plan_steps
+    from polyvox.train.loop import plan_steps
 
     # 20 steps done in 10 s; 0.5 s a step and a 4 s validation every 200 steps → 0.52 s a step
     planned = plan_steps(20, 10.0, 0.5, 4.0, max_minutes=16, validate_every=200, margin=0.0)
@@ -313,10 +313,10 @@ class FakeClock:
 
 
 def test_auto_steps_spend_the_minutes_and_a_resume_keeps_the_plan(featured, tmp_path, monkeypatch):
-    from polyvox.train import trainer
+    from polyvox.train import loop
     from polyvox.train.loop import LR_FLOOR
 
-    monkeypatch.setattr(trainer, "time", FakeClock())
+    monkeypatch.setattr(loop, "time", FakeClock())  # the plan's clock (polyvox.train.loop.StepPlan) and the session's
     params, ws = featured
     target = _copy_features(ws, tmp_path / "auto")
     auto = params.model_copy(update={"train": params.train.model_copy(update={
@@ -560,11 +560,10 @@ def test_a_time_bound_run_follows_the_recent_pace_when_the_machine_slows(feature
     run still ends by its (re-planned) steps inside the budget, its learning rate decayed. With the
     average pace since the start (the code before), this run overshot and the clock cut the schedule
     short (stopped by time at step 104, checked by reverting the pace to the average)."""
-    from polyvox.train import loop, trainer
+    from polyvox.train import loop
     from polyvox.train.loop import LR_FLOOR
 
     clock = SlowingClock(after=300)  # about step 100 of ~190 planned
-    monkeypatch.setattr(trainer, "time", clock)
     monkeypatch.setattr(loop, "time", clock)
     params, ws = featured
     target = _copy_features(ws, tmp_path / "slowing")
@@ -671,3 +670,27 @@ def test_the_thread_governor_stays_off_where_it_cannot_help_or_must_not_act(monk
     for _ in range(50):
         machine.step(governor)
     assert governor.switches == [] and machine.threads == (1 if case == "one thread" else 2)
+
+
+def test_a_progress_total_that_moves_is_said_to_be_a_new_plan(caplog, monkeypatch):
+    """make demo's log read `262/1594` then `422/978` with no word why (issue 32 §5): the line after a
+    re-plan names the old total, once."""
+    import logging
+
+    from polyvox import progress
+
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    plan = {"total": 100}
+
+    def steps():
+        for step in range(60):
+            if step == 25:
+                plan["total"] = 60
+            yield step
+
+    with caplog.at_level(logging.INFO, logger="polyvox.test"):
+        list(progress.track(steps(), 100, "train voice", logging.getLogger("polyvox.test"), total_now=lambda: plan["total"]))
+    lines = [r.getMessage() for r in caplog.records]
+    moved = [line for line in lines if "re-planned" in line]
+    assert moved == ["train voice: 30/60 (50%); the total was 100, re-planned"], lines
+    assert lines[0] == "train voice: 10/100 (10%)" and lines[-1] == "train voice: 60/60 (100%)"

@@ -21,7 +21,8 @@ import corpora
 from stages import params_for, run_stages
 
 TINY = VocoderSection(channels=32, layers=2, intermediate=96, segment_frames=32, batch_size=4, lr=2e-3,
-                      max_steps=10, max_minutes=10.0, checkpoint_every=5, validate_every=5, grad_clip=1.0,
+                      max_steps=10, max_minutes=10.0, calibration_steps=20, checkpoint_every=5, validate_every=5,
+                      grad_clip=1.0,
                       discriminators=[], periods=[2, 3], discriminator_channels=4, discriminator_lr=5e-4,
                       warmup_steps=0, adversarial_weight=0.5, feature_weight=1.0, init_from=None)
 # The same, adversarial: both discriminator kinds, joining after a warm-up of 3 spectral steps.
@@ -374,3 +375,59 @@ def test_a_shipped_universal_vocoder_is_fine_tuned_from_and_checked(featured, tm
     (folder / "vocoder.json").write_text((folder / "vocoder.json").read_text() + " ")
     with pytest.raises(pretrained.ShippedAssetError, match=r"vocoder.json: sha256"):
         train_vocoder(params, target, "again", tuned)
+
+
+def test_a_vocoder_of_another_mel_is_refused_by_the_setting_that_differs(tmp_path):
+    """The runtime compared hop, n_mels and rate only, so a vocoder of another n_fft or f_max passed
+    (issue 33 §3): both sites (Synthesizer, Voice) check the whole mel definition."""
+    from polyvox.config import load_params
+    from polyvox.runtime import VoiceError
+    from polyvox.runtime.synthesizer import Synthesizer
+    from polyvox.runtime.voice import Voice
+    from polyvox.signal.mel import MEL_DEFINITION, mel_differences
+
+    from conftest import REPO
+    from voices import make_member, make_vocoder
+
+    audio = load_params(REPO / "params.yaml").audio
+    assert mel_differences(audio, audio.model_dump()) == []
+    assert mel_differences(audio, {**audio.model_dump(), "f0_max": 1.0}) == []  # pitch settings shape no mel
+    for key in MEL_DEFINITION:
+        other = getattr(audio, key) * 2 + 1
+        assert mel_differences(audio, {**audio.model_dump(), key: other}) == [f"{key} {getattr(audio, key)} vs {other}"]
+    member = make_member(tmp_path / "m")
+    vocoder = make_vocoder(tmp_path / "vocoder")
+    Synthesizer(member, vocoder=vocoder)  # the same mel: loads
+    description = json.loads((vocoder / "vocoder.json").read_text())
+    (vocoder / "vocoder.json").write_text(json.dumps({**description, "audio": {**audio.model_dump(), "f_max": 11025.0}}))
+    with pytest.raises(ValueError, match="another mel than the model.*f_max 8000.0 vs 11025.0"):
+        Synthesizer(member, vocoder=vocoder)
+    with pytest.raises(VoiceError, match="another mel than the members.*f_max 8000.0 vs 11025.0"):
+        Voice.from_members({"m": member}, vocoder=vocoder)
+
+
+def test_auto_steps_plan_the_vocoder_from_a_timed_start(featured, tmp_path, monkeypatch):
+    """vocoder.max_steps: auto (issue 33 §2): the vocoder plans its steps as the acoustic trainer does
+    (polyvox.train.loop.StepPlan), ends by them inside max_minutes with its cosine decayed, and keeps
+    the plan in last.pt. The clock advances 50 ms a reading, so the plan is the same on any machine."""
+    from polyvox.train import loop
+    from polyvox.train.loop import LR_FLOOR
+
+    class Clock:
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 0.05
+            return self.now
+
+    monkeypatch.setattr(loop, "time", Clock())
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "auto")
+    auto = TINY.model_copy(update=dict(max_steps="auto", max_minutes=0.1, calibration_steps=3, validate_every=50,
+                                       checkpoint_every=50))
+    result = train_vocoder(params, target, "auto", auto)
+    last = torch.load(target.models / "auto/last.pt", weights_only=True)
+    assert result.stopped_by == "steps" and result.steps == last["planned_steps"] == last["step"] > 3, result
+    rows = list(csv.DictReader(open(target.models / "auto/metrics.csv")))
+    assert rows[2]["val_mel"]  # the timed start ends with a validation pass
+    assert float(rows[-1]["lr"]) == pytest.approx(LR_FLOOR * auto.lr, rel=1e-3)  # decayed over the plan

@@ -38,5 +38,5 @@ def save_index(index: dict[str, dict[str, Any]], path: Path) -> None:
     """Write the index sorted by key, so unchanged content gives unchanged bytes."""
     rows = [{"key": key, **index[key]} for key in sorted(index)]
     table = pa.Table.from_pylist(rows) if rows else pa.table({"key": pa.array([], pa.string())})
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_unchanged=True) as tmp:
         pq.write_table(table, tmp, compression="zstd")

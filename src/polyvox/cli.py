@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from polyvox.fingerprint import VOICE_FILE
 from polyvox import dvcstate
 from polyvox.config import DEFAULT_PARAMS_FILE, ConfigError, Params, load_params
 from polyvox.engines import SynthesisError
@@ -379,7 +380,7 @@ def synth(
             _load(params, set_)  # a broken params file or override is refused here too (none needed with --voice)
         ws = Workspace.here()
         folder = voice or next((f for f in (ws.champion, ws.candidate)
-                                if (f / "voice.json").is_file()), None)
+                                if (f / VOICE_FILE).is_file()), None)
         if folder is None:
             raise ConfigError("no voice to speak with: no champion bundle and no models/candidate here; pass --voice")
         chosen = Voice.load(folder)

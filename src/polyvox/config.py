@@ -13,7 +13,7 @@ params.yaml sets. Unknown, missing or mistyped keys raise
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,7 +39,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-class DemoConfig(_Section):
+class DemoSection(_Section):
     """The demo corpus the project builds itself when no corpus is given."""
 
     voices: list[str] = Field(min_length=1)
@@ -58,7 +58,7 @@ class DemoConfig(_Section):
         return voices
 
 
-class PrepareConfig(_Section):
+class PrepareSection(_Section):
     """Corpus ingestion into ``data/raw``."""
 
     corpus: Path | None
@@ -69,7 +69,7 @@ class PrepareConfig(_Section):
     workers: int = Field(ge=1)
 
 
-class AudioConfig(_Section):
+class AudioSection(_Section):
     """The signal every stage after ``clean`` sees; each value is written once, here."""
 
     sample_rate: int = Field(ge=8000, le=96000)
@@ -86,7 +86,7 @@ class AudioConfig(_Section):
     f0_resolution: float = Field(default=0.1, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AudioConfig":
+    def _consistent(self) -> "AudioSection":
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
         if not self.f_min < self.f_max <= self.sample_rate / 2:
@@ -96,7 +96,7 @@ class AudioConfig(_Section):
         return self
 
 
-class ValidateConfig(_Section):
+class ValidateSection(_Section):
     min_duration: float = Field(gt=0)
     max_duration: float = Field(gt=0)
     min_sample_rate: int = Field(gt=0)
@@ -109,7 +109,7 @@ class ValidateConfig(_Section):
     min_accepted_share: float = Field(ge=0, le=1)
 
 
-class CleanConfig(_Section):
+class CleanSection(_Section):
     trim_top_db: float = Field(gt=0)
     trim_margin: float = Field(ge=0)
     loudness_lufs: float = Field(le=0)
@@ -118,20 +118,20 @@ class CleanConfig(_Section):
     phonemizer: Literal["espeak", "graphemes"]
 
 
-class SplitConfig(_Section):
+class SplitSection(_Section):
     val: float = Field(ge=0, lt=1)
     test: float = Field(ge=0, lt=1)
 
 
-class FeaturesConfig(_Section):
+class FeaturesSection(_Section):
     image_size: int = Field(ge=16, le=512)
-    splits: SplitConfig
+    splits: SplitSection
     # A teacher voice (polyvox.engines.CATALOG) whose rendering of each text is an input of
     # the acoustic model (polyvox.features.teacher); null: text only.
     teacher_voice: str | None = None
 
 
-class ParallelConfig(_Section):
+class ParallelSection(_Section):
     """Where per-file work runs: a local process pool, or a dask.distributed cluster."""
 
     backend: Literal["local", "dask"]
@@ -163,7 +163,7 @@ class ModelSection(_Section):
         return self
 
 
-class MemberConfig(_Section):
+class MemberSection(_Section):
     """One ensemble member: ``polyvox train --member NAME`` trains it into ``models/NAME/``."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -174,30 +174,39 @@ class MemberConfig(_Section):
     variant: dict[str, Any]  # overrides of the `model` section for this member (architecture variant)
 
 
-class TrainConfig(_Section):
+class StepBounds(_Section):
+    """How long a training run goes, never what it learns: a change of these resumes a finished run
+    (polyvox.train.loop.run_once) instead of training it afresh. The trainers read them through
+    polyvox.train.loop.StepPlan (max_steps, max_minutes, calibration_steps) and Session (the rest)."""
+
+    BOUNDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "max_minutes", "calibration_steps", "checkpoint_every",
+                                                  "validate_every"})
+    # A step count, or "auto": as many steps as max_minutes allow on this machine, planned once after
+    # a timed start (calibration_steps, then one validation pass) and kept in last.pt, so the cosine
+    # schedule decays over the whole budget and a resumed run keeps the plan.
+    max_steps: StepBound
+    max_minutes: float = Field(gt=0)
+    calibration_steps: int = Field(ge=2)
+    checkpoint_every: int = Field(ge=1)
+    validate_every: int = Field(ge=1)
+
+
+class TrainSection(StepBounds):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     warmup_steps: int = Field(ge=0)
     # After the warm-up: inverse_sqrt (open-ended runs) or cosine (decays to 5 % at max_steps; for runs
     # whose length is known, where the final decay is worth a lot).
     lr_schedule: Literal["inverse_sqrt", "cosine"]
-    # A step count, or "auto": as many steps as max_minutes allow on this machine, planned once after
-    # a timed start (train.calibration_steps, then one validation pass) and kept in last.pt, so the
-    # cosine schedule decays over the whole budget and a resumed run keeps the plan.
-    max_steps: StepBound
-    max_minutes: float = Field(gt=0)
-    calibration_steps: int = Field(ge=2)
     # fp32, bf16 (autocast on CPU; CUDA always uses fp16 mixed precision), or auto: bf16 where the CPU
     # has native bf16 (AVX512-BF16 or AMX), fp32 elsewhere.
     precision: Literal["auto", "fp32", "bf16"]
     grad_clip: float = Field(gt=0)
-    checkpoint_every: int = Field(ge=1)
-    validate_every: int = Field(ge=1)
     # Warm start: "base" (models/base, built by `polyvox pretrain`), a member folder (or a .pt
     # checkpoint) of an earlier run, or null (from scratch); its weights seed a fresh run (matching
     # tensors only; phonemes mapped by symbol).
     init_from: str | None
-    members: list[MemberConfig] = Field(min_length=1)
+    members: list[MemberSection] = Field(min_length=1)
 
     @field_validator("members", mode="before")
     @classmethod
@@ -215,7 +224,7 @@ class TrainConfig(_Section):
         return members
 
     @model_validator(mode="after")
-    def _unique_members(self) -> "TrainConfig":
+    def _unique_members(self) -> "TrainSection":
         names = [m.name for m in self.members]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
@@ -224,7 +233,7 @@ class TrainConfig(_Section):
             raise ValueError("train.members: 'base' is the pretrained base's folder (models/base); name the member otherwise")
         return self
 
-    def member(self, name: str) -> MemberConfig:
+    def member(self, name: str) -> MemberSection:
         for member in self.members:
             if member.name == name:
                 return member
@@ -251,7 +260,7 @@ class PretrainSection(_Section):
     max_minutes: float = Field(gt=0)
 
 
-class VocoderSection(_Section):
+class VocoderSection(StepBounds):
     """The neural vocoder (polyvox.models.neural_vocoder) and its trainer (``polyvox train-vocoder``)."""
 
     channels: int = Field(ge=8)
@@ -260,10 +269,6 @@ class VocoderSection(_Section):
     segment_frames: int = Field(ge=4)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
-    max_steps: int = Field(ge=1)
-    max_minutes: float = Field(gt=0)
-    checkpoint_every: int = Field(ge=1)
-    validate_every: int = Field(ge=1)
     grad_clip: float = Field(gt=0)
     # Adversarial training (polyvox.models.discriminators); [] = the spectral losses alone.
     discriminators: list[Literal["period", "resolution"]]
@@ -361,7 +366,7 @@ class ServeSection(_Section):
 
 
 class Params(_Section):
-    def member_model(self, member: MemberConfig) -> ModelSection:
+    def member_model(self, member: MemberSection) -> ModelSection:
         """The ``model`` section with the member's architecture variant applied (validated)."""
         unknown = sorted(set(member.variant) - set(ModelSection.model_fields))
         if unknown:
@@ -389,16 +394,16 @@ class Params(_Section):
         return list(self.ensemble.members or [m.name for m in self.train.members])
 
     seed: int
-    audio: AudioConfig
-    parallel: ParallelConfig
-    prepare: PrepareConfig
-    demo: DemoConfig
-    validate_: ValidateConfig = Field(alias="validate")
-    clean: CleanConfig
-    features: FeaturesConfig
+    audio: AudioSection
+    parallel: ParallelSection
+    prepare: PrepareSection
+    demo: DemoSection
+    validate_: ValidateSection = Field(alias="validate")
+    clean: CleanSection
+    features: FeaturesSection
     model: ModelSection
     pretrain: PretrainSection
-    train: TrainConfig
+    train: TrainSection
     vocoder: VocoderSection
     ensemble: EnsembleSection
     evaluate: EvaluateSection

@@ -51,6 +51,14 @@ def _folder_full(folder: Path) -> bool:
         return False
 
 
+CHECKPOINTS = ("best.pt", "last.pt")  # a trained folder's weights: the best validated, else the newest
+
+
+def chosen_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint a trained folder (member, base, vocoder) is used by: best.pt, else last.pt."""
+    return next((folder / name for name in CHECKPOINTS if (folder / name).is_file()), None)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -59,13 +67,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as left, open(b, "rb") as right:
+        while True:
+            chunk = left.read(CHUNK)
+            if chunk != right.read(CHUNK):
+                return False
+            if not chunk:
+                return True
+
+
 @contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
+def atomic_path(target: Path, keep_unchanged: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only on success.
 
     A reader never sees a half-written file, and a killed writer leaves only a ``.tmp-*`` file
     that the next run overwrites. A write that fails for want of space or permission raises
-    :class:`OutputNotWritten`, naming ``target`` and the reason.
+    :class:`OutputNotWritten`, naming ``target`` and the reason. ``keep_unchanged``: a target that
+    already holds these bytes is left as it is (an index a rerun rewrites identically keeps its
+    mtime, so DVC and make-like tools see no change).
     """
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +109,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
                 raise OutputNotWritten(str(target), os.strerror(errno.ENOSPC), errno.ENOSPC) from exc
             raise
         try:
+            if keep_unchanged and _same_bytes(tmp, target):
+                return
             if tmp.exists():
                 tmp.chmod(0o644)  # mkstemp creates it private; outputs are ordinary files
             os.replace(tmp, target)

@@ -34,13 +34,14 @@ def tree_digest(folder: Path) -> str:
                         for p in sorted(folder.rglob("*")) if p.is_file()])
 
 
-VOICE_PARTS = ("voice.json", "members", "vocoder", "centroids.npz")
+VOICE_FILE = "voice.json"  # what a voice folder says about itself (polyvox.runtime.voice.Voice)
+VOICE_PARTS = (VOICE_FILE, "members", "vocoder", "centroids.npz")
 
 
 def voice_digest(folder: Path) -> str:
     """Digest of what makes a voice speak as it does (voice.json, members, vocoder, centroids) —
     the same for a candidate folder and the bundle made from it; '' when there is no voice."""
-    if not (folder / "voice.json").is_file():
+    if not (folder / VOICE_FILE).is_file():
         return ""
     files = []
     for part in VOICE_PARTS:

@@ -7,7 +7,6 @@ deployments. The flow body only wires tasks; stage logic lives in the stage func
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,14 @@ from polyvox.clean.stage import CleanResult, clean  # noqa: E402
 from polyvox import dvcstate  # noqa: E402
 from polyvox.config import Params, load_params  # noqa: E402
 from polyvox.corpus.prepare import PrepareResult, prepare  # noqa: E402
-from polyvox.ensemble import stage as ensemble_stage  # noqa: E402
 from polyvox.ensemble.stage import EnsembleResult, ensemble  # noqa: E402
-from polyvox.evaluate import stage as evaluate_stage  # noqa: E402
 from polyvox.evaluate.stage import EvaluateResult, evaluate  # noqa: E402
 from polyvox.fingerprint import fingerprint  # noqa: E402
 from polyvox.features.stage import FeaturesResult, features  # noqa: E402
 from polyvox.lock import workspace_lock  # noqa: E402
 from polyvox.registry.stage import PromoteResult, promote  # noqa: E402
-from polyvox.train import pretrain as pretrain_stage, trainer, vocoder as vocoder_stage  # noqa: E402
+from polyvox.stages import STAGES  # noqa: E402
+from polyvox.train import pretrain as pretrain_stage, trainer  # noqa: E402
 from polyvox.train.pretrain import PretrainResult  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402
 from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
@@ -55,12 +53,13 @@ class StageInputs(CachePolicy):
     :func:`_cached`, which refreshes the cache unless the stage's outputs on disk are complete for
     its inputs: deleted or half-written outputs are never hidden behind a cached result."""
 
-    inputs_of: Callable[[Params, Workspace, dict[str, Any]], object] | None = None
+    stage: str = ""  # its name in polyvox.stages.STAGES
+    named: tuple[str, ...] = ()  # task arguments that name the run (a member)
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         workspace = Workspace.here()
-        return fingerprint(task_ctx.task.name, str(workspace.root),
-                           self.inputs_of(inputs["params"], workspace, inputs))
+        return fingerprint(task_ctx.task.name, str(workspace.root), STAGES[self.stage].input_fingerprint(
+            inputs["params"], workspace, **{key: inputs[key] for key in self.named}))
 
 
 def _cached(stage_task, done: bool):
@@ -131,7 +130,7 @@ def pretrain_task(params: Params, featured: FeaturesResult) -> PretrainResult:
 
 # Training resumes from its last checkpoint, so a retry after a crash or a kill picks up where it was.
 @task(name="train", task_run_name="train-{member}", retries=1, retry_delay_seconds=5,
-      cache_policy=StageInputs(inputs_of=lambda params, ws, args: trainer.training_fingerprint(params, ws, args["member"], None, None)))
+      cache_policy=StageInputs(stage="train", named=("member",)))
 def train_task(params: Params, member: str, featured: FeaturesResult) -> TrainResult:
     result = train(params, Workspace.here(), member=member)
     create_markdown_artifact(_markdown_table(f"train {member}", {
@@ -142,12 +141,12 @@ def train_task(params: Params, member: str, featured: FeaturesResult) -> TrainRe
 
 
 @task(name="train-vocoder", retries=1, retry_delay_seconds=5,
-      cache_policy=StageInputs(inputs_of=lambda params, ws, args: vocoder_stage.vocoder_fingerprints(params, ws)))
+      cache_policy=StageInputs(stage="train-vocoder"))
 def vocoder_task(params: Params, featured: FeaturesResult) -> VocoderResult:
     return train_vocoder(params, Workspace.here())
 
 
-@task(name="ensemble", cache_policy=StageInputs(inputs_of=lambda params, ws, args: ensemble_stage.input_fingerprint(params, ws)))
+@task(name="ensemble", cache_policy=StageInputs(stage="ensemble"))
 def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderResult) -> EnsembleResult:
     result = ensemble(params, Workspace.here())
     figures = {f"member {name}": f"{score:.4f} (weight {result.weights[name]:.3f})"
@@ -159,7 +158,7 @@ def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderRe
     return result
 
 
-@task(name="evaluate", cache_policy=StageInputs(inputs_of=lambda params, ws, args: evaluate_stage.input_fingerprint(params, ws)))
+@task(name="evaluate", cache_policy=StageInputs(stage="evaluate"))
 def evaluate_task(params: Params, candidate: EnsembleResult) -> EvaluateResult:
     result = evaluate(params, Workspace.here())
     systems = result.metrics["systems"]
@@ -219,13 +218,13 @@ def _stages(params: Params, workspace: Workspace, finished: list[str]) -> dict[s
     based = [("pretrain", done("pretrain", pretrain_task(params, featured)))] if params.train.init_from == trainer.BASE else []
     # Members train one after another: each one uses every core (or the GPU) by itself.
     trained = [(f"train {m.name}", done(f"train@{m.name}", _cached(
-        train_task, trainer.completed(params, workspace, m.name) is not None)(
+        train_task, STAGES["train"].completed(params, workspace, member=m.name) is not None)(
         params, m.name, featured, wait_for=[result for _, result in based]))) for m in params.train.members]
-    vocoder = done("train-vocoder", _cached(vocoder_task, vocoder_stage.vocoder_completed(params, workspace) is not None)(
+    vocoder = done("train-vocoder", _cached(vocoder_task, STAGES["train-vocoder"].completed(params, workspace) is not None)(
         params, featured))
-    candidate = done("ensemble", _cached(ensemble_task, ensemble_stage.completed(params, workspace) is not None)(
+    candidate = done("ensemble", _cached(ensemble_task, STAGES["ensemble"].completed(params, workspace) is not None)(
         params, [result for _, result in trained], vocoder))
-    evaluated = done("evaluate", _cached(evaluate_task, evaluate_stage.completed(params, workspace) is not None)(
+    evaluated = done("evaluate", _cached(evaluate_task, STAGES["evaluate"].completed(params, workspace) is not None)(
         params, candidate))
     promoted = done("promote", promote_task(params, evaluated))
     return {name: result.summary() for name, result in

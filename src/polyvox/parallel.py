@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from polyvox.config import ParallelConfig
+from polyvox.config import ParallelSection
 from polyvox.progress import track
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ def _init_worker() -> None:
 
 
 def map_items(
-    func: Callable[[T], R], items: Sequence[T], cfg: ParallelConfig, description: str, logger: logging.Logger
+    func: Callable[[T], R], items: Sequence[T], cfg: ParallelSection, description: str, logger: logging.Logger
 ) -> list[R]:
     if not items:
         return []
@@ -122,7 +122,7 @@ def shutdown_pools() -> None:
         _POOLS.popitem()[1].shutdown(cancel_futures=True)
 
 
-def _map_dask(func: Callable[[T], R], items: Sequence[T], cfg: ParallelConfig, description: str, logger: logging.Logger) -> list[R]:
+def _map_dask(func: Callable[[T], R], items: Sequence[T], cfg: ParallelSection, description: str, logger: logging.Logger) -> list[R]:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None

@@ -40,13 +40,15 @@ def track(
                 if total_now is not None:
                     bar.update(task, total=total_now())
         return
-    done, next_report = 0, total / 10
+    done, next_report, was = 0, total / 10, None
     for item in items:
         yield item
         done += size(item)
         if total_now is not None and total_now() != total:
-            total = total_now()
+            # said once, on the next line, so that a total that moves is read as a new plan, not a glitch
+            was, total = (total if was is None else was), total_now()
             next_report = min(next_report, done + total / 10)
         if done >= next_report or done == total:
-            logger.info("%s: %d/%d (%d%%)", description, done, total, round(100 * done / total))
-            next_report = done + total / 10
+            moved = f"; the total was {was}, re-planned" if was is not None else ""
+            logger.info("%s: %d/%d (%d%%)%s", description, done, total, round(100 * done / max(1, total)), moved)
+            next_report, was = done + total / 10, None

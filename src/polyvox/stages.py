@@ -44,6 +44,17 @@ class Stage:
         """What the stage runs: ``<module>.<name>`` (``-`` as ``_``), a function of (params, workspace)."""
         return getattr(importlib.import_module(self.module), self.name.replace("-", "_"))
 
+    # The protocol of a stage that stamps its outputs (train, train-vocoder, ensemble, evaluate): its
+    # module's ``input_fingerprint`` and ``completed``, of (params, workspace, **what names the run).
+
+    def input_fingerprint(self, params, workspace, **named) -> object:
+        """What the stage reads (data version, settings, upstream outputs, code), as a fingerprint."""
+        return importlib.import_module(self.module).input_fingerprint(params, workspace, **named)
+
+    def completed(self, params, workspace, **named) -> dict | None:
+        """The stamp of outputs made from exactly these inputs; None when the stage would work."""
+        return importlib.import_module(self.module).completed(params, workspace, **named)
+
     @cached_property
     def code(self) -> tuple[str, ...]:
         """The parts of the package (folders, or top-level modules as ``name.py``) that the stage's

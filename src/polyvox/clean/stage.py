@@ -115,7 +115,7 @@ def clean(params: Params, workspace: Workspace) -> CleanResult:
     for column in ("clean_text", "phonemes", "phonemizer"):
         manifest[column] = [text_index[key][column] for key in text_keys]
     manifest = manifest[MANIFEST_COLUMNS]
-    with atomic_path(workspace.clean_manifest) as tmp:
+    with atomic_path(workspace.clean_manifest, keep_unchanged=True) as tmp:
         pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), tmp, compression="zstd")
     # Pruned only now: until the new manifest is in place, the old one (and its audio) stays whole.
     _remove_unreferenced(out / "audio", set(audio_index))

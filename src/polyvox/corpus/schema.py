@@ -92,7 +92,7 @@ def write_manifest(records: list[dict[str, Any]], path: Path) -> None:
     """Write records as Parquet with the manifest schema, atomically and byte-deterministically."""
     columns = {name: [record.get(name) for record in records] for name in MANIFEST_COLUMNS}
     table = pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_unchanged=True) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=False)
 
 

@@ -26,10 +26,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from polyvox.fingerprint import VOICE_FILE
+from polyvox.models.meta import VocoderMeta
+from polyvox.models.meta import MemberMeta
 from polyvox.config import ConfigError, Params
 from polyvox.ensemble.fit import aligned_l1, fit_weights
 from polyvox.runtime.voice import Voice
-from polyvox.fileio import load_arrays
+from polyvox.fileio import load_arrays, chosen_checkpoint
 from polyvox.fileio import atomic_path, atomic_write_text
 from polyvox.fingerprint import current_stamp, fingerprint, tree_digest
 from polyvox.stages import STAGES
@@ -70,7 +73,7 @@ def member_folders(params: Params, workspace: Workspace) -> dict[str, Path]:
     folders = {}
     for name in params.ensemble_members():
         folder = workspace.models / name
-        if not (folder / "model.json").is_file() or not any((folder / f).is_file() for f in ("best.pt", "last.pt")):
+        if not (folder / MemberMeta.FILE).is_file() or chosen_checkpoint(folder) is None:
             raise ConfigError(f"{folder}: member {name!r} is not trained (no model.json and best.pt/last.pt); "
                               f"run `polyvox train --member {name}` first")
         folders[name] = folder
@@ -80,7 +83,7 @@ def member_folders(params: Params, workspace: Workspace) -> dict[str, Path]:
 def vocoder_folder(params: Params, workspace: Workspace) -> Path | None:
     if params.ensemble.vocoder == "griffin-lim":
         return None
-    if not (workspace.vocoder / "vocoder.json").is_file():
+    if not (workspace.vocoder / VocoderMeta.FILE).is_file():
         raise ConfigError(f"{workspace.vocoder}: no trained vocoder; run `polyvox train-vocoder` first, or set "
                           "ensemble.vocoder: griffin-lim")
     return workspace.vocoder
@@ -170,7 +173,7 @@ def input_fingerprint(params: Params, workspace: Workspace) -> str:
 def completed(params: Params, workspace: Workspace, inputs: str | None = None) -> dict | None:
     """``reports/ensemble.json`` when models/candidate was made from exactly these inputs; None when
     :func:`ensemble` would work."""
-    return current_stamp(workspace.reports / "ensemble.json", [workspace.candidate / "voice.json"],
+    return current_stamp(workspace.reports / "ensemble.json", [workspace.candidate / VOICE_FILE],
                          inputs or (lambda: input_fingerprint(params, workspace)))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from polyvox.config import AudioConfig
+from polyvox.config import AudioSection
 from polyvox.evaluate import metrics as m
 from polyvox.judges import Judge
 from polyvox.judges.dnsmos import dnsmos
@@ -35,7 +35,7 @@ class ScoreItem:
     audio: str  # path of the WAV/FLAC to score
     text: str = ""
     real: str | None = None
-    pitch: AudioConfig | None = None  # its f0_min, f0_max and f0_resolution track the pitch of "synthesis"
+    pitch: AudioSection | None = None  # its f0_min, f0_max and f0_resolution track the pitch of "synthesis"
     judge: Judge | None = None  # the ASR for "real" and "synthesis"
 
 

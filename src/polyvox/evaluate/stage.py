@@ -30,7 +30,8 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from polyvox.config import ConfigError, ParallelConfig, Params
+from polyvox.fingerprint import VOICE_FILE
+from polyvox.config import ConfigError, ParallelSection, Params
 from polyvox.runtime.voice import Voice
 from polyvox.evaluate.scoring import ScoreItem, paired_bootstrap, score
 from polyvox.judges.speaker import SpeakerEncoder
@@ -114,10 +115,10 @@ def real_time_factor(voice: Voice, rows: pd.DataFrame, threads: int) -> float:
 
 
 def _systems(workspace: Workspace, speakers: list[str]) -> dict[str, tuple[Voice, Path]]:
-    if not (workspace.candidate / "voice.json").is_file():
+    if not (workspace.candidate / VOICE_FILE).is_file():
         raise ConfigError(f"{workspace.candidate}: no candidate voice; run `polyvox ensemble` first")
     systems = {"candidate": (Voice.load(workspace.candidate), workspace.candidate)}
-    if (workspace.champion / "voice.json").is_file():
+    if (workspace.champion / VOICE_FILE).is_file():
         champion = Voice.load(workspace.champion)
         missing = sorted(set(speakers) - set(champion.speakers))
         if missing:
@@ -174,7 +175,7 @@ def score_systems(params: Params, workspace: Workspace, systems: dict[str, tuple
         for name in systems:
             items.append(ScoreItem("synthesis", str(audio[name] / f"{row.id}.wav"), row.clean_text, real, **settings))
             keys.append((name, row.speaker, row.id))
-    workers = ParallelConfig(backend=params.parallel.backend, workers=params.parallel.workers,
+    workers = ParallelSection(backend=params.parallel.backend, workers=params.parallel.workers,
                              dask_address=params.parallel.dask_address)
     scored = map_items(score, items, workers, "evaluate: ASR, speaker embeddings, DNSMOS, MCD", log)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from polyvox.config import AudioConfig
+from polyvox.config import AudioSection
 from polyvox.fileio import save_arrays
 from polyvox.signal.mel import log_mel
 
@@ -22,10 +22,10 @@ from polyvox.signal.mel import log_mel
 class FeatureTask:
     audio: str
     target: str
-    cfg: AudioConfig
+    cfg: AudioSection
 
 
-def compute_features(signal: np.ndarray, cfg: AudioConfig) -> dict[str, np.ndarray]:
+def compute_features(signal: np.ndarray, cfg: AudioSection) -> dict[str, np.ndarray]:
     """``mel`` (n_mels, frames) log-magnitude, ``f0`` (frames,) Hz with 0 where unvoiced,
     ``energy`` (frames,) L2 norm of the linear magnitude spectrum."""
     import librosa

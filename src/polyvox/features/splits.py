@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 
-from polyvox.config import SplitConfig
+from polyvox.config import SplitSection
 from polyvox.text.normalize import words_for_scoring
 
 SPLITS = ("train", "val", "test")
@@ -25,7 +25,7 @@ def _draw(seed: int, group: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(texts: list[str], cfg: SplitConfig, seed: int) -> list[str]:
+def assign_splits(texts: list[str], cfg: SplitSection, seed: int) -> list[str]:
     """The split of each row, from its text."""
     if cfg.val + cfg.test >= 1:
         raise ValueError(f"features.splits: val {cfg.val} + test {cfg.test} leaves nothing to train on")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from polyvox.config import AudioConfig
+from polyvox.config import AudioSection
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class TeacherSettings:
     """What decides a teacher rendering's frames: the voice, the signal and the cleaning it gets."""
 
     voice: str  # a name of polyvox.engines.CATALOG
-    audio: AudioConfig
+    audio: AudioSection
     trim_top_db: float
     loudness_lufs: float
 
@@ -37,7 +37,7 @@ class TeacherSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TeacherSettings":
-        return cls(voice=data["voice"], audio=AudioConfig(**data["audio"]), trim_top_db=float(data["trim_top_db"]),
+        return cls(voice=data["voice"], audio=AudioSection(**data["audio"]), trim_top_db=float(data["trim_top_db"]),
                    loudness_lufs=float(data["loudness_lufs"]))
 
     @classmethod

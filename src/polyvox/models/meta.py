@@ -1,18 +1,20 @@
-"""``model.json``: what a trained member folder says about itself, as one typed value (as piper's
-``PiperConfig`` is for its ``.onnx.json``). The trainer writes it; the synthesiser, the bundle
-builder, the warm start and pretrain's checks read it, all through :class:`MemberMeta`."""
+"""``model.json`` and ``vocoder.json``: what a trained member or vocoder folder says about itself, as
+one typed value each (as piper's ``PiperConfig`` is for its ``.onnx.json``). The trainers write them;
+the synthesiser, the bundle builder, the warm starts and pretrain's checks read them, all through
+:class:`MemberMeta` and :class:`VocoderMeta`, which also name the files."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polyvox.config import AudioConfig
+from polyvox.config import AudioSection
 from polyvox.fileio import atomic_write_text
 from polyvox.models.acoustic import ModelConfig
+from polyvox.models.neural_vocoder import VocoderConfig
 
 FILE = "model.json"
 
@@ -24,9 +26,24 @@ class TextFrontEnd(BaseModel):
     phonemizer: str
 
 
+def _read(cls, folder: Path, what: str):
+    """``cls`` from ``folder/cls.FILE``; a ValueError naming the file and what is wrong with it."""
+    path = Path(folder) / cls.FILE
+    try:
+        return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file — not a trained {what} folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise ValueError(f"{path}: not a {what}'s metadata ({problems})") from None
+
+
 class MemberMeta(BaseModel):
     # extra keys are kept: a newer polyvox may add some, and an older one still reads the rest
     model_config = ConfigDict(frozen=True, extra="allow")
+    FILE: ClassVar[str] = FILE
 
     member: str
     seed: int
@@ -36,7 +53,7 @@ class MemberMeta(BaseModel):
     init_sha256: str | None = None  # which base, by content (a copy of the checkpoint has the same hash)
     symbols: list[str]
     speakers: list[str]
-    audio: AudioConfig
+    audio: AudioSection
     image_size: int
     text: TextFrontEnd
     teacher: dict[str, Any] | None = None  # what synthesis must render the same way (features.teacher_voice)
@@ -44,16 +61,35 @@ class MemberMeta(BaseModel):
     @classmethod
     def read(cls, folder: Path) -> "MemberMeta":
         """``folder/model.json``; a ValueError naming the file and what is wrong with it."""
-        path = Path(folder) / FILE
-        try:
-            return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise ValueError(f"{path}: no such file — not a trained member folder") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: unreadable: {exc}") from None
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-            raise ValueError(f"{path}: not a member's metadata ({problems})") from None
+        return _read(cls, folder, "member")
 
     def write(self, folder: Path) -> None:
         atomic_write_text(Path(folder) / FILE, json.dumps(self.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n")
+
+
+class VocoderMeta(BaseModel):
+    """``vocoder.json`` of a trained vocoder: its architecture, the audio it was trained on (the mel it
+    expects: :func:`polyvox.signal.mel.mel_differences`) and the section it was trained with."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    FILE: ClassVar[str] = "vocoder.json"
+
+    name: str
+    seed: int | None = None
+    model: VocoderConfig
+    audio: AudioSection | None = None  # vocoders written before it was recorded: the model's settings only
+    train: dict[str, Any] | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> "VocoderMeta":
+        """``folder/vocoder.json``; a ValueError naming the file and what is wrong with it."""
+        return _read(cls, folder, "vocoder")
+
+    def write(self, folder: Path) -> None:
+        atomic_write_text(Path(folder) / self.FILE, json.dumps(self.model_dump(mode="json"), indent=1) + "\n")
+
+    def mel(self) -> dict[str, Any]:
+        """The audio settings the vocoder expects its mels in (without f_min/f_max when unrecorded)."""
+        if self.audio is not None:
+            return self.audio.model_dump()
+        return {k: getattr(self.model, k) for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")}

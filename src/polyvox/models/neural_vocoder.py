@@ -9,11 +9,12 @@ the gap between time-domain and Fourier-based neural vocoders" (2023). The input
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from polyvox.fileio import chosen_checkpoint
 from torch import nn
 
 # Vocos clips the predicted magnitude at 1e2 so an early, wild exp() cannot blow up the iSTFT.
@@ -119,12 +120,20 @@ class Vocos(nn.Module):
 
 def vocoder_checkpoint(folder: str | Path) -> tuple[VocoderConfig, Path]:
     """(config, checkpoint) of a trained vocoder's folder: ``vocoder.json`` and ``best.pt``, else ``last.pt``."""
+    from polyvox.models.meta import VocoderMeta
+
     folder = Path(folder)
-    description = folder / "vocoder.json"
-    checkpoint = next((folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
-    if not description.is_file() or checkpoint is None:
-        raise FileNotFoundError(f"{folder}: a vocoder folder holds vocoder.json and best.pt or last.pt")
-    return VocoderConfig(**json.loads(description.read_text(encoding="utf-8"))["model"]), checkpoint
+    checkpoint = chosen_checkpoint(folder)
+    if not (folder / VocoderMeta.FILE).is_file() or checkpoint is None:
+        raise FileNotFoundError(f"{folder}: a vocoder folder holds {VocoderMeta.FILE} and best.pt or last.pt")
+    return VocoderMeta.read(folder).model, checkpoint
+
+
+def vocoder_audio(folder: str | Path) -> dict:
+    """The audio settings a vocoder was trained on (:meth:`polyvox.models.meta.VocoderMeta.mel`)."""
+    from polyvox.models.meta import VocoderMeta
+
+    return VocoderMeta.read(Path(folder)).mel()
 
 
 def load_vocoder(folder: str | Path, device: str | torch.device = "cpu") -> Vocos:

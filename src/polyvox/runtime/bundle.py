@@ -22,7 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polyvox.config import AudioConfig
+from polyvox.fingerprint import VOICE_FILE
+from polyvox.config import AudioSection
 from polyvox.fileio import atomic_write_text
 from polyvox.models.meta import MemberMeta, TextFrontEnd
 
@@ -41,7 +42,7 @@ class BundleMeta(BaseModel):
     git_commit: str
     created: str
     text: TextFrontEnd
-    audio: AudioConfig
+    audio: AudioSection
     speakers: list[str]
     onnx: bool
     summary: dict[str, Any]  # the candidate's figures in the evaluation
@@ -150,7 +151,7 @@ def build_bundle(candidate: Path, metrics: dict, decision: dict, data_version: s
         from polyvox.runtime.onnx import export_voice
 
         export_voice(Voice.load(candidate), target / "onnx")
-    voice = json.loads((candidate / "voice.json").read_text(encoding="utf-8"))
+    voice = json.loads((candidate / VOICE_FILE).read_text(encoding="utf-8"))
     member = MemberMeta.read(next(iter(sorted((candidate / "members").iterdir()))))
     BundleMeta(format=FORMAT, registered_model=model_name, version=None, data_version=data_version,
                git_commit=git_commit, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), text=member.text,

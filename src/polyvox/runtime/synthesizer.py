@@ -13,6 +13,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from polyvox.fileio import chosen_checkpoint
 from polyvox.models.acoustic import AcousticModel
 from polyvox.models.meta import MemberMeta
 from polyvox.models.symbols import Vocabulary
@@ -29,7 +30,7 @@ class Synthesizer:
         meta = MemberMeta.read(folder)
         path = folder / f"{checkpoint}.pt"
         if not path.is_file():
-            path = folder / "last.pt"
+            path = chosen_checkpoint(folder) or path
         self.checkpoint_path = path
         state = torch.load(path, map_location=device, weights_only=True)
         self.audio = meta.audio
@@ -54,12 +55,14 @@ class Synthesizer:
         self.device = torch.device(device)
         self.vocoder = None
         if vocoder is not None:
-            from polyvox.models.neural_vocoder import load_vocoder
+            from polyvox.models.neural_vocoder import load_vocoder, vocoder_audio
+            from polyvox.signal.mel import mel_differences
 
+            differ = mel_differences(self.audio, vocoder_audio(vocoder))
+            if differ:
+                raise ValueError(f"vocoder {vocoder} was trained on another mel than the model in {folder}: "
+                                 f"{', '.join(differ)}")
             self.vocoder = load_vocoder(Path(vocoder), device)
-            if self.vocoder.cfg.hop_length != self.audio.hop_length or self.vocoder.cfg.n_mels != self.audio.n_mels \
-                    or self.vocoder.cfg.sample_rate != self.audio.sample_rate:
-                raise ValueError(f"vocoder {vocoder} was trained on other audio settings than the model in {folder}")
 
     def token_ids(self, text: str) -> list[int]:
         """The text front-end that ``clean`` ran for training: normalised text → phonemes → symbol ids."""

@@ -33,6 +33,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from polyvox.fingerprint import VOICE_FILE
+from polyvox.models.meta import VocoderMeta
+from polyvox.models.meta import MemberMeta
 from polyvox.runtime import VoiceError
 from polyvox.fileio import replace_folder
 from polyvox.judges import POCKETSPHINX, Judge
@@ -88,13 +91,14 @@ class Voice:
             raise VoiceError(f"member weights must be non-negative and not all zero, got {weights.tolist()}")
         self.vocoder = None
         if self.vocoder_folder is not None:
-            from polyvox.models.neural_vocoder import load_vocoder
+            from polyvox.models.neural_vocoder import load_vocoder, vocoder_audio
+            from polyvox.signal.mel import mel_differences
 
+            differ = mel_differences(first.audio, vocoder_audio(self.vocoder_folder))
+            if differ:
+                raise VoiceError(f"vocoder {self.vocoder_folder} was trained on another mel than the members: "
+                                 f"{', '.join(differ)}")
             self.vocoder = load_vocoder(Path(self.vocoder_folder), "cpu")
-            cfg = self.vocoder.cfg
-            if (cfg.hop_length, cfg.n_mels, cfg.sample_rate) != (first.audio.hop_length, first.audio.n_mels,
-                                                                  first.audio.sample_rate):
-                raise VoiceError(f"vocoder {self.vocoder_folder} was trained on other audio settings than the members")
         self._scorer = None
 
     # ---- construction and storage ---------------------------------------------------------------
@@ -105,7 +109,7 @@ class Voice:
         weights = weights or [1.0 / len(folders)] * len(folders)
         members = []
         for (name, folder), weight in zip(folders.items(), weights, strict=True):
-            if not (folder / "model.json").is_file():
+            if not (folder / MemberMeta.FILE).is_file():
                 raise VoiceError(f"{folder}: no model.json — train member {name!r} first (polyvox train --member {name})")
             members.append(Member(name, float(weight), Synthesizer(folder), folder))
         return cls(members, mode=mode, vocoder_folder=vocoder, **kwargs)
@@ -114,9 +118,9 @@ class Voice:
     def load(cls, folder: Path) -> "Voice":
         """A voice folder (``voice.json``), or a single trained member's folder (``model.json``)."""
         folder = Path(folder)
-        if (folder / "model.json").is_file() and not (folder / "voice.json").is_file():
+        if (folder / MemberMeta.FILE).is_file() and not (folder / VOICE_FILE).is_file():
             return cls.from_members({folder.name: folder})
-        path = folder / "voice.json"
+        path = folder / VOICE_FILE
         if not path.is_file():
             raise VoiceError(f"{folder}: neither voice.json nor model.json — not a voice or member folder")
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -148,16 +152,16 @@ class Voice:
                 target.mkdir(parents=True)
                 # weights only: no optimiser state, so the size on disk is the model's
                 torch.save({"model": member.synthesizer.model.state_dict()}, target / "best.pt")
-                for name in ("model.json", "speakers.pt"):
+                for name in (MemberMeta.FILE, "speakers.pt"):
                     if (member.source / name).is_file():
                         shutil.copy2(member.source / name, target / name)
             if self.vocoder_folder is not None:
                 (staging / "vocoder").mkdir()
                 torch.save({"model": self.vocoder.state_dict()}, staging / "vocoder" / "best.pt")
-                shutil.copy2(Path(self.vocoder_folder) / "vocoder.json", staging / "vocoder" / "vocoder.json")
+                shutil.copy2(Path(self.vocoder_folder) / VocoderMeta.FILE, staging / "vocoder" / VocoderMeta.FILE)
             if self.centroids:
                 np.savez(staging / "centroids.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in self.centroids.items()})
-            (staging / "voice.json").write_text(json.dumps(self.describe(), indent=1) + "\n", encoding="utf-8")
+            (staging / VOICE_FILE).write_text(json.dumps(self.describe(), indent=1) + "\n", encoding="utf-8")
             replace_folder(staging, folder)
         finally:
             if staging.exists():

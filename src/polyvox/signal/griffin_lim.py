@@ -10,12 +10,12 @@ from functools import lru_cache
 
 import torch
 
-from polyvox.config import AudioConfig
+from polyvox.config import AudioSection
 from polyvox.signal.mel import MEL_FLOOR
 
 
 @lru_cache(maxsize=2)
-def _transforms(cfg: AudioConfig, iterations: int):
+def _transforms(cfg: AudioSection, iterations: int):
     import torchaudio
 
     inverse_mel = torchaudio.transforms.InverseMelScale(
@@ -29,7 +29,7 @@ def _transforms(cfg: AudioConfig, iterations: int):
 
 
 @torch.no_grad()
-def griffin_lim(log_mel: torch.Tensor, cfg: AudioConfig, iterations: int = 32) -> torch.Tensor:
+def griffin_lim(log_mel: torch.Tensor, cfg: AudioSection, iterations: int = 32) -> torch.Tensor:
     """(n_mels, frames) or (batch, n_mels, frames) log-mel → waveform (samples,) or (batch, samples)."""
     inverse_mel, transform = _transforms(cfg, iterations)
     magnitude = inverse_mel(torch.exp(log_mel.float()).clamp(min=MEL_FLOOR))

@@ -13,7 +13,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -95,6 +95,40 @@ def warmup_cosine(warmup: int, max_steps: int) -> Callable[[int], float]:
             return (step + 1) / warmup
         progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
         return LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def warmup_inverse_sqrt(warmup: int):
+    warmup = max(1, warmup)
+    return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+
+
+def lr_factor(cfg, total_steps: Callable[[], int | None] | None = None) -> Callable[[int], float]:
+    """The multiplier of ``train.lr`` at each step, for ``train.lr_schedule``. ``total_steps`` gives
+    the planned step count once it is known (``max_steps: auto``); until then (the timed start,
+    inside the warm-up) the cosine schedule is its linear warm-up."""
+    if cfg.lr_schedule == "inverse_sqrt":
+        return warmup_inverse_sqrt(cfg.warmup_steps)
+    if isinstance(cfg.max_steps, int):
+        return warmup_cosine(cfg.warmup_steps, cfg.max_steps)
+
+    def factor(step: int) -> float:
+        total = total_steps() if total_steps is not None else None
+        if total is None:
+            return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        return warmup_cosine(cfg.warmup_steps, total)(step)
+    return factor
+
+
+def planned_cosine(max_steps: int | str, total_steps: Callable[[], int | None]) -> Callable[[int], float]:
+    """:func:`cosine` over ``max_steps``, or with ``max_steps: auto`` over the plan (``total_steps()``),
+    at the peak until there is one (the timed start)."""
+    if isinstance(max_steps, int):
+        return cosine(max_steps)
+
+    def factor(step: int) -> float:
+        total = total_steps()
+        return 1.0 if total is None else cosine(total)(step)
     return factor
 
 
@@ -259,6 +293,112 @@ class ThreadGovernor:
             self._switch(self.full, f"other processes use {self.others:.1f} cores now")
 
 
+def plan_steps(done: int, elapsed: float, step_seconds: float, validation_seconds: float, max_minutes: float,
+               validate_every: int, margin: float = 0.03) -> int:
+    """The total step count that fits ``max_minutes``: ``done`` steps in ``elapsed`` seconds so far,
+    then each further step at ``step_seconds`` plus its share of a validation pass every
+    ``validate_every`` steps, keeping ``margin`` of the budget and two steps' time for checkpoints
+    and noise."""
+    per_step = step_seconds + validation_seconds / max(1, validate_every)
+    left = max_minutes * 60 * (1 - margin) - elapsed - 2 * per_step
+    return done + max(1, int(left / max(per_step, 1e-6)))
+
+
+class StepPlan:
+    """How many steps a run takes: ``bounds.max_steps``, or with ``max_steps: auto`` as many as
+    ``bounds.max_minutes`` allow on this machine. ``bounds`` is a section with the step bounds
+    (:class:`polyvox.config.StepBounds`); ``train.max_minutes`` and its kin are read here only.
+
+    An auto plan times ``calibration_steps`` steps (their mean, less the first few, which warm caches
+    and allocators) and the validation pass after them, then plans the rest of the budget; the plan
+    is kept in last.pt (:meth:`state`), so a resumed run keeps it and the cosine schedule decays over
+    the whole budget. It is re-planned at each validation from the recent pace (the steps since the
+    last re-plan, their validation included): the machine may be busier or freer than during the
+    timed start or an hour ago, and the schedule should end with the budget, not past it or well
+    before it; an average since the start would lag a change of pace by as long as the run had
+    lasted. Under DDP every rank runs rank 0's plan (timings differ a little between ranks)."""
+
+    def __init__(self, bounds, label: str, section: str, world: int = 1):
+        self.bounds, self.label, self.section, self.world = bounds, label, section, world
+        self.auto = not isinstance(bounds.max_steps, int)
+        self.steps: int | None = None if self.auto else bounds.max_steps
+        self.trained_before = 0.0  # training seconds of the run being resumed: a plan spends the run's budget
+        self.validation_seconds = 0.0  # the last validation pass's (:meth:`validation`)
+        self._window = (0, 0.0)  # (step, monotonic time) of the last (re-)plan
+
+    def resume(self, last: Path) -> None:
+        """Keep the plan of the run being resumed from ``last`` (made on its timed start); one killed
+        before it planned, or whose plan is spent already (the bounds grew), plans again."""
+        if not self.auto:
+            return
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        planned = saved.get("planned_steps")
+        self.steps = int(planned) if planned and planned > int(saved["step"]) else None
+        self.trained_before = float(saved.get("trained_seconds") or 0.0)
+
+    def state(self, elapsed: float) -> dict:
+        """What last.pt keeps of the plan (``elapsed``: this call's training seconds)."""
+        return {"planned_steps": self.steps, "trained_seconds": self.trained_before + elapsed}
+
+    def validation(self, run: Callable[[], float]) -> float:
+        """``run()`` (a validation pass), timed for the plan."""
+        started = time.monotonic()
+        value = run()
+        self.validation_seconds = time.monotonic() - started
+        return value
+
+    def _agreed(self, steps: int) -> int:
+        if self.world == 1:
+            return steps
+        import torch.distributed as dist
+
+        shared = torch.tensor([steps], dtype=torch.int64)
+        dist.broadcast(shared, src=0)
+        return int(shared[0])
+
+    def calibrate(self, step: int, run_step: Callable[[int, bool], int], session: "Session") -> tuple[int, bool]:
+        """With no plan yet (auto), run the timed start from ``step`` through ``run_step(step,
+        validate)`` and plan; returns (the step reached, whether the clock stopped it first)."""
+        if self.steps is None:
+            start, timed = step, []
+            while step < start + self.bounds.calibration_steps and not session.out_of_time():
+                self.validation_seconds = 0.0
+                started = time.monotonic()
+                step = run_step(step, step + 1 == start + self.bounds.calibration_steps)
+                timed.append(time.monotonic() - started - self.validation_seconds)
+            if step < start + self.bounds.calibration_steps:
+                return step, True
+            pace = statistics.mean(timed[min(3, len(timed) - 1):])
+            self.steps = self._agreed(plan_steps(step, self.trained_before + session.elapsed(), pace,
+                                                 self.validation_seconds, self.bounds.max_minutes,
+                                                 self.bounds.validate_every))
+            log.info("%s: %.3f s/step and %.1f s a validation pass here; %d steps fit %s.max_minutes %g", self.label,
+                     pace, self.validation_seconds, self.steps, self.section, self.bounds.max_minutes)
+        self._window = (step, time.monotonic())
+        return step, False
+
+    def remaining(self, step: int) -> Iterator[int]:
+        """Steps from ``step`` up to the plan, which :meth:`replan` may move while they run."""
+        while step < self.steps:
+            yield step
+            step += 1
+
+    def replan(self, step: int, elapsed: float) -> None:
+        """After step ``step`` (done): at a validation step of an auto plan, plan again from the pace
+        since the last plan (``elapsed``: this call's training seconds)."""
+        if not (self.auto and step % self.bounds.validate_every == 0 and self._window[0] < step < self.steps):
+            return
+        now = time.monotonic()
+        pace = (now - self._window[1]) / (step - self._window[0])
+        self._window = (step, now)
+        replanned = self._agreed(plan_steps(step, self.trained_before + elapsed, pace, 0.0, self.bounds.max_minutes,
+                                            self.bounds.validate_every))
+        if abs(replanned - self.steps) > max(1, self.steps // 100):
+            log.info("%s: %.3f s/step lately; %d steps fit %s.max_minutes %g (planned %d)", self.label, pace,
+                     replanned, self.section, self.bounds.max_minutes, self.steps)
+            self.steps = replanned
+
+
 class Session:
     """The bookkeeping of one run of a training loop into ``out``: the exact resume from last.pt,
     the metrics log (metrics.csv), the best and last checkpoints and the time bound. The caller
@@ -267,7 +407,7 @@ class Session:
     def __init__(self, out: Path, model: torch.nn.Module, optimiser, scheduler, scaler, *, device: torch.device,
                  amp: bool, best_key: str, losses: tuple[str, ...], val_name: str, max_minutes: float,
                  validate_every: int, checkpoint_every: int, resume: bool, write: bool = True,
-                 extra: Callable[[], dict] = dict, companions: dict | None = None):
+                 extra: Callable[[], dict] = dict, companions: dict | None = None, label: str = "run"):
         self.out, self.write, self.extra = out, write, extra
         self._objects = (model, optimiser, scheduler, scaler)
         self.companions = companions or {}
@@ -278,6 +418,8 @@ class Session:
         if resume and (out / "last.pt").is_file():
             self.start, self.best = restore_training_state(out / "last.pt", device, *self._objects, best_key, amp,
                                                            self.companions)
+            if self.start:
+                log.info("resuming %s from step %d", label, self.start)
         self.metrics_path = out / "metrics.csv"
         kept: list[list[str]] = []
         if self.start > 0 and self.metrics_path.is_file():  # a killed run may have logged steps past last.pt's

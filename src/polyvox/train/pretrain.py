@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from polyvox.models.meta import MemberMeta
-from polyvox.config import ConfigError, DemoConfig, MemberConfig, Params
+from polyvox.config import ConfigError, DemoSection, MemberSection, Params
 from polyvox.fingerprint import file_digest
 from polyvox.fileio import replace_folder
 from polyvox.pretrained import shipped
@@ -37,7 +37,7 @@ from polyvox.workspace import Workspace
 log = logging.getLogger(__name__)
 
 # What a base folder must hold for a fine-tune and for `polyvox pretrain` to publish it.
-BASE_FILES = ("model.json", "best.pt", "speakers.pt")
+BASE_FILES = (MemberMeta.FILE, "best.pt", "speakers.pt")
 SHIPPED = "shipped"  # pretrain.source's name for the base inside the package (polyvox.pretrained)
 
 
@@ -57,13 +57,13 @@ class PretrainResult:
         return asdict(self)
 
 
-def teacher_corpus(params: Params) -> DemoConfig:
+def teacher_corpus(params: Params) -> DemoSection:
     """The teacher corpus the base trains on: the demo section with the pretrain section's voices
     and takes per voice where it sets them."""
     chosen = {key: value for key, value in (("voices", params.pretrain.voices),
                                             ("utterances_per_speaker", params.pretrain.utterances_per_speaker))
               if value is not None}
-    return DemoConfig.model_validate({**params.demo.model_dump(), **chosen})
+    return DemoSection.model_validate({**params.demo.model_dump(), **chosen})
 
 
 def base_params(params: Params) -> Params:
@@ -72,7 +72,7 @@ def base_params(params: Params) -> Params:
     train_section = params.train.model_copy(update={
         "lr": params.pretrain.lr, "max_steps": params.pretrain.max_steps, "max_minutes": params.pretrain.max_minutes,
         "init_from": None,
-        "members": [MemberConfig(name=BASE, seed=params.seed, conditioning="audio+image", variant={})]})
+        "members": [MemberSection(name=BASE, seed=params.seed, conditioning="audio+image", variant={})]})
     return params.model_copy(update={"train": train_section, "demo": teacher_corpus(params),
                                      "prepare": params.prepare.model_copy(update={"corpus": None})})
 
@@ -201,7 +201,7 @@ def ship_base(params: Params, workspace: Workspace, result: PretrainResult, comm
     with tempfile.TemporaryDirectory(prefix="polyvox-ship-") as scratch:
         halved = Path(scratch) / "fp16"
         halved.mkdir()
-        for name in ("model.json", "speakers.pt"):
+        for name in (MemberMeta.FILE, "speakers.pt"):
             shutil.copy2(folder / name, halved / name)
         weights = {name: tensor.half() if tensor.is_floating_point() and name not in buffers else tensor
                    for name, tensor in state["model"].items()}

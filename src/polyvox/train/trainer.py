@@ -3,7 +3,7 @@
 CUDA when present (with fp16 mixed precision), CPU otherwise (bf16 autocast where the CPU has native
 bf16, ``train.precision``); ``torchrun`` runs it data-parallel (DDP, NCCL on GPUs, gloo on CPU).
 Bounded by ``train.max_steps`` and ``train.max_minutes``; with ``max_steps: auto`` the step count
-is planned from a timed start so that the run spends its minutes (:func:`plan_steps`).
+is planned from a timed start so that the run spends its minutes (:class:`polyvox.train.loop.StepPlan`).
 Checkpoints hold model, optimiser, scheduler, grad-scaler and RNG states and the step, so a
 resumed run continues exactly where the uninterrupted one would be; ``best.pt`` (lowest
 validation loss) and ``last.pt`` are kept apart. Checkpoints load with ``weights_only=True``.
@@ -12,10 +12,7 @@ validation loss) and ``last.pt`` are kept apart. Checkpoints load with ``weights
 from __future__ import annotations
 
 import logging
-import math
 import os
-import statistics
-import time
 from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
@@ -23,14 +20,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from polyvox.config import ConfigError, MemberConfig, Params
+from polyvox.config import ConfigError, MemberSection, Params, StepBounds
+from polyvox.fileio import chosen_checkpoint
 from polyvox.fingerprint import file_digest, fingerprint
 from polyvox.stages import STAGES
 from polyvox.frontends.teacher import TeacherSettings
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.models.meta import MemberMeta, TextFrontEnd
 from polyvox.progress import track
-from polyvox.train.loop import Session, finished, held_out, optimise, run_once, save_checkpoint, warmup_cosine
+from polyvox.train.loop import Session, StepPlan, finished, held_out, lr_factor, optimise, run_once, save_checkpoint
 from polyvox.tracking import stage_run
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
@@ -62,16 +60,16 @@ class TrainResult:
                 f"({self.seconds_per_step:.3f} s/step, stopped by {self.stopped_by}); best val loss {best}")
 
 
-def model_config(params: Params, vocab_size: int, member: MemberConfig | None = None) -> ModelConfig:
+def model_config(params: Params, vocab_size: int, member: MemberSection | None = None) -> ModelConfig:
     section = params.member_model(member) if member is not None else params.model
     return ModelConfig(vocab_size=vocab_size, n_mels=params.audio.n_mels, **section.model_dump(),
                        teacher_input=params.features.teacher_voice is not None)
 
 
-def member_spec(params: Params, name: str) -> MemberConfig:
+def member_spec(params: Params, name: str) -> MemberSection:
     """The member listed under ``train.members``, or an ad-hoc one (params seed, all conditioning, no variant)."""
     listed = {m.name: m for m in params.train.members}
-    return listed.get(name) or MemberConfig(name=name, seed=params.seed, conditioning="audio+image", variant={})
+    return listed.get(name) or MemberSection(name=name, seed=params.seed, conditioning="audio+image", variant={})
 
 
 def _init_path(workspace: Workspace, init: str | Path) -> Path:
@@ -81,9 +79,8 @@ def _init_path(workspace: Workspace, init: str | Path) -> Path:
 
 def _checkpoint_of(source: Path) -> Path | None:
     folder = source if source.is_dir() else source.parent
-    checkpoint = source if source.is_file() else next(
-        (folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
-    return checkpoint if checkpoint is not None and (folder / "model.json").is_file() else None
+    checkpoint = source if source.is_file() else chosen_checkpoint(folder)
+    return checkpoint if checkpoint is not None and (folder / MemberMeta.FILE).is_file() else None
 
 
 def init_source(workspace: Workspace, init: str | Path | None) -> Path | None:
@@ -152,39 +149,6 @@ def data_version(workspace: Workspace) -> str:
     return workspace.data_version()
 
 
-def warmup_inverse_sqrt(warmup: int):
-    warmup = max(1, warmup)
-    return lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
-
-
-def lr_factor(cfg, total_steps: Callable[[], int | None] | None = None) -> Callable[[int], float]:
-    """The multiplier of ``train.lr`` at each step, for ``train.lr_schedule``. ``total_steps`` gives
-    the planned step count once it is known (``max_steps: auto``); until then (the timed start,
-    inside the warm-up) the cosine schedule is its linear warm-up."""
-    if cfg.lr_schedule == "inverse_sqrt":
-        return warmup_inverse_sqrt(cfg.warmup_steps)
-    if isinstance(cfg.max_steps, int):
-        return warmup_cosine(cfg.warmup_steps, cfg.max_steps)
-
-    def factor(step: int) -> float:
-        total = total_steps() if total_steps is not None else None
-        if total is None:
-            return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        return warmup_cosine(cfg.warmup_steps, total)(step)
-    return factor
-
-
-def plan_steps(done: int, elapsed: float, step_seconds: float, validation_seconds: float, max_minutes: float,
-               validate_every: int, margin: float = 0.03) -> int:
-    """The total step count that fits ``max_minutes``: ``done`` steps in ``elapsed`` seconds so far,
-    then each further step at ``step_seconds`` plus its share of a validation pass every
-    ``validate_every`` steps, keeping ``margin`` of the budget and two steps' time for checkpoints
-    and noise."""
-    per_step = step_seconds + validation_seconds / max(1, validate_every)
-    left = max_minutes * 60 * (1 - margin) - elapsed - 2 * per_step
-    return done + max(1, int(left / max(per_step, 1e-6)))
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a training step: fp16 on CUDA; on CPU bf16 when asked for, or with
     ``auto`` where the CPU computes bf16 natively (AVX512-BF16 or AMX: a default-model step ~1.27x
@@ -245,7 +209,6 @@ def speaker_embeddings(model: AcousticModel, corpus: Corpus, batch_size: int, de
     return {speakers[s]: sums[s] / counts[s] for s in sorted(sums) if s >= 0}
 
 
-BOUNDS = {"max_steps", "max_minutes", "calibration_steps", "checkpoint_every", "validate_every"}  # how long, not what
 
 
 def training_fingerprint(params: Params, workspace: Workspace, member: str, seed: int | None,
@@ -255,13 +218,19 @@ def training_fingerprint(params: Params, workspace: Workspace, member: str, seed
     spec = member_spec(params, member)
     init = init_from if init_from is not None else params.train.init_from
     stage = STAGES["train"]  # the base too: pretrain's settings reach here as base_params' train section
-    settings = stage.settings(params) | {"train": params.train.model_dump(exclude={"members", *BOUNDS})}
+    settings = stage.settings(params) | {"train": params.train.model_dump(exclude={"members", *StepBounds.BOUNDS})}
     identity = fingerprint(workspace.data_version(), stage.identity(params, settings), spec.model_dump(), seed,
                            init_identity(workspace, init))
-    return identity, fingerprint(params.train.model_dump(include=BOUNDS))
+    return identity, fingerprint(params.train.model_dump(include=set(StepBounds.BOUNDS)))
 
 
-FILES = ("last.pt", "model.json", "speakers.pt")  # what a finished run leaves (best.pt too, when it validated)
+FILES = ("last.pt", MemberMeta.FILE, "speakers.pt")  # what a finished run leaves (best.pt too, when it validated)
+
+
+def input_fingerprint(params: Params, workspace: Workspace, member: str = "default") -> tuple[str, str]:
+    """The stage protocol's fingerprint (:meth:`polyvox.stages.Stage.input_fingerprint`): the member's,
+    with its listed seed and the configured warm start."""
+    return training_fingerprint(params, workspace, member, None, None)
 
 
 def completed(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
@@ -283,6 +252,43 @@ def train(params: Params, workspace: Workspace, member: str = "default", seed: i
                     stamp=_distributed()[0] == 0)
 
 
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}  # autocast dtype → train.precision
+
+
+def _corpora(params: Params, workspace: Workspace, spec: MemberSection):
+    """(vocabulary, speakers, teacher settings, (train corpus, validation corpus)) of a member."""
+    vocab, speakers = vocabulary_and_speakers(workspace)
+    teachers = TeacherSettings.from_params(params)
+    corpora = held_out(workspace, lambda split: Corpus(workspace, split, vocab, speakers,
+                                                       images=spec.conditioning == "audio+image",
+                                                       teachers=teachers is not None))
+    return vocab, speakers, teachers, corpora
+
+
+def _meta(params: Params, workspace: Workspace, member: str, spec: MemberSection, seed: int, model: AcousticModel,
+          init_from, symbols: list[str], speakers: list[str], teachers: TeacherSettings | None) -> MemberMeta:
+    """model.json of a member: what it is and what it needs at synthesis."""
+    return MemberMeta(member=member, seed=seed, conditioning=spec.conditioning, model=model.cfg,
+                      init_from=None if init_from is None else str(init_from),
+                      init_sha256=init_identity(workspace, init_from), symbols=symbols, speakers=speakers,
+                      audio=params.audio, image_size=params.features.image_size,
+                      text=TextFrontEnd(language=params.clean.language, phonemizer=params.clean.phonemizer),
+                      teacher=teachers.to_dict() if teachers is not None else None)
+
+
+def _report(tracker, member: str, done: int, losses: dict[str, torch.Tensor], val: float | None, lr: float,
+            pace: float) -> None:
+    """A step's losses to MLflow (``tracker``: rank 0's, else None); a validation's also to the log."""
+    if tracker is None:
+        return
+    tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES} | {"lr": lr}
+                    | ({} if val is None else {"val_loss": val}), done)
+    if val is not None:
+        tracker.flush()
+        log.info("%s step %d: train loss %.4f (mel %.4f), val loss %.4f, %.2f s/step", member, done,
+                 float(losses["total"].detach()), float(losses["mel"].detach()), val, pace)
+
+
 def fit(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
         resume: bool = True, init_from: str | Path | None = None) -> tuple[TrainResult, AcousticModel]:
     """:func:`train`, also returning the trained model (on its device).
@@ -298,65 +304,32 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     device = _device(rank)
     torch.manual_seed(seed)
 
-    vocab, speakers = vocabulary_and_speakers(workspace)
-    images = spec.conditioning == "audio+image"
-    teachers = TeacherSettings.from_params(params)
-    train_corpus, val_corpus = held_out(workspace, lambda split: Corpus(workspace, split, vocab, speakers, images=images,
-                                                                        teachers=teachers is not None))
+    vocab, speakers, teachers, (train_corpus, val_corpus) = _corpora(params, workspace, spec)
     model = AcousticModel(model_config(params, len(vocab), spec), *mel_statistics(workspace))
     out = checkpoint_dir(workspace, member)
     resuming = resume and (out / "last.pt").is_file()
-    warm = None
-    if init_from is not None and not resuming:
-        warm = warm_start(model, vocab.symbols, init_source(workspace, init_from))
+    warm = None if init_from is None or resuming else warm_start(model, vocab.symbols, init_source(workspace, init_from))
     model = model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    plan: dict[str, int | None] = {"steps": cfg.max_steps if isinstance(cfg.max_steps, int) else None}
-    trained_before = 0.0  # training seconds of the run being resumed: a plan spends the run's budget, not each call's
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(cfg, lambda: plan["steps"]))
+    plan = StepPlan(cfg, f"train {member}", "train", world)
+    if resuming:
+        plan.resume(out / "last.pt")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor(cfg, lambda: plan.steps))
     amp = device.type == "cuda"
     cast = autocast_dtype(cfg.precision, device)
-    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[cast]
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
-
-    if resuming and plan["steps"] is None:  # keep the plan of the run being resumed (made on its timed start)
-        saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        # None (killed before its plan was made) or spent already (the bounds grew): plan again
-        planned = saved.get("planned_steps")
-        plan["steps"] = int(planned) if planned and planned > int(saved["step"]) else None
-        trained_before = float(saved.get("trained_seconds") or 0.0)
-        del saved
     session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_loss",
                       losses=LOSS_NAMES, val_name="val_loss", max_minutes=cfg.max_minutes,
                       validate_every=cfg.validate_every, checkpoint_every=cfg.checkpoint_every, resume=resuming,
-                      write=rank == 0, extra=lambda: {"planned_steps": plan["steps"],
-                                                      "trained_seconds": trained_before + session.elapsed()})
-    start = session.start
-    if start:
-        log.info("resuming %s from step %d", member, start)
+                      write=rank == 0, extra=lambda: plan.state(session.elapsed()), label=member)
+    start = step = session.start
     if rank == 0:
-        MemberMeta(member=member, seed=seed, conditioning=spec.conditioning, model=model.cfg,
-                   init_from=None if init_from is None else str(init_from), init_sha256=init_identity(workspace, init_from),
-                   symbols=vocab.symbols, speakers=speakers, audio=params.audio, image_size=params.features.image_size,
-                   text=TextFrontEnd(language=params.clean.language, phonemizer=params.clean.phonemizer),
-                   teacher=teachers.to_dict() if teachers is not None else None).write(out)
-
+        _meta(params, workspace, member, spec, seed, model, init_from, vocab.symbols, speakers, teachers).write(out)
     tracker = stage_run("pretrain" if member == BASE else "train", params, workspace,
                         {"member": member, "data_version": data_version(workspace), "resumed_from_step": str(start),
                          "warm_start": str(init_from) if warm else ""}, name=f"train-{member}") if rank == 0 else None
-    stopped_by, step = "steps", start
-    status = "FAILED"
-
-    validation_seconds = [0.0]  # the last validation pass's
-
-    def validate_and_keep(done: int) -> float:
-        started = time.monotonic()
-        val = validation_loss(model, val_corpus, cfg.batch_size, device, seed)
-        validation_seconds[0] = time.monotonic() - started
-        session.keep_if_best(val, done)
-        return val
 
     def run_step(step: int, validate: bool) -> int:
         indices = train_corpus.batch_indices(step, cfg.batch_size * world, seed)[rank::world]
@@ -365,89 +338,34 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             losses = wrapped(batch)
         optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
         done = step + 1
-        last = done == plan["steps"]
-        val = validate_and_keep(done) if validate or session.validation_due(done, last) else None
+        last = done == plan.steps
+        val = None
+        if validate or session.validation_due(done, last):
+            val = plan.validation(lambda: validation_loss(model, val_corpus, cfg.batch_size, device, seed))
+            session.keep_if_best(val, done)
         session.record(done, losses, val, last)
-        if tracker:
-            tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES}
-                            | {"lr": scheduler.get_last_lr()[0]} | ({} if val is None else {"val_loss": val}), done)
-            if val is not None:
-                tracker.flush()
-        if val is not None and rank == 0:
-            log.info("%s step %d: train loss %.4f (mel %.4f), val loss %.4f, %.2f s/step", member, done,
-                     float(losses["total"].detach()), float(losses["mel"].detach()), val,
-                     session.elapsed() / (done - start))
+        _report(tracker if rank == 0 else None, member, done, losses, val, scheduler.get_last_lr()[0],
+                session.elapsed() / (done - start))
         return done
 
-    out_of_time = session.out_of_time
-
-    auto = not isinstance(cfg.max_steps, int)
-
-    def agreed(steps: int) -> int:
-        """Every rank runs rank 0's plan (timings differ a little between ranks)."""
-        if world == 1:
-            return steps
-        shared = torch.tensor([steps], dtype=torch.int64)
-        dist.broadcast(shared, src=0)
-        return int(shared[0])
-
+    status = "FAILED"
     try:
-        if plan["steps"] is None:
-            # max_steps: auto. Time calibration_steps steps (their mean, less the first few, which warm
-            # caches and allocators) and one validation pass after them, then plan the rest of the budget.
-            timed = []
-            while step < start + cfg.calibration_steps and not out_of_time():
-                validation_seconds[0] = 0.0
-                started = time.monotonic()
-                step = run_step(step, validate=step + 1 == start + cfg.calibration_steps)
-                timed.append(time.monotonic() - started - validation_seconds[0])
-            if step < start + cfg.calibration_steps:
-                stopped_by = "time"
-            else:
-                pace = statistics.mean(timed[min(3, len(timed) - 1):])
-                plan["steps"] = agreed(plan_steps(step, trained_before + session.elapsed(), pace,
-                                                  validation_seconds[0], cfg.max_minutes, cfg.validate_every))
-                log.info("train %s: %.3f s/step and %.1f s a validation pass here; %d steps fit train.max_minutes %g",
-                         member, pace, validation_seconds[0], plan["steps"], cfg.max_minutes)
-        paced_from = (step, time.monotonic())
-        window = [step, paced_from[1]]  # since the last re-plan: the recent pace
-
-        def until_planned(first: int):
-            """Steps from ``first`` up to the plan, which a re-plan may move while they run."""
-            current = first
-            while current < plan["steps"]:
-                yield current
-                current += 1
-
-        steps = until_planned(step) if stopped_by != "time" else iter(())
-        for step in track(steps, max(0, (plan["steps"] or step) - step), f"train {member}", log,
-                          total_now=lambda: plan["steps"] - paced_from[0]):
-            if out_of_time():
+        step, timed_out = plan.calibrate(step, run_step, session)
+        stopped_by, first = ("time" if timed_out else "steps"), step
+        for step in track(plan.remaining(step) if not timed_out else iter(()), max(0, (plan.steps or step) - step),
+                          f"train {member}", log, total_now=lambda: plan.steps - first):
+            if session.out_of_time():
                 stopped_by = "time"
                 break
             step = run_step(step, validate=False)
-            if auto and step % cfg.validate_every == 0 and step < plan["steps"] and step > window[0]:
-                # Re-plan at each validation from the recent pace (the steps since the last re-plan,
-                # their validation included): the machine may be busier or freer than during the
-                # timed start or an hour ago, and the schedule should end with the budget, not past
-                # it or well before it. An average since the start would lag a change of pace by as
-                # long as the run had lasted.
-                now = time.monotonic()
-                pace = (now - window[1]) / (step - window[0])
-                window[:] = [step, now]
-                replanned = agreed(plan_steps(step, trained_before + session.elapsed(), pace, 0.0,
-                                              cfg.max_minutes, cfg.validate_every))
-                if abs(replanned - plan["steps"]) > max(1, plan["steps"] // 100):
-                    log.info("train %s: %.3f s/step lately; %d steps fit train.max_minutes %g (planned %d)",
-                             member, pace, replanned, cfg.max_minutes, plan["steps"])
-                    plan["steps"] = replanned
+            plan.replan(step, session.elapsed())
         session.finish(step, stopped_by)
         status = "FINISHED"
     finally:
         session.close()
         if tracker:
             if status == "FINISHED":
-                tracker.artifacts([out / "model.json", session.metrics_path])
+                tracker.artifacts([out / MemberMeta.FILE, session.metrics_path])
             tracker.end(status)
     seconds = session.elapsed()
     if rank == 0:
@@ -456,7 +374,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         member=member, steps=step, best_val_loss=session.best, last_checkpoint=str(out / "last.pt"),
         best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),
         world_size=world, seconds=seconds, stopped_by=stopped_by, seconds_per_step=seconds / max(1, step - start),
-        planned_steps=plan["steps"], precision=precision,
+        planned_steps=plan.steps, precision=PRECISION_NAMES[cast],
     )
     log.info("train: %s", result.summary())
     return result, model

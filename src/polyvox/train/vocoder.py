@@ -14,8 +14,8 @@ own AdamW and cosine). Once they join, ``best.pt`` is chosen among adversarial s
 adversarial losses trade a little mel L1 for natural fine structure, and a warm-up checkpoint would
 otherwise always win. ``vocoder.init_from`` fine-tunes a trained vocoder (and its discriminators).
 
-CUDA when present (with mixed precision), CPU otherwise. Bounded by ``max_steps`` and
-``max_minutes``; ``last.pt`` holds model, optimiser, scheduler, grad-scaler and RNG states and the
+CUDA when present (with mixed precision), CPU otherwise. Bounded by ``max_steps`` (``auto``: as
+many as ``max_minutes`` allow, :class:`polyvox.train.loop.StepPlan`) and ``max_minutes``; ``last.pt`` holds model, optimiser, scheduler, grad-scaler and RNG states and the
 step, and the discriminators' weights, optimiser, scheduler and scaler (exact resume); ``best.pt``
 the lowest validation mel L1. Checkpoints load with ``weights_only=True``.
 """
@@ -23,8 +23,8 @@ the lowest validation mel L1. Checkpoints load with ``weights_only=True``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,16 +34,16 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from polyvox.config import AudioConfig, ConfigError, Params, VocoderSection
+from polyvox.config import AudioSection, ConfigError, Params, StepBounds, VocoderSection
 from polyvox.fileio import load_arrays
 from polyvox.signal.mel import MEL_FLOOR, mel_transform
-from polyvox.fileio import atomic_write_text
 from polyvox.models.discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
                                            generator_loss)
+from polyvox.models.meta import VocoderMeta
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos, vocoder_checkpoint
 from polyvox.fingerprint import file_digest
 from polyvox.progress import track
-from polyvox.train.loop import Session, cosine, finished, held_out, optimise, run_once
+from polyvox.train.loop import Session, StepPlan, finished, held_out, optimise, planned_cosine, run_once
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
 from polyvox.fingerprint import fingerprint
@@ -78,7 +78,7 @@ class VocoderResult:
                 f"stopped by {self.stopped_by}); best val mel L1 {best}")
 
 
-def vocoder_config(audio: AudioConfig, settings: VocoderSection) -> VocoderConfig:
+def vocoder_config(audio: AudioSection, settings: VocoderSection) -> VocoderConfig:
     """The vocoder inverts the analysis STFT of ``features``: same n_fft, hop and window."""
     return VocoderConfig(n_mels=audio.n_mels, n_fft=audio.n_fft, hop_length=audio.hop_length,
                          win_length=audio.win_length, channels=settings.channels, layers=settings.layers,
@@ -88,7 +88,7 @@ def vocoder_config(audio: AudioConfig, settings: VocoderSection) -> VocoderConfi
 class Clips:
     """One split's utterances: mels in memory (n_mels, frames), audio paths read per segment."""
 
-    def __init__(self, workspace: Workspace, split: str, audio: AudioConfig):
+    def __init__(self, workspace: Workspace, split: str, audio: AudioSection):
         index = pd.read_parquet(workspace.features_index, columns=["id", "split", "features"])
         rows = index[index["split"] == split]
         if rows.empty:
@@ -146,7 +146,7 @@ class Clips:
 class VocoderLoss(nn.Module):
     """Multi-resolution STFT loss + log-mel L1, between (batch, samples) waveforms; float32 throughout."""
 
-    def __init__(self, audio: AudioConfig):
+    def __init__(self, audio: AudioSection):
         super().__init__()
         self.mel_transform = copy.deepcopy(mel_transform(audio))  # a copy: it moves to the training device
         for n_fft, _ in RESOLUTIONS:
@@ -192,7 +192,6 @@ def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: tor
     return total / (frames * model.cfg.n_mels)
 
 
-BOUNDS = {"max_steps", "max_minutes", "checkpoint_every", "validate_every"}  # how long, not what
 
 
 def vocoder_fingerprints(params: Params, workspace: Workspace,
@@ -203,10 +202,10 @@ def vocoder_fingerprints(params: Params, workspace: Workspace,
     settings = cfg.model_dump()
     stage = STAGES["train-vocoder"]
     init = init_checkpoint(workspace, cfg)
-    shaping = stage.settings(params) | {"vocoder": {k: v for k, v in settings.items() if k not in BOUNDS},
+    shaping = stage.settings(params) | {"vocoder": {k: v for k, v in settings.items() if k not in StepBounds.BOUNDS},
                                         "init_sha256": None if init is None else file_digest(init)}
     identity = fingerprint(workspace.data_version(), stage.identity(params, shaping))
-    return identity, fingerprint({k: v for k, v in settings.items() if k in BOUNDS})
+    return identity, fingerprint({k: v for k, v in settings.items() if k in StepBounds.BOUNDS})
 
 
 SHIPPED = "shipped"  # vocoder.init_from's name for the universal vocoder inside the package (polyvox.pretrained)
@@ -257,11 +256,16 @@ def warm_start(model: Vocos, discriminators: Discriminators | None, workspace: W
              ", discriminators included" if taken else "")
 
 
-FILES = ("last.pt", "vocoder.json")  # what a finished run leaves (best.pt too, when it validated)
+FILES = ("last.pt", VocoderMeta.FILE)  # what a finished run leaves (best.pt too, when it validated)
 
 
-def vocoder_completed(params: Params, workspace: Workspace, name: str = "vocoder",
-                      cfg: VocoderSection | None = None) -> dict | None:
+def input_fingerprint(params: Params, workspace: Workspace) -> tuple[str, str]:
+    """The stage protocol's fingerprint (:meth:`polyvox.stages.Stage.input_fingerprint`)."""
+    return vocoder_fingerprints(params, workspace)
+
+
+def completed(params: Params, workspace: Workspace, name: str = "vocoder",
+              cfg: VocoderSection | None = None) -> dict | None:
     """``done.json`` of a finished vocoder run on exactly these inputs and bounds, with its outputs in
     place; None when :func:`train_vocoder` would train."""
     return finished(workspace.models / name, *vocoder_fingerprints(params, workspace, cfg), FILES)
@@ -290,56 +294,61 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
     model = Vocos(vocoder_config(params.audio, cfg)).to(device)
     loss_fn = VocoderLoss(params.audio).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.9), weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine(cfg.max_steps))
+    label = name if "vocoder" in name else f"vocoder {name}"
+    out = workspace.models / name
+    plan = StepPlan(cfg, f"train {label}", "vocoder")
+    if resume and (out / "last.pt").is_file():
+        plan.resume(out / "last.pt")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, planned_cosine(cfg.max_steps, lambda: plan.steps))
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    gan = Adversary(cfg, device, amp) if cfg.discriminators else None
+    gan = Adversary(cfg, device, amp, lambda: plan.steps) if cfg.discriminators else None
     if cfg.init_from is not None:
         init_checkpoint(workspace, cfg)  # a clear error before anything is written
-    out = workspace.models / name
     session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_mel",
                       losses=LOSS_NAMES + (GAN_LOSS_NAMES if gan else ()), val_name="val_mel",
                       max_minutes=cfg.max_minutes, validate_every=cfg.validate_every,
                       checkpoint_every=cfg.checkpoint_every, resume=resume,
-                      companions=gan.companions() if gan else None)
+                      companions=gan.companions() if gan else None, extra=lambda: plan.state(session.elapsed()),
+                      label=label)
     start = step = session.start
-    if start:
-        log.info("resuming vocoder %s from step %d", name, start)
-    elif cfg.init_from is not None:
+    if not start and cfg.init_from is not None:
         warm_start(model, gan.discriminators if gan else None, workspace, cfg)
-    atomic_write_text(out / "vocoder.json", json.dumps({
-        "name": name, "seed": seed, "model": asdict(model.cfg), "audio": params.audio.model_dump(),
-        "train": cfg.model_dump()}, indent=1) + "\n")
+    VocoderMeta(name=name, seed=seed, model=model.cfg, audio=params.audio, train=cfg.model_dump()).write(out)
 
-    stopped_by = "steps"
+    def run_step(step: int, validate: bool) -> int:
+        if gan and step == cfg.warmup_steps and step > 0:
+            session.best = None  # best.pt from here on is an adversarial step's (the module docstring says why)
+        mel, wave = (t.to(device) for t in train_clips.segments(step, cfg.batch_size, cfg.segment_frames, seed))
+        with torch.autocast(device.type, enabled=amp):
+            predicted = model(mel)
+        losses = loss_fn(predicted, wave)
+        if gan:
+            losses.update(gan.step(predicted, wave, adversarial=step >= cfg.warmup_steps))
+            losses["total"] = (losses["total"] + cfg.adversarial_weight * losses["adversarial"]
+                               + cfg.feature_weight * losses["feature_matching"])
+        optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
+        done, last = step + 1, step + 1 == plan.steps
+        val = None
+        if validate or session.validation_due(done, last):
+            val = plan.validation(lambda: validation_mel_l1(model, val_clips, loss_fn, device))
+            session.keep_if_best(val, done)
+            log.info("%s step %d: train loss %.4f (mel %.4f), val mel L1 %.4f, %.3f s/step", label, done,
+                     float(losses["total"].detach()), float(losses["mel"].detach()), val,
+                     session.elapsed() / (done - start))
+        session.record(done, losses, val, last)
+        return done
+
     try:
-        for step in track(range(start, cfg.max_steps), cfg.max_steps - start, f"train {name}" if "vocoder" in name else f"train vocoder {name}", log):
+        step, timed_out = plan.calibrate(step, run_step, session)
+        stopped_by, first = ("time" if timed_out else "steps"), step
+        for step in track(plan.remaining(step) if not timed_out else iter(()), max(0, (plan.steps or step) - step),
+                          f"train {label}", log, total_now=lambda: plan.steps - first):
             if session.out_of_time():
                 stopped_by = "time"
                 break
-            if gan and step == cfg.warmup_steps and step > 0:
-                session.best = None  # best.pt from here on is an adversarial step's (the module docstring says why)
-            mel, wave = (t.to(device) for t in train_clips.segments(step, cfg.batch_size, cfg.segment_frames, seed))
-            with torch.autocast(device.type, enabled=amp):
-                predicted = model(mel)
-            losses = loss_fn(predicted, wave)
-            if gan:
-                losses.update(gan.step(predicted, wave, adversarial=step >= cfg.warmup_steps))
-                losses["total"] = (losses["total"] + cfg.adversarial_weight * losses["adversarial"]
-                                   + cfg.feature_weight * losses["feature_matching"])
-            optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
-
-            done, last = step + 1, step + 1 == cfg.max_steps
-            val = None
-            if session.validation_due(done, last):
-                val = validation_mel_l1(model, val_clips, loss_fn, device)
-                session.keep_if_best(val, done)
-                log.info("%s step %d: train loss %.4f (mel %.4f), val mel L1 %.4f, %.3f s/step",
-                         name if "vocoder" in name else f"vocoder {name}", done,
-                         float(losses["total"].detach()), float(losses["mel"].detach()), val,
-                         session.elapsed() / (done - start))
-            session.record(done, losses, val, last)
-            step = done
+            step = run_step(step, validate=False)
+            plan.replan(step, session.elapsed())
         session.finish(step, stopped_by)
     finally:
         session.close()
@@ -358,14 +367,18 @@ class Adversary:
     alternating step: the discriminators learn on real against (detached) generated audio, then
     judge the generated audio again for the generator's adversarial and feature-matching losses."""
 
-    def __init__(self, cfg: VocoderSection, device: torch.device, amp: bool):
+    def __init__(self, cfg: VocoderSection, device: torch.device, amp: bool,
+                 total_steps: Callable[[], int | None] = lambda: None):
         self.cfg = cfg
         self.discriminators = Discriminators(cfg.discriminators, cfg.periods, cfg.discriminator_channels).to(device)
-        # HiFi-GAN's betas for its discriminators; the cosine runs over the adversarial steps only.
+        # HiFi-GAN's betas for its discriminators; the cosine runs over the adversarial steps only
+        # (``total_steps``: the run's plan, with max_steps: auto).
         self.optimiser = torch.optim.AdamW(self.discriminators.parameters(), lr=cfg.discriminator_lr,
                                            betas=(0.8, 0.99), weight_decay=0.01)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser,
-                                                           cosine(max(1, cfg.max_steps - cfg.warmup_steps)))
+        adversarial = cfg.max_steps - cfg.warmup_steps if isinstance(cfg.max_steps, int) else "auto"
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser, planned_cosine(
+            max(1, adversarial) if adversarial != "auto" else adversarial,
+            lambda: None if total_steps() is None else max(1, total_steps() - cfg.warmup_steps)))
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def companions(self) -> dict:
@@ -434,4 +447,4 @@ def ship_vocoder(params: Params, workspace: Workspace, name: str, result: Vocode
                          "device": result.device, "machine": f"{platform.machine()} {platform.processor() or ''}".strip()},
             "figures": {"weights": "fp32", **(figures or {})},
         }
-        return pretrained.ship("vocoder", {"vocoder.json": folder / "vocoder.json", "best.pt": weights}, record, root)
+        return pretrained.ship("vocoder", {VocoderMeta.FILE: folder / VocoderMeta.FILE, "best.pt": weights}, record, root)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from polyvox.config import ValidateConfig
+from polyvox.config import ValidateSection
 from polyvox.corpus.schema import MANIFEST_COLUMNS
 
 SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -26,7 +26,7 @@ class Check:
     explain: str  # how to describe a failing row; formatted with the row's values
 
 
-def checks(cfg: ValidateConfig) -> list[Check]:
+def checks(cfg: ValidateSection) -> list[Check]:
     import great_expectations.expectations as gxe
 
     c = cfg
@@ -95,7 +95,7 @@ class SuiteRun:
     docs: Path | None
 
 
-def run_suite(table: pd.DataFrame, cfg: ValidateConfig, gx_root: Path) -> SuiteRun:
+def run_suite(table: pd.DataFrame, cfg: ValidateSection, gx_root: Path) -> SuiteRun:
     """Validate ``table`` (index = row number) with a file-backed GX context under ``gx_root``."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from polyvox.config import DemoConfig
+from polyvox.config import DemoSection
 from polyvox.corpus.demo.avatars import draw_avatar, measure_voice
 from polyvox.engines import TeacherVoice, resolve_voices, synthesize
 from polyvox.fileio import atomic_write_bytes, atomic_write_text
@@ -69,7 +69,7 @@ def _csv_bytes(header: list[str], rows: list[list[object]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def build_demo_corpus(cfg: DemoConfig, seed: int, out_dir: Path) -> Path:
+def build_demo_corpus(cfg: DemoSection, seed: int, out_dir: Path) -> Path:
     """Synthesise the demo corpus into ``out_dir``; returns the path of its ``manifest.csv``."""
     voices = resolve_voices(cfg.voices)
     prompts = load_prompts()
