@@ -421,7 +421,7 @@ def test_teacher_input_is_rendered_aligned_warped_and_learned(featured, tmp_path
     it, the warp puts it on the target's frame grid, a fine-tune starts from the base's exact behaviour
     (the projection starts at zero) and learns to use it, and synthesis renders it again."""
     from polyvox.features.stage import features
-    from polyvox.models.acoustic import TeacherTrack, warp_teacher
+    from polyvox.models.teacher import TeacherTrack, warp_teacher
     from polyvox.runtime.synthesizer import Synthesizer
     from polyvox.models.variance import frame_tokens
     from polyvox.train.data import Corpus

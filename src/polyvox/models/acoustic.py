@@ -25,9 +25,10 @@ from polyvox.config import ModelSection
 from polyvox.models.decoder import MelDecoder
 from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
 from polyvox.models.layers import sequence_mask
-from polyvox.models.mas import beta_binomial_log_prior, monotonic_alignment
+from polyvox.models.aligner import align
+from polyvox.models.teacher import TeacherTrack, stretch_to_tokens, warp_teacher
 from polyvox.models.variance import (POSITION_FEATURES, VarianceAdaptor, frame_tokens, phone_positions,
-                                     regulate_length, token_average, token_spans)
+                                     regulate_length, token_average)
 
 
 class ModelConfig(ModelSection):
@@ -110,7 +111,7 @@ class AcousticModel(nn.Module):
                       teacher_lengths: torch.Tensor) -> "TeacherTrack":
         """The teacher's frames per token: the monotonic alignment of its (normalised) frames under the
         text encoder's per-token means ``mu`` (batch, tokens, n_mels), as the target is aligned."""
-        teacher_mel, teacher_lengths = _stretched(teacher_mel, teacher_lengths, token_lengths)
+        teacher_mel, teacher_lengths = stretch_to_tokens(teacher_mel, teacher_lengths, token_lengths)
         frames = teacher_mel.shape[2]
         mask = sequence_mask(teacher_lengths, frames)
         normalised = self.normalise(teacher_mel) * mask[:, None]
@@ -118,13 +119,7 @@ class AcousticModel(nn.Module):
         # off the corpus's, and centred frames align better under the corpus-trained means (per-token
         # duration correlation with the target's alignment 0.2-0.7 against 0.0-0.4 uncentred, kathleen-a).
         normalised = (normalised - normalised.sum(dim=2, keepdim=True) / teacher_lengths[:, None, None]) * mask[:, None]
-        token_mask = sequence_mask(token_lengths, mu.shape[1])
-        log_likelihood = -0.5 * torch.cdist(mu, normalised.transpose(1, 2)) ** 2
-        if self.cfg.alignment_prior > 0:
-            log_likelihood = log_likelihood + self.cfg.alignment_prior * beta_binomial_log_prior(
-                token_lengths, teacher_lengths, mu.shape[1], frames).to(log_likelihood.device)
-        log_likelihood = log_likelihood.masked_fill(~(token_mask[:, :, None] & mask[:, None, :]), -1e9)
-        durations = monotonic_alignment(log_likelihood, token_lengths, teacher_lengths).sum(dim=2)
+        durations = align(mu, normalised, token_lengths, teacher_lengths, self.cfg.alignment_prior).sum(dim=2)
         return TeacherTrack(normalised.transpose(1, 2), durations)
 
     def place(self, positions: torch.Tensor) -> torch.Tensor:
@@ -154,13 +149,7 @@ class AcousticModel(nn.Module):
         frame_mask = sequence_mask(b.mel_lengths, b.mel.shape[2])
         target = self.normalise(b.mel) * frame_mask[:, None]
 
-        # Alignment: Gaussian log-likelihood of each frame under each token's mean, best monotonic path.
-        log_likelihood = -0.5 * torch.cdist(mu, target.transpose(1, 2)) ** 2
-        if self.cfg.alignment_prior > 0:
-            log_likelihood = log_likelihood + self.cfg.alignment_prior * beta_binomial_log_prior(
-                b.token_lengths, b.mel_lengths, b.tokens.shape[1], b.mel.shape[2]).to(log_likelihood.device)
-        log_likelihood = log_likelihood.masked_fill(~(token_mask[:, :, None] & frame_mask[:, None, :]), -1e9)
-        alignment = monotonic_alignment(log_likelihood, b.token_lengths, b.mel_lengths)
+        alignment = align(mu, target, b.token_lengths, b.mel_lengths, self.cfg.alignment_prior)
         durations = alignment.sum(dim=2)
         aligned_mu = torch.einsum("btf,btm->bmf", alignment, mu)
         frames_total = frame_mask.sum() * target.shape[1]
@@ -259,40 +248,3 @@ class AcousticModel(nn.Module):
         durations = self.durations(self.log_durations(hidden, token_mask), token_mask, duration_scale)
         teacher = self.teacher_track(tokens, teacher_mel) if teacher_mel is not None else None
         return self.decode(hidden, token_mask, durations, teacher)
-
-
-@dataclass
-class TeacherTrack:
-    """A teacher rendering ready to be warped: its normalised frames and each token's share of them."""
-
-    frames: torch.Tensor  # (batch, teacher_frames, n_mels), normalised and centred per bin, 0 on padding
-    durations: torch.Tensor  # (batch, tokens) teacher frames per token
-
-
-def _stretched(mel: torch.Tensor, lengths: torch.Tensor, token_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The alignment gives every token at least one frame; a rendering with fewer frames than tokens
-    (very fast speech, or a short text) is repeated frame by frame until it has enough."""
-    factor = int(torch.ceil((token_lengths.float() / lengths.clamp(min=1).float()).max()).item())
-    if factor <= 1:
-        return mel, lengths
-    return mel.repeat_interleave(factor, dim=2), lengths * factor
-
-
-def warp_teacher(teacher: TeacherTrack, durations: torch.Tensor,
-                 tokens: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The teacher's frames on the output frame grid, (batch, frames, n_mels): a frame at relative
-    position r inside token i (of ``durations``) reads the teacher at r of the way through token i's
-    teacher frames, interpolating linearly between the two nearest of them (never a neighbour's).
-    0 past each sequence's end."""
-    index, valid = tokens
-    start, own = token_spans(durations, index)
-    relative = (torch.arange(index.shape[1], device=index.device)[None, :].float() - start + 0.5) / own
-    their_start, theirs = token_spans(teacher.durations, index)
-    last = their_start + theirs - 1  # a frame reads only its own token's teacher frames
-    source = torch.minimum(torch.maximum(their_start + relative * theirs - 0.5, their_start), last)
-    low = source.floor().long()
-    high = torch.minimum(low + 1, last.long())
-    weight = (source - low.float())[..., None]
-    channels = teacher.frames.shape[2]
-    pick = lambda at: torch.gather(teacher.frames, 1, at[..., None].expand(-1, -1, channels))  # noqa: E731
-    return (pick(low) * (1 - weight) + pick(high) * weight) * valid[..., None]

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polyvox.models.acoustic import MAX_TOKEN_FRAMES, AcousticModel, warp_teacher
+from polyvox.models.acoustic import MAX_TOKEN_FRAMES, AcousticModel
+from polyvox.models.teacher import warp_teacher
 from polyvox.models.variance import POSITION_FEATURES, frame_tokens, phone_positions_numpy
 
 log = logging.getLogger(__name__)
