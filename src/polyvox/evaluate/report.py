@@ -111,7 +111,9 @@ def summary_plot(table: pd.DataFrame, systems: list[str], asr: str = "pocketsphi
     return data
 
 
-def spectrogram_plot(waves: dict[str, tuple[np.ndarray, int]], title: str) -> bytes:
+def spectrogram_plot(waves: dict[str, tuple[np.ndarray, int]], title: str, audio=None) -> bytes:
+    """Each system's mel spectrogram, one above the other; ``audio`` (the voice's AudioSection) sets
+    the analysis, so the plot shows the mels the model was trained on (default: librosa's)."""
     import librosa
     import matplotlib
 
@@ -120,9 +122,12 @@ def spectrogram_plot(waves: dict[str, tuple[np.ndarray, int]], title: str) -> by
 
     figure, axes = plt.subplots(len(waves), 1, figsize=(9, 2.0 * len(waves)), squeeze=False)
     for axis, (system, (wave, rate)) in zip(axes[:, 0], waves.items()):
-        mel = librosa.feature.melspectrogram(y=wave, sr=rate, n_fft=1024, hop_length=256, n_mels=80)
+        analysis = {} if audio is None else {"n_fft": audio.n_fft, "hop_length": audio.hop_length,
+                                              "win_length": audio.win_length, "n_mels": audio.n_mels,
+                                              "fmin": audio.f_min, "fmax": audio.f_max}
+        mel = librosa.feature.melspectrogram(y=wave, sr=rate, **analysis)
         axis.imshow(librosa.power_to_db(mel, ref=np.max), origin="lower", aspect="auto", cmap="magma",
-                    extent=(0, len(wave) / rate, 0, 80))
+                    extent=(0, len(wave) / rate, 0, mel.shape[0]))
         axis.set_ylabel(f"{system}\nmel band")
     axes[-1, 0].set_xlabel("seconds")
     axes[0, 0].set_title(title)
@@ -141,7 +146,7 @@ def _wav_bytes(path: Path) -> tuple[bytes, np.ndarray, int]:
 
 
 def write_report(metrics: dict, table: pd.DataFrame, rows: pd.DataFrame, out: Path, samples: int,
-                 real_root: Path) -> Path:
+                 real_root: Path, audio=None) -> Path:
     """Plots to ``out/plots/``, the report to ``out/report.html``; returns the report's path.
 
     ``rows``: the test rows (id, speaker, clean_text, audio relative to ``real_root``)."""
@@ -179,7 +184,7 @@ def write_report(metrics: dict, table: pd.DataFrame, rows: pd.DataFrame, out: Pa
             scored = table[(table["system"] == system) & (table["id"] == row.id)].iloc[0]
             entries.append({"system": system, "audio": _data_uri(data, "audio/wav"), "hypothesis": scored["hypothesis"],
                             "cer": float(scored["cer"]), "ps_hypothesis": scored.get("ps_hypothesis") if second else None})
-        spectrogram = spectrogram_plot(waves, f"{row.id} — {row.clean_text}")
+        spectrogram = spectrogram_plot(waves, f"{row.id} — {row.clean_text}", audio)
         atomic_write_bytes(plots_dir / f"spectrogram-{row.id}.png", spectrogram)
         sample_entries.append({"id": row.id, "speaker": row.speaker, "text": row.clean_text, "systems": entries,
                                "spectrogram": _data_uri(spectrogram, "image/png")})

@@ -287,7 +287,7 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "per_utterance.csv") as tmp:
         table.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)
-    report = write_report(metrics, table, rows, out, cfg.report_samples, workspace.clean)
+    report = write_report(metrics, table, rows, out, cfg.report_samples, workspace.clean, params.audio)
     metrics["seconds"] = time.monotonic() - started
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float) + "\n")
 
