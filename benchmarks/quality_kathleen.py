@@ -161,7 +161,7 @@ def main() -> None:
     if args.phase in ("all", "data"):
         run_data(params, ws)
     if args.phase in ("all", "pretrain") and params.train.init_from == "base":
-        from polyvox.train.pretrain import pretrain
+        from polyvox.pretrain.stage import pretrain
 
         built = pretrain(params, ws)
         print(built.summary())

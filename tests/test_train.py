@@ -354,7 +354,7 @@ def test_pretrain_builds_a_base_that_fine_tunes_keep_conditioned_on_audio_and_im
     trains the base there and publishes it; a member fine-tuned from it (train.init_from: base)
     starts from its weights, image encoder included, and answers to a speaker and to an image."""
     from polyvox.runtime.synthesizer import Synthesizer
-    from polyvox.train.pretrain import pretrain
+    from polyvox.pretrain.stage import pretrain
     from polyvox.train.trainer import completed
 
     params, ws = featured
@@ -398,7 +398,7 @@ def test_pretrain_builds_a_base_that_fine_tunes_keep_conditioned_on_audio_and_im
 
 
 def test_pretrain_source_copies_a_base_built_elsewhere(featured, tmp_path):
-    from polyvox.train.pretrain import pretrain
+    from polyvox.pretrain.stage import pretrain
 
     params, ws = featured
     elsewhere = _copy_features(ws, tmp_path / "elsewhere")
@@ -478,7 +478,7 @@ def test_the_shipped_base_is_shipped_with_its_card_checked_and_copied_in(feature
     pretrain.source: shipped checks every file against the card before copying it in, and refuses a
     damaged one by name."""
     from polyvox import pretrained
-    from polyvox.train.pretrain import REBUILD_COMMAND, pretrain, ship_base
+    from polyvox.pretrain.stage import REBUILD_COMMAND, pretrain, ship_base
 
     params, ws = featured
     built_here = _copy_features(ws, tmp_path / "builder")
@@ -526,7 +526,7 @@ def test_the_shipped_base_card_says_what_pretrain_source_null_rebuilds():
     params.yaml's recipe for it: the base that ships is the one the project's own params rebuild."""
     from polyvox import pretrained
     from polyvox.stages import STAGES
-    from polyvox.train.pretrain import REBUILD_COMMAND
+    from polyvox.pretrain.stage import REBUILD_COMMAND
 
     params = load_params(REPO / "params.yaml")
     if not (pretrained.HERE / "base" / pretrained.CARD).is_file():

@@ -29,8 +29,9 @@ from polyvox.features.stage import FeaturesResult, features  # noqa: E402
 from polyvox.lock import workspace_lock  # noqa: E402
 from polyvox.registry.stage import PromoteResult, promote  # noqa: E402
 from polyvox.stages import STAGES  # noqa: E402
-from polyvox.train import pretrain as pretrain_stage, trainer  # noqa: E402
-from polyvox.train.pretrain import PretrainResult  # noqa: E402
+from polyvox.pretrain import stage as pretrain_stage  # noqa: E402
+from polyvox.train import trainer  # noqa: E402
+from polyvox.pretrain.stage import PretrainResult  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402
 from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
 from polyvox.validate.stage import ValidateResult, validate  # noqa: E402

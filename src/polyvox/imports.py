@@ -97,10 +97,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models", "signal", "frontends"),  # networks, signal processing, the model's input front-ends
     ("runtime", "judges"),  # synthesis from a trained voice; ASR, speaker similarity, DNSMOS
     ("corpus", "validate", "clean", "features", "train", "ensemble", "evaluate", "registry"),  # the stages
+    ("pretrain",),  # composes the data stages and the trainer into the base
     ("serve", "dashboard"),  # the apps
     ("flow.py", "cli.py"),  # the entry points
 )
-TRAINING = frozenset({"corpus", "validate", "clean", "features", "train", "ensemble", "evaluate", "registry",
+TRAINING = frozenset({"corpus", "validate", "clean", "features", "train", "pretrain", "ensemble", "evaluate", "registry",
                       "tracking.py", "flow.py", "cli.py"})
 SERVING = ("polyvox.serve.app", "polyvox.runtime.bundle", "polyvox.runtime.onnx")
 

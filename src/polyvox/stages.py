@@ -35,6 +35,7 @@ class Stage:
     outs: tuple[str, ...] = ()  # what it writes: DVC outs, metrics and plots alike
     cmd: str | None = None  # the CLI command, when it is not `polyvox <name>`
     about: str = ""  # one line: what it does (the CLI's help)
+    composes: tuple[str, ...] = ()  # stages it runs through their specs (not imports): their code is its too
 
     @property
     def command(self) -> str:
@@ -59,7 +60,8 @@ class Stage:
     def code(self) -> tuple[str, ...]:
         """The parts of the package (folders, or top-level modules as ``name.py``) that the stage's
         module imports, transitively; paths relative to ``src/polyvox``."""
-        return tuple(sorted({unit(m) for m in closure(self.module)} - BOOKKEEPING))
+        own = {unit(m) for m in closure(self.module)}
+        return tuple(sorted(own.union(*(STAGES[name].code for name in self.composes)) - BOOKKEEPING))
 
     def code_digest(self) -> str:
         return source_digest(*(part.removesuffix(".py") for part in self.code))
@@ -107,9 +109,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("seed", "audio", "features", "clean.trim_top_db", "clean.loudness_lufs"),
           deps=("data/raw", "data/clean"), outs=("data/features",),
           about="Compute log-mel, F0, energy and image tensors, speaker statistics and leakage-free splits."),
-    Stage("pretrain", "polyvox.train.pretrain",
+    Stage("pretrain", "polyvox.pretrain.stage",
           ("seed", "demo", "audio", "model", "pretrain", *(f"train.{k}" for k in PRETRAIN_TRAIN_KEYS)),
-          deps=("data/features",), outs=("models/base",),
+          deps=("data/features",), outs=("models/base",), composes=("prepare", "validate", "clean", "features"),
           about="Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or "
                 "copied from pretrain.source."),
     Stage("train", "polyvox.train.trainer", ("seed", "audio", "model", "train"),

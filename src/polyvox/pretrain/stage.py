@@ -31,6 +31,7 @@ from polyvox.config import ConfigError, DemoSection, MemberSection, Params
 from polyvox.fingerprint import file_digest
 from polyvox.fileio import replace_folder
 from polyvox.pretrained import shipped
+from polyvox.stages import STAGES
 from polyvox.train.trainer import BASE, TrainResult, train
 from polyvox.workspace import Workspace
 
@@ -119,17 +120,15 @@ def _publish(source: Path, target: Path) -> bool:
     return True
 
 
-def _teacher_data(params: Params, teachers: Workspace) -> None:
-    """The data half of the teacher corpus in its own workspace (each stage skips what is done)."""
-    from polyvox.clean.stage import clean
-    from polyvox.corpus.prepare import prepare
-    from polyvox.features.stage import features
-    from polyvox.validate.stage import validate
 
+
+def _teacher_data(params: Params, teachers: Workspace) -> None:
+    """The data half of the teacher corpus in its own workspace, stage by stage through their specs
+    (each stage skips what is done)."""
     teachers.root.mkdir(parents=True, exist_ok=True)
-    for stage in (prepare, validate, clean, features):
-        log.info("pretrain: %s of the teacher corpus in %s", stage.__name__, teachers.root)
-        stage(params, teachers)
+    for name in STAGES["pretrain"].composes:
+        log.info("pretrain: %s of the teacher corpus in %s", name, teachers.root)
+        STAGES[name].function()(params, teachers)
 
 
 def pretrain(params: Params, workspace: Workspace) -> PretrainResult:
@@ -189,7 +188,6 @@ def ship_base(params: Params, workspace: Workspace, result: PretrainResult, comm
 
     from polyvox import pretrained
     from polyvox.runtime.synthesizer import Synthesizer
-    from polyvox.stages import STAGES
 
     if params.pretrain.source is not None or result.train is None:
         raise ConfigError("--ship ships a base trained by this run: set pretrain.source: null "
