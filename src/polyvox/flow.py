@@ -47,25 +47,26 @@ def _markdown_table(title: str, figures: dict) -> str:
 class StageInputs(CachePolicy):
     """Prefect's cache by inputs, keyed on the stage's own fingerprint of what it reads (data
     version, settings, upstream models, code) — the same fingerprint that makes the stage a no-op
-    from the CLI and DVC — in this workspace. Task arguments (upstream results) are not part of it:
-    the files they describe are.
+    from the CLI and DVC — in this workspace. The flow computes it once per task (:func:`_cached`)
+    and passes it as the task's ``inputs`` argument; the other arguments (upstream results) are not
+    part of the key: the files they describe are.
 
     A cache hit skips the task (state ``Cached``), so the flow calls each cached task through
     :func:`_cached`, which refreshes the cache unless the stage's outputs on disk are complete for
     its inputs: deleted or half-written outputs are never hidden behind a cached result."""
 
-    stage: str = ""  # its name in polyvox.stages.STAGES
-    named: tuple[str, ...] = ()  # task arguments that name the run (a member)
-
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        workspace = Workspace.here()
-        return fingerprint(task_ctx.task.name, str(workspace.root), STAGES[self.stage].input_fingerprint(
-            inputs["params"], workspace, **{key: inputs[key] for key in self.named}))
+        return fingerprint(task_ctx.task.name, str(Workspace.here().root), inputs["inputs"])
 
 
-def _cached(stage_task, done: bool):
-    """``stage_task`` that may answer from Prefect's cache only when the stage's outputs are done."""
-    return stage_task.with_options(refresh_cache=not done)
+def _cached(stage_task, params: Params, workspace: Workspace, **named):
+    """(``stage_task`` that may answer from Prefect's cache only when the stage's outputs are done,
+    the stage's input fingerprint): computed once, through the stage protocol (polyvox.stages), it
+    answers "done?" and keys the cache. ``named``: what names the run (a member)."""
+    spec = STAGES[stage_task.name]
+    inputs = spec.input_fingerprint(params, workspace, **named)
+    done = spec.completed(params, workspace, inputs=inputs, **named) is not None
+    return stage_task.with_options(refresh_cache=not done), inputs
 
 
 # The stage is incremental itself (content hashes), so Prefect's input cache adds nothing here;
@@ -131,8 +132,8 @@ def pretrain_task(params: Params, featured: FeaturesResult) -> PretrainResult:
 
 # Training resumes from its last checkpoint, so a retry after a crash or a kill picks up where it was.
 @task(name="train", task_run_name="train-{member}", retries=1, retry_delay_seconds=5,
-      cache_policy=StageInputs(stage="train", named=("member",)))
-def train_task(params: Params, member: str, featured: FeaturesResult) -> TrainResult:
+      cache_policy=StageInputs())
+def train_task(params: Params, member: str, featured: FeaturesResult, inputs: object) -> TrainResult:
     result = train(params, Workspace.here(), member=member)
     create_markdown_artifact(_markdown_table(f"train {member}", {
         "steps": result.steps, "best validation loss": result.best_val_loss, "device": f"{result.device} x{result.world_size}",
@@ -142,13 +143,13 @@ def train_task(params: Params, member: str, featured: FeaturesResult) -> TrainRe
 
 
 @task(name="train-vocoder", retries=1, retry_delay_seconds=5,
-      cache_policy=StageInputs(stage="train-vocoder"))
-def vocoder_task(params: Params, featured: FeaturesResult) -> VocoderResult:
+      cache_policy=StageInputs())
+def vocoder_task(params: Params, featured: FeaturesResult, inputs: object) -> VocoderResult:
     return train_vocoder(params, Workspace.here())
 
 
-@task(name="ensemble", cache_policy=StageInputs(stage="ensemble"))
-def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderResult) -> EnsembleResult:
+@task(name="ensemble", cache_policy=StageInputs())
+def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderResult, inputs: object) -> EnsembleResult:
     result = ensemble(params, Workspace.here())
     figures = {f"member {name}": f"{score:.4f} (weight {result.weights[name]:.3f})"
                for name, score in result.member_scores.items()}
@@ -159,8 +160,8 @@ def ensemble_task(params: Params, trained: list[TrainResult], vocoder: VocoderRe
     return result
 
 
-@task(name="evaluate", cache_policy=StageInputs(stage="evaluate"))
-def evaluate_task(params: Params, candidate: EnsembleResult) -> EvaluateResult:
+@task(name="evaluate", cache_policy=StageInputs())
+def evaluate_task(params: Params, candidate: EnsembleResult, inputs: object) -> EvaluateResult:
     result = evaluate(params, Workspace.here())
     systems = result.metrics["systems"]
     rows = {metric: " / ".join(f"{systems[s][metric]:.3f}" if isinstance(systems[s].get(metric), float) else "—"
@@ -218,15 +219,18 @@ def _stages(params: Params, workspace: Workspace, finished: list[str]) -> dict[s
     # The base exists only for members that fine-tune from it (train.init_from: base).
     based = [("pretrain", done("pretrain", pretrain_task(params, featured)))] if params.train.init_from == trainer.BASE else []
     # Members train one after another: each one uses every core (or the GPU) by itself.
-    trained = [(f"train {m.name}", done(f"train@{m.name}", _cached(
-        train_task, STAGES["train"].completed(params, workspace, member=m.name) is not None)(
-        params, m.name, featured, wait_for=[result for _, result in based]))) for m in params.train.members]
-    vocoder = done("train-vocoder", _cached(vocoder_task, STAGES["train-vocoder"].completed(params, workspace) is not None)(
-        params, featured))
-    candidate = done("ensemble", _cached(ensemble_task, STAGES["ensemble"].completed(params, workspace) is not None)(
-        params, [result for _, result in trained], vocoder))
-    evaluated = done("evaluate", _cached(evaluate_task, STAGES["evaluate"].completed(params, workspace) is not None)(
-        params, candidate))
+    # (``inputs``: each cached stage's fingerprint, taken when its upstream has finished)
+    trained = []
+    for m in params.train.members:
+        member_task, inputs = _cached(train_task, params, workspace, member=m.name)
+        trained.append((f"train {m.name}", done(f"train@{m.name}", member_task(
+            params, m.name, featured, inputs, wait_for=[result for _, result in based]))))
+    vocoder_run, inputs = _cached(vocoder_task, params, workspace)
+    vocoder = done("train-vocoder", vocoder_run(params, featured, inputs))
+    ensemble_run, inputs = _cached(ensemble_task, params, workspace)
+    candidate = done("ensemble", ensemble_run(params, [result for _, result in trained], vocoder, inputs))
+    evaluate_run, inputs = _cached(evaluate_task, params, workspace)
+    evaluated = done("evaluate", evaluate_run(params, candidate, inputs))
     promoted = done("promote", promote_task(params, evaluated))
     return {name: result.summary() for name, result in
             (("prepare", prepared), ("validate", validated), ("clean", cleaned), ("features", featured), *based, *trained,

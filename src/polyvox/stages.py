@@ -46,7 +46,8 @@ class Stage:
         return getattr(importlib.import_module(self.module), self.name.replace("-", "_"))
 
     # The protocol of a stage that stamps its outputs (train, train-vocoder, ensemble, evaluate): its
-    # module's ``input_fingerprint`` and ``completed``, of (params, workspace, **what names the run).
+    # module's ``input_fingerprint`` and ``completed``, of (params, workspace, **what names the run);
+    # ``completed`` also takes ``inputs=`` (that fingerprint, when the caller has it: computed once).
 
     def input_fingerprint(self, params, workspace, **named) -> object:
         """What the stage reads (data version, settings, upstream outputs, code), as a fingerprint."""

@@ -234,11 +234,11 @@ def input_fingerprint(params: Params, workspace: Workspace, member: str = "defau
 
 
 def completed(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
-              init_from: str | Path | None = None) -> dict | None:
+              init_from: str | Path | None = None, inputs: tuple[str, str] | None = None) -> dict | None:
     """``done.json`` of a finished run on exactly these inputs and bounds, with its outputs in place;
-    None when :func:`train` would train."""
-    return finished(checkpoint_dir(workspace, member), *training_fingerprint(params, workspace, member, seed, init_from),
-                    FILES)
+    None when :func:`train` would train. ``inputs``: :func:`training_fingerprint`'s, when known."""
+    inputs = inputs or training_fingerprint(params, workspace, member, seed, init_from)
+    return finished(checkpoint_dir(workspace, member), *inputs, FILES)
 
 
 def train(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,

@@ -265,10 +265,10 @@ def input_fingerprint(params: Params, workspace: Workspace) -> tuple[str, str]:
 
 
 def completed(params: Params, workspace: Workspace, name: str = "vocoder",
-              cfg: VocoderSection | None = None) -> dict | None:
+              cfg: VocoderSection | None = None, inputs: tuple[str, str] | None = None) -> dict | None:
     """``done.json`` of a finished vocoder run on exactly these inputs and bounds, with its outputs in
     place; None when :func:`train_vocoder` would train."""
-    return finished(workspace.models / name, *vocoder_fingerprints(params, workspace, cfg), FILES)
+    return finished(workspace.models / name, *(inputs or vocoder_fingerprints(params, workspace, cfg)), FILES)
 
 
 @tracked("train-vocoder", lambda ws: ws.features_index)
