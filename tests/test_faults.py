@@ -197,6 +197,7 @@ def test_the_flow_retries_a_failed_training_task_and_the_retry_resumes(tmp_path,
     from polyvox import flow as pipeline
     from polyvox.config import load_params
     from polyvox.train import loop, trainer
+    from polyvox.workspace import Workspace
 
     ws = _workspace(tmp_path, featured)
     monkeypatch.chdir(ws)
@@ -221,7 +222,9 @@ def test_the_flow_retries_a_failed_training_task_and_the_retry_resumes(tmp_path,
 
     @flow(name="train-with-a-crash")
     def train_one(params):
-        return pipeline.train_task.with_options(retry_delay_seconds=0)(params, "m", None)  # the task's retries, no wait
+        # as the pipeline calls it (its input fingerprint keys the cache); the task's retries, no wait
+        member_task, inputs = pipeline._cached(pipeline.train_task, params, Workspace(ws), member="m")
+        return member_task.with_options(retry_delay_seconds=0)(params, "m", None, inputs)
 
     state = train_one(params, return_state=True)
     assert state.is_completed(), state.message

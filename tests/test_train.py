@@ -41,12 +41,14 @@ def _copy_features(source, target):
     return Workspace(target)
 
 
-def test_exact_resume(featured, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_resume(featured, tmp_path, precision):
+    # bf16: CPU autocast (train.precision, or auto on a CPU with native bf16) resumes exactly too
     params, ws = featured
     straight = _copy_features(ws, tmp_path / "straight")
     resumed = _copy_features(ws, tmp_path / "resumed")
-    p4 = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 4})})
-    p2 = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})})
+    p4 = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 4, "precision": precision})})
+    p2 = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2, "precision": precision})})
 
     result = train(p4, straight, member="m")
     train(p2, resumed, member="m")
@@ -62,6 +64,7 @@ def test_exact_resume(featured, tmp_path):
     rows = list(csv.DictReader(open(resumed.models / "m/metrics.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and rows[1]["val_loss"] and rows[3]["val_loss"]
     assert (resumed.models / "m/best.pt").is_file() and (resumed.models / "m/model.json").is_file()
+    assert result.precision == again.precision == precision
 
 
 def test_rerun_on_the_same_inputs_is_a_no_op_and_new_inputs_retrain(featured, tmp_path):
