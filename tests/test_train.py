@@ -47,8 +47,8 @@ def test_exact_resume(featured, tmp_path, precision):
     params, ws = featured
     straight = _copy_features(ws, tmp_path / "straight")
     resumed = _copy_features(ws, tmp_path / "resumed")
-    p4 = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 4, "precision": precision})})
-    p2 = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2, "precision": precision})})
+    p4, p2 = (params.model_copy(update={"train": params.train.model_copy(update={"max_steps": steps, "precision": precision})})
+              for steps in (4, 2))
 
     result = train(p4, straight, member="m")
     train(p2, resumed, member="m")
