@@ -123,12 +123,25 @@ class SplitSection(_Section):
     test: float = Field(ge=0, lt=1)
 
 
+class ContentSection(_Section):
+    """Content features of each take (polyvox.frontends.content): a pretrained ASR encoder's output,
+    what the conversion member (``kind: convert``) decodes into the speaker's voice."""
+
+    # A name of polyvox.frontends.content.CONTENT_MODELS (which package ships it).
+    model: str
+    # pad: each take zero-padded to Whisper's 30-s window, as the encoder was trained (Decisions);
+    # none: the take alone (cheaper, the encoder then sees a shorter context than it ever learnt).
+    window: Literal["pad", "none"]
+
+
 class FeaturesSection(_Section):
     image_size: int = Field(ge=16, le=512)
     splits: SplitSection
     # A teacher voice (polyvox.engines.CATALOG) whose rendering of each text is an input of
     # the acoustic model (polyvox.features.teacher); null: text only.
     teacher_voice: str | None = None
+    # Content features for conversion members (computed only when a member is kind: convert).
+    content: ContentSection
 
 
 class ParallelSection(_Section):
@@ -171,7 +184,10 @@ class MemberSection(_Section):
     # Which conditioning the member learns from: reference audio and images, or reference audio only
     # (its image encoder is never trained, so it cannot be conditioned on an image).
     conditioning: Literal["audio+image", "audio"]
-    variant: dict[str, Any]  # overrides of the `model` section for this member (architecture variant)
+    # acoustic: the text→mel model (the `model` section); convert: the conversion decoder (the
+    # `converter` section), which turns a teacher's rendering into this voice.
+    kind: Literal["acoustic", "convert"] = "acoustic"
+    variant: dict[str, Any]  # overrides of the `model` (or, for kind: convert, `converter`) section
 
 
 class StepBounds(_Section):
@@ -238,6 +254,26 @@ class TrainSection(StepBounds):
             if member.name == name:
                 return member
         raise ConfigError(f"train.members: no member named {name!r} (listed: {[m.name for m in self.members]})")
+
+
+class ConverterSection(_Section):
+    """The conversion member (``kind: convert``, polyvox.models.converter): content features + pitch +
+    speaker conditioning → the speaker's log-mel, trained on the takes by self-reconstruction."""
+
+    # The natural voice that says the words at synthesis (polyvox.engines.CATALOG).
+    teacher_voice: str
+    channels: int = Field(ge=8)
+    blocks: int = Field(ge=1)  # residual dilated convolution blocks
+    kernel_size: int = Field(ge=1)
+    dilations: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)  # cycled over the blocks
+    # Width of the content bottleneck: the encoder's features squeezed before the decoder reads them.
+    bottleneck: int = Field(ge=4)
+    dropout: float = Field(ge=0, lt=1)
+    modality_dropout: float = Field(ge=0, lt=1)
+    contrastive_temperature: float = Field(gt=0)
+    segment_frames: int = Field(ge=8)  # mel frames per training crop
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
 
 
 class PretrainSection(_Section):
@@ -366,13 +402,16 @@ class ServeSection(_Section):
 
 
 class Params(_Section):
-    def member_model(self, member: MemberSection) -> ModelSection:
-        """The ``model`` section with the member's architecture variant applied (validated)."""
-        unknown = sorted(set(member.variant) - set(ModelSection.model_fields))
+    def member_model(self, member: MemberSection) -> "ModelSection | ConverterSection":
+        """The member's architecture section (``model``, or ``converter`` for ``kind: convert``) with its
+        variant applied (validated)."""
+        section_cls, section, name = ((ConverterSection, self.converter, "converter") if member.kind == "convert"
+                                      else (ModelSection, self.model, "model"))
+        unknown = sorted(set(member.variant) - set(section_cls.model_fields))
         if unknown:
-            raise ConfigError(f"train.members[{member.name}].variant: unknown model key(s) {unknown}")
+            raise ConfigError(f"train.members[{member.name}].variant: unknown {name} key(s) {unknown}")
         try:
-            return ModelSection.model_validate({**self.model.model_dump(), **member.variant})
+            return section_cls.model_validate({**section.model_dump(), **member.variant})
         except ValidationError as exc:
             problems = "; ".join(_describe(e) for e in exc.errors())
             raise ConfigError(f"train.members[{member.name}].variant: {problems}") from None
@@ -382,6 +421,9 @@ class Params(_Section):
         for member in self.train.members:
             self.member_model(member)
         return self
+
+    def members_of_kind(self, kind: str) -> list[MemberSection]:
+        return [m for m in self.train.members if m.kind == kind]
 
     @model_validator(mode="after")
     def _ensemble_members_listed(self) -> "Params":
@@ -403,6 +445,7 @@ class Params(_Section):
     features: FeaturesSection
     model: ModelSection
     pretrain: PretrainSection
+    converter: ConverterSection
     train: TrainSection
     vocoder: VocoderSection
     ensemble: EnsembleSection

@@ -178,8 +178,9 @@ def _piper_phonemes(text: str, language: str) -> str:
     return espeak_ipa(text, language)
 
 
-def piper_render(voice: TeacherVoice, text: str, label: str) -> tuple[np.ndarray, int]:
-    """``text`` spoken by a Piper voice: (float32 samples, sample rate). Deterministic per text."""
+def piper_render(voice: TeacherVoice, text: str, label: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+    """``text`` spoken by a Piper voice: (float32 samples, sample rate). Deterministic per text.
+    ``length_scale`` multiplies the voice's own (Piper's knob: 1.2 speaks 20 % slower)."""
     import onnxruntime as ort
 
     model = piper_model(voice.voice)
@@ -194,7 +195,8 @@ def piper_render(voice: TeacherVoice, text: str, label: str) -> tuple[np.ndarray
         session = ort.InferenceSession(model.onnx, options, providers=["CPUExecutionProvider"])
     audio = session.run(None, {"input": np.asarray([ids], dtype=np.int64),
                                "input_lengths": np.asarray([len(ids)], dtype=np.int64),
-                               "scales": np.asarray(model.scales, dtype=np.float32)})[0]
+                               "scales": np.asarray([model.scales[0], model.scales[1] * length_scale, model.scales[2]],
+                                                    dtype=np.float32)})[0]
     wave = np.asarray(audio, dtype=np.float32).reshape(-1)
     if wave.size == 0 or not np.isfinite(wave).all():
         raise SynthesisError(f"{voice.name} failed on {label}: the voice returned no finite audio")

@@ -106,8 +106,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           deps=("data/raw", "data/validated/accepted.parquet"), outs=("data/clean",),
           about="Clean accepted rows: resample, downmix, trim, loudness-normalise; spoken-form text and phonemes."),
     Stage("features", "polyvox.features.stage",
-          # the teacher rendering (features.teacher_voice) is cleaned as a corpus take is
-          ("seed", "audio", "features", "clean.trim_top_db", "clean.loudness_lufs"),
+          # the teacher rendering (features.teacher_voice) is cleaned as a corpus take is; content
+          # features are computed when a member is kind: convert
+          ("seed", "audio", "features", "clean.trim_top_db", "clean.loudness_lufs", "train.members"),
           deps=("data/raw", "data/clean"), outs=("data/features",),
           about="Compute log-mel, F0, energy and image tensors, speaker statistics and leakage-free splits."),
     Stage("pretrain", "polyvox.pretrain.stage",
@@ -115,7 +116,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           deps=("data/features",), outs=("models/base",), composes=("prepare", "validate", "clean", "features"),
           about="Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or "
                 "copied from pretrain.source."),
-    Stage("train", "polyvox.train.trainer", ("seed", "audio", "model", "train"),
+    Stage("train", "polyvox.train.trainer", ("seed", "audio", "model", "converter", "train"),
           deps=("data/features", "models/base"), cmd="polyvox train --member ${key}",
           outs=tuple(f"models/${{key}}/{f}" for f in ("best.pt", "last.pt", "model.json", "speakers.pt",
                                                              "metrics.csv"))),

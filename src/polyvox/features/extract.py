@@ -16,6 +16,7 @@ import soundfile as sf
 from polyvox.config import AudioSection
 from polyvox.fileio import save_arrays
 from polyvox.signal.mel import log_mel
+from polyvox.signal.pitch import f0
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,6 @@ class FeatureTask:
 def compute_features(signal: np.ndarray, cfg: AudioSection) -> dict[str, np.ndarray]:
     """``mel`` (n_mels, frames) log-magnitude, ``f0`` (frames,) Hz with 0 where unvoiced,
     ``energy`` (frames,) L2 norm of the linear magnitude spectrum."""
-    import librosa
     import torch
 
     wave = torch.from_numpy(np.ascontiguousarray(signal, dtype=np.float32))
@@ -36,13 +36,11 @@ def compute_features(signal: np.ndarray, cfg: AudioSection) -> dict[str, np.ndar
     spectrum = torch.stft(wave, n_fft=cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
                           window=torch.hann_window(cfg.win_length), center=True, return_complex=True)
     energy = torch.linalg.vector_norm(spectrum.abs(), dim=0).numpy()
-    f0, _, _ = librosa.pyin(signal.astype(np.float64), fmin=cfg.f0_min, fmax=cfg.f0_max, sr=cfg.sample_rate,
-                            frame_length=cfg.n_fft, hop_length=cfg.hop_length, resolution=cfg.f0_resolution,
-                            center=True)
-    frames = min(mel.shape[1], energy.shape[0], f0.shape[0])
+    track = f0(signal, cfg)
+    frames = min(mel.shape[1], energy.shape[0], track.shape[0])
     return {
         "mel": mel[:, :frames].astype(np.float32),
-        "f0": np.nan_to_num(f0[:frames], nan=0.0).astype(np.float32),
+        "f0": track[:frames],
         "energy": energy[:frames].astype(np.float32),
     }
 

@@ -5,6 +5,8 @@ Outputs, in ``data/features``:
 - ``utt/ab/<key>.npz``: ``mel`` (n_mels, frames), ``f0`` (frames,), ``energy`` (frames,);
   the key is the clean audio's key + ``audio`` settings + :data:`FEATURE_VERSION`;
 - ``images/ab/<key>.npy``: (3, size, size) float32 in [0, 1];
+- ``content/ab/<key>.npy``: (frames at 50 Hz, width) float16 content features of a take, when a
+  member is ``kind: convert`` (:mod:`polyvox.features.content`);
 - ``index.parquet``: one row per utterance with its split, feature and image paths, phonemes;
 - ``stats.json``: per-speaker and global normalisation statistics (from the train split).
 
@@ -28,6 +30,7 @@ import pyarrow.parquet as pq
 
 from polyvox.cache import content_key, load_index, save_index, sharded
 from polyvox.config import Params
+from polyvox.features.content import CONTENT_VERSION, ContentTask, extract_content
 from polyvox.features.extract import FeatureTask, extract
 from polyvox.features.splits import SPLITS, assign_splits
 from polyvox.features.teacher import TEACHER_VERSION, TeacherTask, render
@@ -35,6 +38,7 @@ from polyvox.frontends.image import image_tensor
 from polyvox.frontends.teacher import TeacherSettings
 from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from polyvox.parallel import map_items
+from polyvox.frontends.content import ContentSettings
 from polyvox.workspace import Workspace
 from polyvox.tracking import tracked
 
@@ -116,6 +120,22 @@ def _teachers(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> d
     return paths
 
 
+def _contents(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> dict[str, str]:
+    """clean audio key -> features-relative content path, one per take and ``features.content`` settings,
+    kept across runs; {} when no member is kind: convert (nothing would read them)."""
+    if not params.members_of_kind("convert"):
+        return {}
+    settings = ContentSettings.from_params(params)
+    out = workspace.features
+    audio = dict(zip(manifest["audio_key"], manifest["audio"]))
+    paths = {key: sharded("content", content_key("content", CONTENT_VERSION, settings.to_dict(), key), ".npy")
+             for key in sorted(audio)}
+    tasks = [ContentTask(str(workspace.clean / audio[key]), str(out / relative), settings)
+             for key, relative in paths.items() if not (out / relative).is_file()]
+    map_items(extract_content, tasks, params.parallel, f"features: content ({settings.model}) of each take", log)
+    return paths
+
+
 def _remove_unreferenced(folder: Path, keep: set[str], suffix: str) -> None:
     for path in folder.rglob(f"*{suffix}") if folder.is_dir() else []:
         if path.stem not in keep:
@@ -152,6 +172,9 @@ def features(params: Params, workspace: Workspace) -> FeaturesResult:
     teachers = _teachers(manifest, params, workspace)
     _remove_unreferenced(out / "teacher", {Path(p).stem for p in teachers.values()}, ".npy")
 
+    contents = _contents(manifest, params, workspace)
+    _remove_unreferenced(out / "content", {Path(p).stem for p in contents.values()}, ".npy")
+
     table = pd.DataFrame({
         "row": manifest["row"],
         "id": manifest["id"],
@@ -163,6 +186,7 @@ def features(params: Params, workspace: Workspace) -> FeaturesResult:
                                for k in manifest["reference_key"]],
         "image_features": [images.get(i) if isinstance(i, str) else None for i in manifest["image"]],
         "teacher_features": [teachers.get(t) for t in manifest["clean_text"]],
+        "content_features": [contents.get(a) for a in manifest["audio_key"]],
         "clean_text": manifest["clean_text"],
         "phonemes": manifest["phonemes"],
         "phonemizer": manifest["phonemizer"],

@@ -54,25 +54,46 @@ def teacher_mel(text: str, settings: TeacherSettings, label: str = "the text") -
 
     The last few renderings are kept: every member of an ensemble (and the ONNX runtime beside
     PyTorch) reads the same text's rendering, which is one engine process, not one per member."""
-    return _rendered(text, settings, label).copy()
+    return _mel(text, settings, label).copy()
+
+
+def teacher_audio(text: str, settings: TeacherSettings, label: str = "the text", length_scale: float = 1.0) -> np.ndarray:
+    """The teacher voice reading ``text`` at ``settings.audio.sample_rate``, trimmed and loudness-normalised
+    as ``clean`` treats a corpus take (float32). ``length_scale`` slows (>1) or speeds (<1) the voice's
+    own pace; only a Piper teacher has one (its duration predictor's scale)."""
+    return _audio(text, settings, label, float(length_scale)).copy()
 
 
 @lru_cache(maxsize=16)
-def _rendered(text: str, settings: TeacherSettings, label: str) -> np.ndarray:
-    import librosa
+def _mel(text: str, settings: TeacherSettings, label: str) -> np.ndarray:
     import torch
 
-    from polyvox.engines import resolve_voices, synthesize
-    from polyvox.signal.loudness import loudness
     from polyvox.signal.mel import log_mel
+
+    audio = _audio(text, settings, label, 1.0)
+    return log_mel(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), settings.audio).numpy().astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def _audio(text: str, settings: TeacherSettings, label: str, length_scale: float) -> np.ndarray:
+    import librosa
+
+    from polyvox.engines import piper_render, resolve_voices, synthesize
+    from polyvox.signal.loudness import loudness
 
     cfg = settings.audio
     voice = resolve_voices([settings.voice])[0]
-    with tempfile.TemporaryDirectory(prefix="polyvox-teacher-") as scratch:
-        wav = Path(scratch) / "teacher.wav"
-        synthesize(voice, text, wav, label)
-        signal, rate = sf.read(str(wav), dtype="float32", always_2d=True)
-    mono = signal.mean(axis=1)
+    if voice.engine == "piper":
+        mono, rate = piper_render(voice, text, label, length_scale)
+    else:
+        if length_scale != 1.0:
+            raise ValueError(f"length_scale {length_scale:g}: the teacher voice {voice.name} ({voice.engine}) has no "
+                             "pace to set; only a Piper teacher does")
+        with tempfile.TemporaryDirectory(prefix="polyvox-teacher-") as scratch:
+            wav = Path(scratch) / "teacher.wav"
+            synthesize(voice, text, wav, label)
+            signal, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+        mono = signal.mean(axis=1)
     if rate != cfg.sample_rate:
         mono = librosa.resample(mono, orig_sr=rate, target_sr=cfg.sample_rate, res_type="soxr_hq")
     trimmed, _ = librosa.effects.trim(mono, top_db=settings.trim_top_db, frame_length=cfg.win_length,
@@ -80,4 +101,4 @@ def _rendered(text: str, settings: TeacherSettings, label: str) -> np.ndarray:
     measured = loudness(trimmed, cfg.sample_rate)
     if np.isfinite(measured):
         trimmed = trimmed * 10 ** ((settings.loudness_lufs - measured) / 20)
-    return log_mel(torch.from_numpy(np.ascontiguousarray(trimmed, dtype=np.float32)), cfg).numpy().astype(np.float32)
+    return np.ascontiguousarray(trimmed, dtype=np.float32)

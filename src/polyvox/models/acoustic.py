@@ -17,13 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from polyvox.config import ModelSection
 from polyvox.models.decoder import MelDecoder
-from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder
+from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder, cross_modal_loss
 from polyvox.models.layers import sequence_mask
 from polyvox.models.aligner import align
 from polyvox.models.teacher import TeacherTrack, stretch_to_tokens, warp_teacher
@@ -183,16 +182,8 @@ class AcousticModel(nn.Module):
         return losses
 
     def cross_modal_loss(self, audio, visual, image_present, speaker) -> torch.Tensor:
-        """InfoNCE between image and audio embeddings: an image's positives are the audio embeddings
-        of the same speaker in the batch."""
-        if audio is None or visual is None or image_present is None or not bool(image_present.any()):
-            return self.fusion.none.new_zeros(())
-        images = F.normalize(visual[image_present], dim=1)
-        audios = F.normalize(audio, dim=1)
-        logits = images @ audios.T / self.cfg.contrastive_temperature
-        positive = (speaker[image_present][:, None] == speaker[None, :]).float()
-        log_prob = logits.log_softmax(dim=1)
-        return -(torch.logsumexp(log_prob.masked_fill(positive == 0, -1e9), dim=1)).mean()
+        return cross_modal_loss(audio, visual, image_present, speaker, self.cfg.contrastive_temperature,
+                                self.fusion.none.new_zeros(()))
 
     @torch.no_grad()
     def teacher_track(self, tokens: torch.Tensor, teacher_mel: torch.Tensor) -> "TeacherTrack | None":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from polyvox.models.layers import FFTStack, sequence_mask
@@ -95,3 +96,17 @@ class ConditioningFusion(nn.Module):
             count = count + keep
         fused = torch.where(count > 0, total / count.clamp(min=1), self.none.expand(batch, -1))
         return self.out(fused)
+
+
+def cross_modal_loss(audio: torch.Tensor | None, visual: torch.Tensor | None, image_present: torch.Tensor | None,
+                     speaker: torch.Tensor, temperature: float, zero: torch.Tensor) -> torch.Tensor:
+    """InfoNCE between image and audio embeddings (batch, channels): an image's positives are the audio
+    embeddings of the same speaker in the batch. ``zero`` when the batch has no image (or no audio)."""
+    if audio is None or visual is None or image_present is None or not bool(image_present.any()):
+        return zero
+    images = F.normalize(visual[image_present], dim=1)
+    audios = F.normalize(audio, dim=1)
+    logits = images @ audios.T / temperature
+    positive = (speaker[image_present][:, None] == speaker[None, :]).float()
+    log_prob = logits.log_softmax(dim=1)
+    return -(torch.logsumexp(log_prob.masked_fill(positive == 0, -1e9), dim=1)).mean()

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from polyvox.config import AudioSection
 from polyvox.fileio import atomic_write_text
 from polyvox.models.acoustic import ModelConfig
+from polyvox.models.converter import ConverterConfig
 from polyvox.models.neural_vocoder import VocoderConfig
 
 FILE = "model.json"
@@ -65,6 +66,45 @@ class MemberMeta(BaseModel):
 
     def write(self, folder: Path) -> None:
         atomic_write_text(Path(folder) / FILE, json.dumps(self.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n")
+
+
+class ConverterMeta(BaseModel):
+    """``model.json`` of a conversion member (``kind: convert``): its decoder, the content features it
+    reads (settings and the model that makes them, by package and sha256) and the teacher voice that
+    says the words at synthesis."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    FILE: ClassVar[str] = FILE
+
+    member: str
+    seed: int
+    kind: Literal["convert"] = "convert"
+    conditioning: Literal["audio", "audio+image"] = "audio+image"
+    model: ConverterConfig
+    init_from: str | None = None
+    speakers: list[str]
+    audio: AudioSection
+    image_size: int
+    text: TextFrontEnd
+    content: dict[str, Any]  # polyvox.frontends.content.ContentSettings
+    content_model: dict[str, Any]  # name, package, version, sha256
+    teacher: dict[str, Any]  # polyvox.frontends.teacher.TeacherSettings: the voice that says the words
+
+    @classmethod
+    def read(cls, folder: Path) -> "ConverterMeta":
+        return _read(cls, folder, "converter")
+
+    def write(self, folder: Path) -> None:
+        atomic_write_text(Path(folder) / FILE, json.dumps(self.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n")
+
+
+def member_kind(folder: Path) -> str | None:
+    """``convert`` or ``acoustic`` for a member folder (by its model.json), None without a readable one."""
+    try:
+        data = json.loads((Path(folder) / FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data.get("kind", "acoustic") if isinstance(data, dict) else None
 
 
 class VocoderMeta(BaseModel):

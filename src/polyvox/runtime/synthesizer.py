@@ -23,8 +23,50 @@ from polyvox.text.phonemes import phonemize
 from polyvox.text.scripts import check_readable
 
 
-class Synthesizer:
+class ConditionedMember:
+    """What every kind of member does with its conditioning: a speaker's name, reference audio or an
+    image → the keyword arguments of its model's ``condition``. Needs ``audio``, ``device``,
+    ``speakers``, ``conditioning`` and ``image_size``."""
+
+    def _reference(self, reference_audio) -> tuple[torch.Tensor, torch.Tensor]:
+        import librosa
+
+        from polyvox.signal.mel import log_mel
+
+        if isinstance(reference_audio, (str, Path)):
+            signal, rate = sf.read(str(reference_audio), dtype="float32", always_2d=True)
+            signal = signal.mean(axis=1)
+        else:
+            signal, rate = reference_audio
+        if rate != self.audio.sample_rate:
+            signal = librosa.resample(np.asarray(signal, dtype=np.float32), orig_sr=rate, target_sr=self.audio.sample_rate)
+        mel = log_mel(torch.tensor(np.asarray(signal, dtype=np.float32)), self.audio)
+        return mel[None].to(self.device), torch.tensor([mel.shape[1]], device=self.device)
+
+    def _image(self, image) -> torch.Tensor:
+        from polyvox.frontends.image import image_tensor
+
+        array = image_tensor(Path(image), self.image_size) if isinstance(image, (str, Path)) else np.asarray(image)
+        return torch.tensor(array, dtype=torch.float32)[None].to(self.device)
+
+    def conditioning_inputs(self, speaker: str | None = None, reference_audio=None, image=None) -> dict:
+        """The keyword arguments of :meth:`AcousticModel.encode` for the given conditioning."""
+        embedding = None
+        if speaker is not None:
+            if speaker not in self.speakers:
+                raise ValueError(f"unknown speaker {speaker!r}; known: {sorted(self.speakers)}")
+            embedding = self.speakers[speaker][None].to(self.device)
+        if image is not None and self.conditioning != "audio+image":
+            raise ValueError(f"this member was trained with {self.conditioning} conditioning; it takes no image")
+        reference, lengths = self._reference(reference_audio) if reference_audio is not None else (None, None)
+        return {"reference_mel": reference, "reference_lengths": lengths, "audio_embedding": embedding,
+                "image": self._image(image) if image is not None else None}
+
+
+class Synthesizer(ConditionedMember):
     """``vocoder``: None for Griffin-Lim, or a trained neural vocoder's folder (``polyvox train-vocoder``)."""
+
+    kind = "acoustic"
 
     def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu", vocoder: Path | str | None = None):
         meta = MemberMeta.read(folder)
@@ -75,40 +117,6 @@ class Synthesizer:
 
     def tokens(self, text: str) -> torch.Tensor:
         return torch.tensor([self.token_ids(text)], device=self.device)
-
-    def _reference(self, reference_audio) -> tuple[torch.Tensor, torch.Tensor]:
-        import librosa
-
-        from polyvox.signal.mel import log_mel
-
-        if isinstance(reference_audio, (str, Path)):
-            signal, rate = sf.read(str(reference_audio), dtype="float32", always_2d=True)
-            signal = signal.mean(axis=1)
-        else:
-            signal, rate = reference_audio
-        if rate != self.audio.sample_rate:
-            signal = librosa.resample(np.asarray(signal, dtype=np.float32), orig_sr=rate, target_sr=self.audio.sample_rate)
-        mel = log_mel(torch.tensor(np.asarray(signal, dtype=np.float32)), self.audio)
-        return mel[None].to(self.device), torch.tensor([mel.shape[1]], device=self.device)
-
-    def _image(self, image) -> torch.Tensor:
-        from polyvox.frontends.image import image_tensor
-
-        array = image_tensor(Path(image), self.image_size) if isinstance(image, (str, Path)) else np.asarray(image)
-        return torch.tensor(array, dtype=torch.float32)[None].to(self.device)
-
-    def conditioning_inputs(self, speaker: str | None = None, reference_audio=None, image=None) -> dict:
-        """The keyword arguments of :meth:`AcousticModel.encode` for the given conditioning."""
-        embedding = None
-        if speaker is not None:
-            if speaker not in self.speakers:
-                raise ValueError(f"unknown speaker {speaker!r}; known: {sorted(self.speakers)}")
-            embedding = self.speakers[speaker][None].to(self.device)
-        if image is not None and self.conditioning != "audio+image":
-            raise ValueError(f"this member was trained with {self.conditioning} conditioning; it takes no image")
-        reference, lengths = self._reference(reference_audio) if reference_audio is not None else (None, None)
-        return {"reference_mel": reference, "reference_lengths": lengths, "audio_embedding": embedding,
-                "image": self._image(image) if image is not None else None}
 
     def teacher_mel(self, text: str) -> torch.Tensor | None:
         """(1, n_mels, frames): the teacher voice reading ``text`` as the features stage rendered it for

@@ -35,12 +35,21 @@ import torch
 
 from polyvox.fingerprint import VOICE_FILE
 from polyvox.models.meta import VocoderMeta
-from polyvox.models.meta import MemberMeta
+from polyvox.models.meta import MemberMeta, member_kind
 from polyvox.runtime import VoiceError
 from polyvox.fileio import replace_folder
 from polyvox.judges import POCKETSPHINX, Judge
 from polyvox.models.acoustic import AcousticModel
 from polyvox.runtime.synthesizer import Synthesizer
+
+
+def load_member(folder: Path):
+    """The synthesiser of a trained member folder, by the kind its model.json names."""
+    if member_kind(folder) == "convert":
+        from polyvox.runtime.converter import ConverterSynthesizer
+
+        return ConverterSynthesizer(folder)
+    return Synthesizer(folder)
 
 # The range of length_scale a voice accepts: Piper's voices are used from ~0.5 (fast) to ~2 (slow);
 # beyond this the durations hit their one-frame floor or MAX_TOKEN_FRAMES ceiling.
@@ -79,13 +88,19 @@ class Voice:
         if not self.members:
             raise VoiceError("a voice needs at least one member")
         first = self.members[0].synthesizer
-        for member in self.members[1:]:
-            s = member.synthesizer
-            if s.vocab.symbols != first.vocab.symbols or s.text_frontend != first.text_frontend:
+        acoustic = [m for m in self.members if m.synthesizer.kind == "acoustic"]
+        for member in acoustic[1:]:
+            s, one = member.synthesizer, acoustic[0].synthesizer
+            if s.vocab.symbols != one.vocab.symbols or s.text_frontend != one.text_frontend:
                 raise VoiceError(f"member {member.name!r} uses another phoneme set or text front-end than "
-                                 f"{self.members[0].name!r}; members must be trained on the same features")
-            if s.audio != first.audio:
+                                 f"{acoustic[0].name!r}; members must be trained on the same features")
+        for member in self.members[1:]:
+            if member.synthesizer.audio != first.audio:
                 raise VoiceError(f"member {member.name!r} was trained on other audio settings than {self.members[0].name!r}")
+        if self.mode == "weighted" and len(self.members) > 1 and len(acoustic) < len(self.members):
+            raise VoiceError("a weighted voice averages its members' mels on shared durations, which only text→mel "
+                             f"members have; members {[m.name for m in self.members if m not in acoustic]} are "
+                             "conversion members: use ensemble.mode: rerank to combine kinds")
         weights = np.array([m.weight for m in self.members], dtype=np.float64)
         if (weights < 0).any() or weights.sum() <= 0:
             raise VoiceError(f"member weights must be non-negative and not all zero, got {weights.tolist()}")
@@ -111,7 +126,7 @@ class Voice:
         for (name, folder), weight in zip(folders.items(), weights, strict=True):
             if not (folder / MemberMeta.FILE).is_file():
                 raise VoiceError(f"{folder}: no model.json — train member {name!r} first (polyvox train --member {name})")
-            members.append(Member(name, float(weight), Synthesizer(folder), folder))
+            members.append(Member(name, float(weight), load_member(folder), folder))
         return cls(members, mode=mode, vocoder_folder=vocoder, **kwargs)
 
     @classmethod
@@ -169,8 +184,8 @@ class Voice:
 
     def describe(self) -> dict:
         described = {"format": FORMAT, "mode": self.mode, "kind": "ensemble" if len(self.members) > 1 else "member",
-                     "members": [{"name": m.name, "weight": m.weight, "conditioning": m.synthesizer.conditioning}
-                                 for m in self.members],
+                     "members": [{"name": m.name, "weight": m.weight, "conditioning": m.synthesizer.conditioning,
+                                  "kind": m.synthesizer.kind} for m in self.members],
                      "vocoder": "vocoder" if self.vocoder_folder is not None else None,
                      "similarity_weight": self.similarity_weight, "info": self.info}
         if self.mode == "rerank" and self.judge is not None:  # the only mode that listens to itself
@@ -211,16 +226,19 @@ class Voice:
         """Each member that can take this conditioning, with its conditioned token states and mask."""
         if speaker is not None and speaker not in self.speakers:
             raise ValueError(f"unknown speaker {speaker!r}; known: {self.speakers}")
-        tokens = self.members[0].synthesizer.tokens(text)
+        acoustic = [m for m in self.members if m.synthesizer.kind == "acoustic"]
+        if not acoustic:
+            return []
+        tokens = acoustic[0].synthesizer.tokens(text)
         encoded = []
-        for member in self.members:
+        for member in acoustic:
             s = member.synthesizer
             member_image = image if s.conditioning == "audio+image" else None
             if image is not None and member_image is None and speaker is None and reference_audio is None:
                 continue  # an audio-only member has nothing to go on when the image is all there is
             hidden, mask = s.model.encode(tokens, **s.conditioning_inputs(speaker, reference_audio, member_image))
             encoded.append((member, hidden, mask))
-        if not encoded:
+        if not encoded and len(acoustic) == len(self.members):
             raise ValueError("no member of this voice takes image conditioning; give a speaker or reference audio")
         return encoded
 
@@ -232,8 +250,13 @@ class Voice:
         (Piper's knob: 1.2 speaks 20 % slower)."""
         check_length_scale(length_scale)
         encoded = self._encoded(text, speaker, reference_audio, image)
-        tokens = self.members[0].synthesizer.tokens(text)
         mels = {}
+        for member in self.members:  # a conversion member takes its timing from the teacher's rendering
+            if member.synthesizer.kind == "convert":
+                mels[member.name] = member.synthesizer.mel(text, speaker, reference_audio, image, length_scale)
+        if not encoded:
+            return mels
+        tokens = encoded[0][0].synthesizer.tokens(text)
         if shared_durations:
             mask = encoded[0][2]
             log_durations = torch.stack([m.synthesizer.model.log_durations(h, k) for m, h, k in encoded]).mean(dim=0)

@@ -29,6 +29,7 @@ from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.models.meta import MemberMeta, TextFrontEnd
 from polyvox.progress import track
 from polyvox.train.loop import Session, StepPlan, finished, held_out, lr_factor, optimise, run_once, save_checkpoint
+from polyvox.train.recipe import MemberRecipe
 from polyvox.tracking import stage_run
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
@@ -64,6 +65,12 @@ def model_config(params: Params, vocab_size: int, member: MemberSection | None =
     section = params.member_model(member) if member is not None else params.model
     return ModelConfig(vocab_size=vocab_size, n_mels=params.audio.n_mels, **section.model_dump(),
                        teacher_input=params.features.teacher_voice is not None)
+
+
+def member_init(spec: MemberSection, init_from: str | Path | None) -> str | Path | None:
+    """The warm start of a member: ``base`` (the pretrained text→mel base) means nothing to a converter,
+    which then starts from scratch; any other source it takes (another converter's folder)."""
+    return None if spec.kind == "convert" and str(init_from) == BASE else init_from
 
 
 def member_spec(params: Params, name: str) -> MemberSection:
@@ -216,7 +223,7 @@ def training_fingerprint(params: Params, workspace: Workspace, member: str, seed
     """(what the run learns from — the data, the settings that shape the model but not the other
     members', the warm start, the code —, how long it runs)."""
     spec = member_spec(params, member)
-    init = init_from if init_from is not None else params.train.init_from
+    init = member_init(spec, init_from if init_from is not None else params.train.init_from)
     stage = STAGES["train"]  # the base too: pretrain's settings reach here as base_params' train section
     settings = stage.settings(params) | {"train": params.train.model_dump(exclude={"members", *StepBounds.BOUNDS})}
     identity = fingerprint(workspace.data_version(), stage.identity(params, settings), spec.model_dump(), seed,
@@ -276,12 +283,12 @@ def _meta(params: Params, workspace: Workspace, member: str, spec: MemberSection
                       teacher=teachers.to_dict() if teachers is not None else None)
 
 
-def _report(tracker, member: str, done: int, losses: dict[str, torch.Tensor], val: float | None, lr: float,
-            pace: float) -> None:
+def _report(tracker, member: str, names: tuple[str, ...], done: int, losses: dict[str, torch.Tensor], val: float | None,
+            lr: float, pace: float) -> None:
     """A step's losses to MLflow (``tracker``: rank 0's, else None); a validation's also to the log."""
     if tracker is None:
         return
-    tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in LOSS_NAMES} | {"lr": lr}
+    tracker.metrics({f"train_{n}": float(losses[n].detach()) for n in names} | {"lr": lr}
                     | ({} if val is None else {"val_loss": val}), done)
     if val is not None:
         tracker.flush()
@@ -289,28 +296,51 @@ def _report(tracker, member: str, done: int, losses: dict[str, torch.Tensor], va
                  float(losses["total"].detach()), float(losses["mel"].detach()), val, pace)
 
 
+def _acoustic_recipe(params: Params, workspace: Workspace, member: str, spec: MemberSection, seed: int, init_from,
+                     warm: bool, speakers: list[str]) -> MemberRecipe:
+    """The text→mel model's part of a training run (after ``torch.manual_seed(seed)``)."""
+    cfg = params.train
+    vocab, _, teachers, (train_corpus, val_corpus) = _corpora(params, workspace, spec)
+    model = AcousticModel(model_config(params, len(vocab), spec), *mel_statistics(workspace))
+    started = warm_start(model, vocab.symbols, init_source(workspace, init_from)) if warm and init_from is not None else None
+    meta = _meta(params, workspace, member, spec, seed, model, init_from, vocab.symbols, speakers, teachers)
+    return MemberRecipe(
+        model=model, train_corpus=train_corpus, batch_size=cfg.batch_size, lr=cfg.lr, loss_names=LOSS_NAMES, meta=meta,
+        warm=started, batch=lambda indices, step: train_corpus.collate(indices, seed, step), to_device=batch_to,
+        validation_loss=lambda m, device: validation_loss(m, val_corpus, cfg.batch_size, device, seed),
+        speaker_embeddings=lambda m, device: speaker_embeddings(m, train_corpus, cfg.batch_size, device, seed, speakers))
+
+
+def _recipe(params: Params, workspace: Workspace, member: str, spec: MemberSection, seed: int, init_from,
+            warm: bool) -> MemberRecipe:
+    _, speakers = vocabulary_and_speakers(workspace)
+    if spec.kind == "convert":
+        from polyvox.train.converter import converter_recipe
+
+        return converter_recipe(params, workspace, member, spec, seed, init_from, warm, speakers)
+    return _acoustic_recipe(params, workspace, member, spec, seed, init_from, warm, speakers)
+
+
 def fit(params: Params, workspace: Workspace, member: str = "default", seed: int | None = None,
-        resume: bool = True, init_from: str | Path | None = None) -> tuple[TrainResult, AcousticModel]:
+        resume: bool = True, init_from: str | Path | None = None) -> tuple[TrainResult, torch.nn.Module]:
     """:func:`train`, also returning the trained model (on its device).
 
-    ``member``: a name under ``train.members`` (its seed, conditioning and variant apply) or any other
-    name (params seed, all conditioning, the plain ``model`` section). ``seed`` overrides the member's.
-    ``init_from`` (default ``train.init_from``) warm-starts a fresh run; a resumed run ignores it."""
+    ``member``: a name under ``train.members`` (its seed, conditioning, kind and variant apply) or any
+    other name (params seed, all conditioning, the plain ``model`` section). ``seed`` overrides the
+    member's. ``init_from`` (default ``train.init_from``) warm-starts a fresh run; a resumed run ignores it."""
     cfg = params.train
     spec = member_spec(params, member)
     seed = spec.seed if seed is None else seed
-    init_from = cfg.init_from if init_from is None else init_from
+    init_from = member_init(spec, cfg.init_from if init_from is None else init_from)
     rank, world = _distributed()
     device = _device(rank)
     torch.manual_seed(seed)
 
-    vocab, speakers, teachers, (train_corpus, val_corpus) = _corpora(params, workspace, spec)
-    model = AcousticModel(model_config(params, len(vocab), spec), *mel_statistics(workspace))
     out = checkpoint_dir(workspace, member)
     resuming = resume and (out / "last.pt").is_file()
-    warm = None if init_from is None or resuming else warm_start(model, vocab.symbols, init_source(workspace, init_from))
-    model = model.to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    recipe = _recipe(params, workspace, member, spec, seed, init_from, warm=not resuming)
+    model = recipe.model.to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), weight_decay=0.0)
     plan = StepPlan(cfg, f"train {member}", "train", world)
     if resuming:
         plan.resume(out / "last.pt")
@@ -321,19 +351,20 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_loss",
-                      losses=LOSS_NAMES, val_name="val_loss", max_minutes=cfg.max_minutes,
+                      losses=recipe.loss_names, val_name="val_loss", max_minutes=cfg.max_minutes,
                       validate_every=cfg.validate_every, checkpoint_every=cfg.checkpoint_every, resume=resuming,
                       write=rank == 0, extra=lambda: plan.state(session.elapsed()), label=member)
     start = step = session.start
     if rank == 0:
-        _meta(params, workspace, member, spec, seed, model, init_from, vocab.symbols, speakers, teachers).write(out)
+        recipe.meta.write(out)
     tracker = stage_run("pretrain" if member == BASE else "train", params, workspace,
-                        {"member": member, "data_version": data_version(workspace), "resumed_from_step": str(start),
-                         "warm_start": str(init_from) if warm else ""}, name=f"train-{member}") if rank == 0 else None
+                        {"member": member, "kind": spec.kind, "data_version": data_version(workspace),
+                         "resumed_from_step": str(start), "warm_start": str(init_from) if recipe.warm else ""},
+                        name=f"train-{member}") if rank == 0 else None
 
     def run_step(step: int, validate: bool) -> int:
-        indices = train_corpus.batch_indices(step, cfg.batch_size * world, seed)[rank::world]
-        batch = batch_to(train_corpus.collate(indices, seed, step), device)
+        indices = recipe.train_corpus.batch_indices(step, recipe.batch_size * world, seed)[rank::world]
+        batch = recipe.to_device(recipe.batch(indices, step), device)
         with torch.autocast(device.type, dtype=cast, enabled=cast is not None):
             losses = wrapped(batch)
         optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
@@ -341,11 +372,11 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
         last = done == plan.steps
         val = None
         if validate or session.validation_due(done, last):
-            val = plan.validation(lambda: validation_loss(model, val_corpus, cfg.batch_size, device, seed))
+            val = plan.validation(lambda: recipe.validation_loss(model, device))
             session.keep_if_best(val, done)
         session.record(done, losses, val, last)
-        _report(tracker if rank == 0 else None, member, done, losses, val, scheduler.get_last_lr()[0],
-                session.elapsed() / (done - start))
+        _report(tracker if rank == 0 else None, member, recipe.loss_names, done, losses, val,
+                scheduler.get_last_lr()[0], session.elapsed() / (done - start))
         return done
 
     status = "FAILED"
@@ -369,7 +400,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
             tracker.end(status)
     seconds = session.elapsed()
     if rank == 0:
-        save_checkpoint(out / "speakers.pt", speaker_embeddings(model, train_corpus, cfg.batch_size, device, seed, speakers))
+        save_checkpoint(out / "speakers.pt", recipe.speaker_embeddings(model, device))
     result = TrainResult(
         member=member, steps=step, best_val_loss=session.best, last_checkpoint=str(out / "last.pt"),
         best_checkpoint=str(out / "best.pt") if (out / "best.pt").is_file() else None, device=str(device),

