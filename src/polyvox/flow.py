@@ -216,8 +216,10 @@ def _stages(params: Params, workspace: Workspace, finished: list[str]) -> dict[s
     validated = done("validate", validate_task(params, wait_for=[prepared]))
     cleaned = done("clean", clean_task(params, validated))
     featured = done("features", features_task(params, cleaned))
-    # The base exists only for members that fine-tune from it (train.init_from: base).
-    based = [("pretrain", done("pretrain", pretrain_task(params, featured)))] if params.train.init_from == trainer.BASE else []
+    # The base exists only for text→mel members that fine-tune from it (train.init_from: base); a
+    # conversion member learns no language and starts from scratch.
+    based = ([("pretrain", done("pretrain", pretrain_task(params, featured)))]
+             if params.train.init_from == trainer.BASE and params.members_of_kind("acoustic") else [])
     # Members train one after another: each one uses every core (or the GPU) by itself.
     # (``inputs``: each cached stage's fingerprint, taken when its upstream has finished)
     trained = []

@@ -274,7 +274,7 @@ def evaluate(params: Params, workspace: Workspace) -> EvaluateResult:
     seconds = time.monotonic() - started
     judge = Judge.from_params(params)
     second = judge.second_opinion()
-    metrics = {"utterances": len(rows), "speakers": speakers, "asr": judge.name,
+    metrics = {"utterances": len(rows), "speakers": speakers, "asr": judge.name, "asr_sha256": judge.model_sha256(),
                "asr_second_opinion": second.name if second else None, "systems": summary, "difference": difference,
                "seconds": seconds, "data_version": workspace.data_version(),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

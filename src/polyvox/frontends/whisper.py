@@ -162,11 +162,38 @@ def check_model_folder(folder: Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise WhisperModelError(f"{folder}: no such folder (evaluate.whisper_model: a faster-whisper model folder)")
-    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    missing = [name for name in model_files(folder) if not (folder / name).is_file()]
     if missing:
         raise WhisperModelError(f"{folder}: {', '.join(missing)} missing (evaluate.whisper_model: a faster-whisper "
-                                f"model folder holds {', '.join(MODEL_FILES)})")
+                                f"model folder holds {', '.join(MODEL_FILES)}; vocabulary.txt may stand for the .json)")
     return folder
+
+
+def model_files(folder: Path) -> tuple[str, ...]:
+    """The files of a faster-whisper folder: its vocabulary is a .json or, in older conversions, a .txt."""
+    if not (folder / "vocabulary.json").is_file() and (folder / "vocabulary.txt").is_file():
+        return tuple(name.replace("vocabulary.json", "vocabulary.txt") for name in MODEL_FILES)
+    return MODEL_FILES
+
+
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def model_sha256(configured: str | Path | None) -> str:
+    """sha256 of the model.bin that ``configured`` names (None: the shipped base, whose digest is known),
+    computed once per file version in a process: what tells the judge from a content encoder."""
+    if configured is None:
+        return BASE_SHA256
+    path = check_model_folder(Path(configured)) / "model.bin"
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
 
 
 def model_folder(configured: str | Path | None) -> Path:
@@ -186,7 +213,7 @@ def folder_identity(configured: str | Path | None) -> dict:
         return {"model": "base", "sha256": BASE_SHA256}
     folder = check_model_folder(Path(configured))
     return {"model": str(folder.resolve()), "files": [
-        (name, (folder / name).stat().st_size, (folder / name).stat().st_mtime_ns) for name in MODEL_FILES]}
+        (name, (folder / name).stat().st_size, (folder / name).stat().st_mtime_ns) for name in model_files(folder)]}
 
 
 _models: dict[tuple[str, int], object] = {}

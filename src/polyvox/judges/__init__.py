@@ -68,6 +68,14 @@ class Judge:
 
         return model_folder(self.whisper_model)
 
+    def model_sha256(self) -> str | None:
+        """sha256 of the Whisper model.bin this judge hears with (None for pocketsphinx)."""
+        if self.asr == "pocketsphinx":
+            return None
+        from polyvox.judges.whisper import model_sha256
+
+        return model_sha256(self.whisper_model)
+
     def identity(self) -> dict:
         """Everything that shapes what this judge hears, for stage fingerprints and cache keys."""
         if self.asr == "pocketsphinx":

@@ -17,7 +17,7 @@ import numpy as np
 from polyvox.frontends.whisper import (BASE_BYTES, BASE_PARTS, BASE_SHA256, MODEL_FILES, SIDE_FILES, STAMP,  # noqa: F401
                                        WHISPER_RATE, WhisperModelError, assemble_base_model, base_model_folder,
                                        cache_root, check_model_folder, folder_identity, load_model, model_folder,
-                                       shipped_parts, whisper_model_folder)
+                                       model_sha256, shipped_parts, whisper_model_folder)
 
 # faster-whisper's transcribe() arguments. temperature=0.0 alone: no fallback; without_timestamps:
 # a sentence-long take needs no segment times, and timestamp tokens cost decoding steps.

@@ -107,6 +107,11 @@ def member_kind(folder: Path) -> str | None:
     return data.get("kind", "acoustic") if isinstance(data, dict) else None
 
 
+def read_member(folder: Path) -> "MemberMeta | ConverterMeta":
+    """The model.json of a member folder of either kind."""
+    return ConverterMeta.read(folder) if member_kind(folder) == "convert" else MemberMeta.read(folder)
+
+
 class VocoderMeta(BaseModel):
     """``vocoder.json`` of a trained vocoder: its architecture, the audio it was trained on (the mel it
     expects: :func:`polyvox.signal.mel.mel_differences`) and the section it was trained with."""

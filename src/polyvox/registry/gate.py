@@ -48,6 +48,7 @@ def judge(metrics: dict, cfg: PromoteSection, has_champion: bool) -> list[Rule]:
     if cfg.min_mos is not None:
         rules.append(_check("mos", candidate.get("mos_ovrl"), ">=", cfg.min_mos,
                             "naturalness: DNSMOS overall (P.835) on the test split"))
+    rules += _independent_judge(metrics, asr)
     if cfg.require_ensemble_gain:
         voice = metrics.get("candidate_voice", {})
         info = voice.get("info", {})
@@ -70,6 +71,23 @@ def judge(metrics: dict, cfg: PromoteSection, has_champion: bool) -> list[Rule]:
                                 f"WER(candidate) − WER(champion), heard by {asr} "
                                 f"(difference {difference['difference']:+.3f})"))
     return rules
+
+
+def _independent_judge(metrics: dict, asr: str) -> list[Rule]:
+    """A conversion member hears the teacher with its content model; a judge that is the same model
+    would grade the voice with the ear it was built for, and forgive exactly its errors. The rule
+    applies to candidates with conversion members (none: no rule)."""
+    members = metrics.get("candidate_voice", {}).get("members", [])
+    content = {m["content_model"]["sha256"]: m["content_model"].get("name", "?") for m in members if m.get("content_model")}
+    if not content:
+        return []
+    judge = metrics.get("asr_sha256")
+    same = content.get(judge) if judge else None
+    return [Rule("independent_judge", None, None, "==", judge is not None and same is None,
+                 f"the judge ({asr}) is not the content model of a conversion member "
+                 f"({', '.join(sorted(set(content.values())))})"
+                 + (f": it IS {same} — judge with another model (evaluate.whisper_model) or another content "
+                    "model (features.content.model)" if same else "" if judge else ": the judge's model is not recorded"))]
 
 
 def passed(rules: list[Rule]) -> bool:

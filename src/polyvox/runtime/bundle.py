@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from polyvox.fingerprint import VOICE_FILE
 from polyvox.config import AudioSection
 from polyvox.fileio import atomic_write_text
-from polyvox.models.meta import MemberMeta, TextFrontEnd
+from polyvox.models.meta import TextFrontEnd, read_member
 
 FORMAT = 1
 
@@ -50,6 +50,9 @@ class BundleMeta(BaseModel):
     # Every other file of the bundle: relative path → {"bytes", "sha256"} (:func:`bundle_damage`);
     # empty in bundles built before it was recorded.
     files: dict[str, dict[str, Any]] = {}
+    # What synthesis needs installed besides polyvox, per member that needs anything: its teacher voice
+    # (and package), its content model (name, package, version, sha256).
+    requires: list[dict[str, Any]] = []
 
     @classmethod
     def read(cls, folder: Path) -> "BundleMeta":
@@ -152,10 +155,14 @@ def build_bundle(candidate: Path, metrics: dict, decision: dict, data_version: s
 
         export_voice(Voice.load(candidate), target / "onnx")
     voice = json.loads((candidate / VOICE_FILE).read_text(encoding="utf-8"))
-    member = MemberMeta.read(next(iter(sorted((candidate / "members").iterdir()))))
+    member = read_member(next(iter(sorted((candidate / "members").iterdir()))))
+    # what serving needs installed besides polyvox: teacher voices and content models (package, version,
+    # sha256); they are not copied into the bundle (hundreds of MB), the loader names what is missing
+    requires = [{k: m[k] for k in ("name", "teacher", "teacher_package", "content_model") if k in m}
+                for m in voice["members"] if m.get("teacher") or m.get("content_model")]
     BundleMeta(format=FORMAT, registered_model=model_name, version=None, data_version=data_version,
                git_commit=git_commit, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), text=member.text,
-               audio=member.audio, speakers=metrics.get("speakers", []), onnx=export_onnx,
+               audio=member.audio, speakers=metrics.get("speakers", []), onnx=export_onnx, requires=requires,
                summary=metrics["systems"]["candidate"],
                decision={"promoted": decision["promoted"], "rules": decision["rules"]}).write(target)
     (target / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")

@@ -66,6 +66,28 @@ class ConverterSynthesizer(ConditionedMember):
             torch.load(speakers_path, map_location=device, weights_only=True) if speakers_path.is_file() else {})
         self.timings: dict[str, float] = {}  # seconds of the last mel(), per component
 
+    def needs(self) -> dict:
+        """What synthesis needs installed besides polyvox: the teacher voice and the content model (by
+        package, version and sha256), as the bundle records them."""
+        from polyvox.engines import CATALOG
+
+        voice = CATALOG[self.teacher.voice]
+        return {"teacher": self.teacher.voice, "teacher_package": voice.package,
+                "content_model": dict(self.meta.content_model)}
+
+    def tokens(self, text: str) -> np.ndarray:
+        """(1, symbols): the phonemes the teacher will say for ``text`` (espeak-ng IPA code points; a
+        Piper teacher's input ids), to bound a request before it renders; a ValueError if there is nothing
+        to say, an UnreadableText for a script the voice's language does not use."""
+        from polyvox.text.phonemes import espeak_ipa
+
+        check_readable(text, self.text_frontend["language"])
+        phonemes = [symbol for symbol in espeak_ipa(normalize_text(text), self.text_frontend["language"])
+                    if not symbol.isspace()]
+        if not phonemes:
+            raise ValueError(f"nothing to say in {text!r}")
+        return np.asarray([[ord(symbol) for symbol in phonemes]], dtype=np.int64)
+
     def inputs(self, text: str, length_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The decoder's inputs for ``text``: content (width, frames), pitch (frames,), voiced (frames,)."""
         check_readable(text, self.text_frontend["language"])

@@ -192,11 +192,45 @@ class OnnxVocoder:
         return self.session.run(None, {"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})[0][0]
 
 
+class _Converter(nn.Module):
+    """A conversion member's decoder for a request by name: the speaker's mean reference embedding is
+    fused as :class:`~polyvox.models.encoders.ConditioningFusion` fuses a present audio embedding in
+    evaluation, then the decoder renders the log-mel."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, content: torch.Tensor, pitch: torch.Tensor, voiced: torch.Tensor,
+                embedding: torch.Tensor) -> torch.Tensor:
+        fused = self.model.fusion.out(embedding)
+        mask = torch.ones_like(pitch)[:, None]
+        return self.model.denormalise(self.model.decode(content, pitch, voiced, fused, mask))
+
+
+def export_converter(model, target: Path) -> None:
+    """``converter.onnx`` of one conversion member into ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    cfg = model.eval().cfg
+    frames = 40
+    inputs = (torch.randn(1, cfg.content_width, frames), torch.randn(1, frames), torch.ones(1, frames),
+              torch.zeros(1, cfg.channels))
+    count = torch.export.Dim("frames", min=2, max=65536)
+    with torch.no_grad(), _quiet_export():
+        torch.onnx.export(_Converter(model).eval(), inputs, str(target / "converter.onnx"), dynamo=True,
+                          input_names=["content", "pitch", "voiced", "embedding"], output_names=["mel"],
+                          dynamic_shapes={"content": {2: count}, "pitch": {1: count}, "voiced": {1: count},
+                                          "embedding": None}, verbose=False)
+
+
 def export_voice(voice, target: Path) -> Path:
     """Every member of ``voice`` (a :class:`Voice`) into ``target/<member>/``, its neural vocoder (if
     it has one) into ``target/vocoder.onnx``, plus ``onnx.json``."""
     for member in voice.members:
-        export_member(member.synthesizer.model, target / member.name)
+        if member.synthesizer.kind == "convert":
+            export_converter(member.synthesizer.model, target / member.name)
+        else:
+            export_member(member.synthesizer.model, target / member.name)
     vocoder = None
     if voice.vocoder is not None:
         vocoder = export_vocoder(voice.vocoder, target / "vocoder.onnx").name
@@ -282,3 +316,53 @@ class OnnxAcoustic:
         if self.vocoder is not None:
             return self.vocoder.synthesize(mel), self.voice.sample_rate
         return self.voice.vocode(torch.from_numpy(mel)), self.voice.sample_rate
+
+
+class OnnxConverter:
+    """A voice of one conversion member in onnxruntime: text + speaker name → log-mel, like ``Voice.mel``.
+    The teacher (Piper's ONNX graph) runs in onnxruntime, its content features in CTranslate2 and its
+    pitch in librosa, so a request by name runs no PyTorch."""
+
+    def __init__(self, voice, folder: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        if len(voice.members) != 1 or voice.members[0].synthesizer.kind != "convert":
+            raise ValueError("OnnxConverter serves a voice of one conversion member")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.voice = voice
+        self.member = voice.members[0]
+        path = folder / self.member.name / "converter.onnx"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path.parent}: no ONNX export of member {self.member.name!r}")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.embeddings = {name: vector[None].cpu().numpy().astype(np.float32)
+                           for name, vector in self.member.synthesizer.speakers.items()}
+        self.vocoder = OnnxVocoder(folder / "vocoder.onnx", threads) if (folder / "vocoder.onnx").is_file() else None
+
+    def mel(self, text: str, speaker: str, length_scale: float = 1.0) -> np.ndarray:
+        if speaker not in self.embeddings:
+            raise ValueError(f"unknown speaker {speaker!r}; known: {sorted(self.embeddings)}")
+        content, pitch, voiced = self.member.synthesizer.inputs(text, length_scale)
+        return self.session.run(None, {"content": content[None], "pitch": pitch[None], "voiced": voiced[None],
+                                       "embedding": self.embeddings[speaker]})[0][0]
+
+    def synthesize(self, text: str, speaker: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+        mel = self.mel(text, speaker, length_scale)
+        if self.vocoder is not None:
+            return self.vocoder.synthesize(mel), self.voice.sample_rate
+        return self.voice.vocode(torch.from_numpy(mel)), self.voice.sample_rate
+
+
+def onnx_runtime(voice, folder: Path, threads: int = 1):
+    """The onnxruntime path of a bundle's voice for requests by name: :class:`OnnxConverter` for a voice
+    of one conversion member, :class:`OnnxAcoustic` for text→mel members; None for a voice that mixes
+    kinds (it is served by PyTorch)."""
+    kinds = {m.synthesizer.kind for m in voice.members}
+    if kinds == {"convert"} and len(voice.members) == 1:
+        return OnnxConverter(voice, folder, threads)
+    if kinds == {"acoustic"}:
+        return OnnxAcoustic(voice, folder, threads)
+    return None

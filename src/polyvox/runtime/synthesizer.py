@@ -68,6 +68,10 @@ class Synthesizer(ConditionedMember):
 
     kind = "acoustic"
 
+    def needs(self) -> dict:
+        """What synthesis needs installed besides polyvox (a teacher engine, for teacher input)."""
+        return {"teacher": self.teacher.voice} if self.teacher is not None else {}
+
     def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu", vocoder: Path | str | None = None):
         meta = MemberMeta.read(folder)
         path = folder / f"{checkpoint}.pt"

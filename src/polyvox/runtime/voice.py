@@ -185,7 +185,7 @@ class Voice:
     def describe(self) -> dict:
         described = {"format": FORMAT, "mode": self.mode, "kind": "ensemble" if len(self.members) > 1 else "member",
                      "members": [{"name": m.name, "weight": m.weight, "conditioning": m.synthesizer.conditioning,
-                                  "kind": m.synthesizer.kind} for m in self.members],
+                                  "kind": m.synthesizer.kind, **m.synthesizer.needs()} for m in self.members],
                      "vocoder": "vocoder" if self.vocoder_folder is not None else None,
                      "similarity_weight": self.similarity_weight, "info": self.info}
         if self.mode == "rerank" and self.judge is not None:  # the only mode that listens to itself

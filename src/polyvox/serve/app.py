@@ -74,7 +74,7 @@ class Loaded:
     voice: object
     meta: BundleMeta
     stamp: str  # bundle.json's content: a new version or rebuild changes it
-    onnx: object | None = None  # OnnxAcoustic when the bundle has ONNX graphs and the runtime is onnx
+    onnx: object | None = None  # OnnxAcoustic/OnnxConverter when the bundle has ONNX graphs and the runtime is onnx
 
 
 class VoiceHolder:
@@ -120,9 +120,9 @@ class VoiceHolder:
         voice, meta = load_bundle(self.folder)  # fully loaded before anyone sees it
         onnx = None
         if self.runtime == "onnx" and meta.onnx and voice.mode == "weighted":
-            from polyvox.runtime.onnx import OnnxAcoustic
+            from polyvox.runtime.onnx import onnx_runtime
 
-            onnx = OnnxAcoustic(voice, self.folder / "onnx", threads=torch.get_num_threads())
+            onnx = onnx_runtime(voice, self.folder / "onnx", threads=torch.get_num_threads())
         if self._stamp() != stamp:  # replaced while we read it: the next poll takes the newer one
             return False
         with self._lock:
