@@ -222,3 +222,24 @@ def test_the_gate_refuses_a_judge_that_is_the_content_model():
     assert rules["independent_judge"].passed
     metrics["candidate_voice"]["members"] = [{"name": "voice", "kind": "acoustic"}]  # no content model: no rule
     assert "independent_judge" not in {r.rule for r in judge(metrics, cfg, has_champion=False)}
+
+
+def test_polyvox_synth_reads_a_sentence_with_a_converter_member(converted, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import soundfile as sf
+
+    params, ws, _ = converted
+    polyvox = Path(sys.executable).with_name("polyvox")
+    voice = ws.models / "voice"
+    done = subprocess.run([str(polyvox), "synth", "-o", str(tmp_path / "out.wav"), "--voice", str(voice),
+                           "--length-scale", "1.2"], input=b"Read this with the teacher's words.\n",
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    wave, rate = sf.read(tmp_path / "out.wav")
+    assert rate == 22050 and 1.0 < wave.size / rate < 8.0 and np.abs(wave).max() > 0.01
+    listed = subprocess.run([str(polyvox), "synth", "--voice", str(voice), "--list-speakers"], capture_output=True,
+                            text=True, timeout=300)
+    assert listed.returncode == 0 and listed.stdout.split() == ["kathleen"]
