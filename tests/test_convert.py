@@ -243,3 +243,22 @@ def test_polyvox_synth_reads_a_sentence_with_a_converter_member(converted, tmp_p
     listed = subprocess.run([str(polyvox), "synth", "--voice", str(voice), "--list-speakers"], capture_output=True,
                             text=True, timeout=300)
     assert listed.returncode == 0 and listed.stdout.split() == ["kathleen"]
+
+
+def test_whisper_tiny_en_judges_by_name_beside_the_base(kathleen, kathleen_files):
+    import soundfile as sf
+
+    from polyvox.config import load_params
+    from polyvox.judges import Judge
+    from polyvox.judges.scores import asr_scores
+
+    from conftest import REPO
+
+    params = load_params(REPO / "params.yaml", ["evaluate.whisper_model=whisper-tiny.en"])
+    judge = Judge.from_params(params)
+    assert judge.name == "whisper-tiny.en" and judge.model_sha256() == CONTENT_MODELS["whisper-tiny.en"].sha256
+    base = Judge.from_params(load_params(REPO / "params.yaml"))
+    assert base.model_sha256() == CONTENT_MODELS["whisper-base"].sha256 != judge.model_sha256()
+    texts = corpora.kathleen_texts(kathleen)
+    signal, rate = sf.read(kathleen_files[0], dtype="float32")
+    assert asr_scores(signal, rate, texts[kathleen_files[0].stem], judge).wer <= 0.3

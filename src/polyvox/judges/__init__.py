@@ -49,15 +49,18 @@ class Judge:
         cfg = params.evaluate
         if cfg.asr == "pocketsphinx":
             return POCKETSPHINX
-        model = None if cfg.whisper_model is None else str(Path(cfg.whisper_model).resolve())
-        return cls("whisper", model, whisper_language(params.clean.language))
+        return cls("whisper", judge_folder(cfg.whisper_model), whisper_language(params.clean.language))
 
     @property
     def name(self) -> str:
         """For labels: ``whisper-base``, ``whisper:<folder>`` or ``pocketsphinx``."""
         if self.asr == "pocketsphinx":
             return "pocketsphinx"
-        return "whisper-base" if self.whisper_model is None else f"whisper:{Path(self.whisper_model).name}"
+        if self.whisper_model is None:
+            return "whisper-base"
+        from polyvox.frontends.content import shipped_name
+
+        return shipped_name(Path(self.whisper_model)) or f"whisper:{Path(self.whisper_model).name}"
 
     def second_opinion(self) -> "Judge | None":
         """pocketsphinx beside Whisper, so figures stay comparable with runs judged before Whisper."""
@@ -98,6 +101,19 @@ class Judge:
 
 
 POCKETSPHINX = Judge("pocketsphinx", None, "en")
+
+
+def judge_folder(configured: str | Path | None) -> str | None:
+    """``evaluate.whisper_model`` as the judge's folder: None (the shipped base), the name of a Whisper
+    model shipped in a package (``whisper-tiny.en``: :data:`polyvox.frontends.content.CONTENT_MODELS`),
+    or a folder (absolute once resolved)."""
+    if configured is None:
+        return None
+    from polyvox.frontends.content import CONTENT_MODELS
+
+    if str(configured) in CONTENT_MODELS and str(configured) != "whisper-base":
+        return str(CONTENT_MODELS[str(configured)].folder())
+    return str(Path(configured).resolve())
 
 
 def _threads() -> int:
