@@ -262,3 +262,15 @@ def test_whisper_tiny_en_judges_by_name_beside_the_base(kathleen, kathleen_files
     texts = corpora.kathleen_texts(kathleen)
     signal, rate = sf.read(kathleen_files[0], dtype="float32")
     assert asr_scores(signal, rate, texts[kathleen_files[0].stem], judge).wer <= 0.3
+
+
+def test_a_configuration_judged_by_its_content_model_is_refused_when_read():
+    from polyvox.config import ConfigError, load_params
+
+    from conftest import REPO
+
+    convert = ["train.members.voice.kind=convert", "features.content.model=whisper-base"]
+    with pytest.raises(ConfigError, match="content model of the conversion member"):
+        load_params(REPO / "params.yaml", convert)
+    assert load_params(REPO / "params.yaml", [*convert, "evaluate.whisper_model=whisper-tiny.en"])
+    assert load_params(REPO / "params.yaml", ["features.content.model=whisper-base"])  # no converter: no conflict

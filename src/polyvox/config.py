@@ -423,6 +423,18 @@ class Params(_Section):
             self.member_model(member)
         return self
 
+    @model_validator(mode="after")
+    def _judge_is_not_the_content_model(self) -> "Params":
+        # The gate's independent_judge rule compares the models themselves (sha256); this catches the
+        # named case before a run spends its minutes on a voice the gate will refuse.
+        if self.members_of_kind("convert") and self.evaluate.asr == "whisper":
+            judge = "whisper-base" if self.evaluate.whisper_model is None else str(self.evaluate.whisper_model)
+            if judge == self.features.content.model:
+                raise ValueError(f"evaluate.whisper_model judges with {judge}, the content model of the conversion "
+                                 f"member(s) (features.content.model): a voice built for that ear would be graded by "
+                                 "it; judge with another model (whisper-tiny.en, whisper-base or a folder)")
+        return self
+
     def members_of_kind(self, kind: str) -> list[MemberSection]:
         return [m for m in self.train.members if m.kind == kind]
 
