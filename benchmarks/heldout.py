@@ -163,13 +163,18 @@ def main() -> None:
         folder = (CONTENT_MODELS[args.second_judge].folder() if args.second_judge in CONTENT_MODELS
                   else Path(args.second_judge).resolve())
         second = Judge("whisper", str(folder))
-    centroid = encoder = None
+    centroid = encoder = real_similarity = None
     if args.similarity_to:
         from polyvox.judges.speaker import SpeakerEncoder
 
         encoder = SpeakerEncoder()
-        takes = sorted(p for p in args.similarity_to.iterdir() if p.suffix in (".wav", ".flac"))[-args.centroid_takes:]
-        centroid = encoder.centroid([encoder.embed(*_mono(sf.read(p, dtype="float32", always_2d=True))) for p in takes])
+        takes = sorted(p for p in args.similarity_to.iterdir() if p.suffix in (".wav", ".flac"))
+        centroid = encoder.centroid([encoder.embed(*_mono(sf.read(p, dtype="float32", always_2d=True)))
+                                     for p in takes[-args.centroid_takes:]])
+        # the ceiling: other real takes of the speaker (the first ones, disjoint from the centroid's) to it
+        real_similarity = float(np.mean([encoder.similarity(encoder.embed(*_mono(sf.read(p, dtype="float32",
+                                                                                         always_2d=True))), centroid)
+                                         for p in takes[: min(args.centroid_takes, len(takes) - args.centroid_takes)]]))
     rows = []
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name, render in systems.items():
@@ -207,6 +212,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     summary = {"tag": args.tag, "sentences": len(sentences), "speakers": speakers, "judge": judge.name,
                "second_judge": second.name if second else None, "threads": args.threads,
+               "real_takes_similarity": real_similarity if encoder is not None else None,
                "machine": f"{platform.machine()} {platform.processor()}".strip(), "systems": {}, "differences": {}}
     for name, part in table.groupby("system", sort=False):
         figures = summary["systems"][name] = {
@@ -233,6 +239,8 @@ def main() -> None:
                 x["word_errors_2"], x["words"], y["word_errors_2"], y["words"], args.resamples, 0.95, 0)
     table.to_csv(RESULTS / f"heldout_{args.tag}.csv", index=False)
     (RESULTS / f"heldout_{args.tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if summary["real_takes_similarity"] is not None:
+        print(f"real takes' similarity to the centroid: {summary['real_takes_similarity']:.3f}")
     for name, figures in summary["systems"].items():
         extra = "  ".join(f"{key} {figures[key]:.3f}" for key in ("wer_second_judge", "similarity", "mos_ovrl")
                           if key in figures)
