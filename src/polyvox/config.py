@@ -266,8 +266,9 @@ class ConverterSection(_Section):
     blocks: int = Field(ge=1)  # residual dilated convolution blocks
     kernel_size: int = Field(ge=1)
     dilations: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)  # cycled over the blocks
-    # Width of the content bottleneck: the encoder's features squeezed before the decoder reads them.
-    bottleneck: int = Field(ge=4)
+    # Width of a content bottleneck (the encoder's features squeezed before the decoder reads them);
+    # None: read whole.
+    bottleneck: int | None = Field(ge=4)
     dropout: float = Field(ge=0, lt=1)
     modality_dropout: float = Field(ge=0, lt=1)
     contrastive_temperature: float = Field(gt=0)
