@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from polyvox.cli import app
 
 import corpora
+from conftest import REPO
 
 runner = CliRunner()
 
@@ -72,6 +73,24 @@ def test_a_stage_in_an_empty_workspace_says_what_is_missing_and_what_makes_it(wo
     assert result.exit_code == 1, result.output
     assert f"polyvox {command}: {missing} is missing; run `{remedy}` first" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_ensemble_needs_no_neural_vocoder_when_griffin_lim_renders(workspace):
+    """ensemble.vocoder: griffin-lim was refused for a missing models/vocoder/best.pt it never reads;
+    with neural the stage itself names the command that makes it."""
+    from polyvox import cli
+    from polyvox.config import ConfigError, load_params
+    from polyvox.ensemble.stage import vocoder_folder
+    from polyvox.workspace import Workspace
+
+    for folder in ("data/clean", "data/features"):
+        (workspace / folder).mkdir(parents=True)
+    ws = Workspace(workspace)
+    assert cli.missing_input("ensemble", ws) is None
+    params = load_params(REPO / "params.yaml", ["ensemble.vocoder=griffin-lim"])
+    assert vocoder_folder(params, ws) is None
+    with pytest.raises(ConfigError, match="polyvox train-vocoder"):
+        vocoder_folder(load_params(REPO / "params.yaml"), ws)
 
 
 def test_a_missing_input_beyond_the_declared_ones_is_named_with_its_stage(workspace, monkeypatch, capsys):

@@ -142,10 +142,11 @@ def _remedy(path: str) -> str:
 def missing_input(name: str, workspace: Workspace) -> str | None:
     """What stage ``name`` reads that the workspace lacks, and the command that makes it; None when
     its inputs are there (or it is no stage). The base (models/base) is the trainer's to judge: it
-    may ship with polyvox or not be wanted (train.init_from)."""
+    may ship with polyvox or not be wanted (train.init_from, a conversion member); the neural vocoder
+    the ensemble's (ensemble.vocoder: griffin-lim needs none; neural names `polyvox train-vocoder`)."""
     spec = STAGES.get(name)
     for dep in spec.deps if spec else ():
-        if "${" in dep or (workspace.root / dep).exists() or producer(dep) == "pretrain":
+        if "${" in dep or (workspace.root / dep).exists() or producer(dep) in ("pretrain", "train-vocoder"):
             continue
         return f"{dep} is missing; {_remedy(dep)}"
     return None
