@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from polyvox.frontends.content import CONTENT_MODELS, ContentModelError, ContentSettings, encode, on_grid
 from polyvox.train.trainer import train

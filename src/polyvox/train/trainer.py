@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
