@@ -64,9 +64,11 @@ def test_content_features_follow_the_speech_and_land_on_the_mel_grid(params, kat
     settings = ContentSettings("whisper-tiny.en", "pad")
     content = encode(signal, rate, settings)
     assert content.shape == (int(np.ceil(signal.size / rate * 50)), 384) and np.isfinite(content).all()
-    # two renderings of the same words are closer than the take and silence
+    # the same words encoded in another take's window stay close; silence in their place does not
+    # (measured: 0.15 against 0.96 for tiny.en on this take)
     half = encode(signal[: signal.size // 2], rate, settings)
-    assert np.abs(half[:20] - content[:20]).mean() < np.abs(content[:20] - content[-20:]).mean() + 1.0
+    silence = encode(np.zeros_like(signal), rate, settings)
+    assert np.abs(half[:20] - content[:20]).mean() < 0.5 * np.abs(silence[:20] - content[:20]).mean()
     grid = on_grid(content, 1 + signal.size // params.audio.hop_length, params.audio)
     assert grid.shape == (384, 1 + signal.size // params.audio.hop_length)
     np.testing.assert_allclose(grid[:, 0], content[0], atol=1e-6)

@@ -22,7 +22,8 @@ from torch import nn
 
 from polyvox.config import ModelSection
 from polyvox.models.decoder import MelDecoder
-from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder, cross_modal_loss
+from polyvox.models.encoders import (Conditioned, ConditioningFusion, ImageEncoder, ReferenceEncoder, TextEncoder,
+                                     cross_modal_loss)
 from polyvox.models.layers import sequence_mask
 from polyvox.models.aligner import align
 from polyvox.models.teacher import TeacherTrack, stretch_to_tokens, warp_teacher
@@ -64,7 +65,7 @@ class Batch:
     teacher_lengths: torch.Tensor | None = None
 
 
-class AcousticModel(nn.Module):
+class AcousticModel(Conditioned, nn.Module):
     def __init__(self, cfg: ModelConfig, mel_mean: torch.Tensor, mel_std: torch.Tensor):
         super().__init__()
         self.cfg = cfg
@@ -124,21 +125,6 @@ class AcousticModel(nn.Module):
     def place(self, positions: torch.Tensor) -> torch.Tensor:
         """(batch, frames, POSITION_FEATURES) from :func:`phone_positions` → (batch, frames, ch), 0 on padding."""
         return self.positions(positions) * (positions.abs().sum(dim=2, keepdim=True) > 0)
-
-    def condition(self, batch_size: int, reference_mel=None, reference_lengths=None, image=None, image_present=None,
-                  audio_embedding=None):
-        """Embeddings of the given modalities and their fusion, (batch, channels) each.
-
-        ``audio_embedding`` stands in for a reference encoding (e.g. a speaker's mean embedding)."""
-        audio = audio_embedding
-        if reference_mel is not None:
-            audio = self.reference(self.normalise(reference_mel), reference_lengths)
-        audio_present = None if audio is None else torch.ones(batch_size, dtype=torch.bool, device=audio.device)
-        visual = self.image(image) if image is not None else None
-        if visual is not None and image_present is None:
-            image_present = torch.ones(batch_size, dtype=torch.bool, device=visual.device)
-        fused = self.fusion(audio, audio_present, visual, image_present, batch_size)
-        return audio, visual, image_present, fused
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Losses for one batch (teacher-forced durations, pitch and energy)."""

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from polyvox.models.encoders import ConditioningFusion, ImageEncoder, ReferenceEncoder, cross_modal_loss
+from polyvox.models.encoders import Conditioned, ConditioningFusion, ImageEncoder, ReferenceEncoder, cross_modal_loss
 from polyvox.models.layers import sequence_mask
 
 LOSS_NAMES = ("total", "mel", "cross_modal")
@@ -53,7 +53,7 @@ class ConversionBatch:
     pitch: torch.Tensor  # (batch, frames) speaker-normalised log-F0, 0 where unvoiced
     voiced: torch.Tensor  # (batch, frames) 0/1
     mel: torch.Tensor  # (batch, n_mels, frames) log-mel (not normalised)
-    lengths: torch.Tensor  # (batch,) real frames
+    mel_lengths: torch.Tensor  # (batch,) real frames
     speaker: torch.Tensor  # (batch,) int, for the cross-modal loss
     reference_mel: torch.Tensor  # (batch, n_mels, reference frames): another take of the speaker
     reference_lengths: torch.Tensor
@@ -89,7 +89,7 @@ class ResidualBlock(nn.Module):
         return (x + h) * mask
 
 
-class ConverterModel(nn.Module):
+class ConverterModel(Conditioned, nn.Module):
     def __init__(self, cfg: ConverterConfig, mel_mean: torch.Tensor, mel_std: torch.Tensor):
         super().__init__()
         self.cfg = cfg
@@ -112,19 +112,6 @@ class ConverterModel(nn.Module):
     def denormalise(self, mel: torch.Tensor) -> torch.Tensor:
         return mel * self.mel_std + self.mel_mean
 
-    def condition(self, batch_size: int, reference_mel=None, reference_lengths=None, image=None, image_present=None,
-                  audio_embedding=None):
-        """Embeddings of the given modalities and their fusion, (batch, channels) each (as the acoustic
-        model's); ``audio_embedding`` stands in for a reference encoding (a speaker's mean embedding)."""
-        audio = audio_embedding
-        if reference_mel is not None:
-            audio = self.reference(self.normalise(reference_mel), reference_lengths)
-        audio_present = None if audio is None else torch.ones(batch_size, dtype=torch.bool, device=audio.device)
-        visual = self.image(image) if image is not None else None
-        if visual is not None and image_present is None:
-            image_present = torch.ones(batch_size, dtype=torch.bool, device=visual.device)
-        return audio, visual, image_present, self.fusion(audio, audio_present, visual, image_present, batch_size)
-
     def decode(self, content: torch.Tensor, pitch: torch.Tensor, voiced: torch.Tensor, speaker: torch.Tensor,
                mask: torch.Tensor) -> torch.Tensor:
         """(batch, width, frames) content, (batch, frames) pitch and voiced, (batch, channels) fused speaker,
@@ -137,7 +124,7 @@ class ConverterModel(nn.Module):
     def forward(self, batch: ConversionBatch) -> dict[str, torch.Tensor]:
         """Losses for one batch: L1 of the normalised log-mel over real frames, and the cross-modal loss."""
         b = batch
-        mask = sequence_mask(b.lengths, b.mel.shape[2])[:, None].to(b.content.dtype)
+        mask = sequence_mask(b.mel_lengths, b.mel.shape[2])[:, None].to(b.content.dtype)
         audio, visual, image_present, fused = self.condition(b.mel.shape[0], b.reference_mel, b.reference_lengths,
                                                              b.image, b.image_present)
         predicted = self.decode(b.content, b.pitch, b.voiced, fused, mask)

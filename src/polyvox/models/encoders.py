@@ -110,3 +110,24 @@ def cross_modal_loss(audio: torch.Tensor | None, visual: torch.Tensor | None, im
     positive = (speaker[image_present][:, None] == speaker[None, :]).float()
     log_prob = logits.log_softmax(dim=1)
     return -(torch.logsumexp(log_prob.masked_fill(positive == 0, -1e9), dim=1)).mean()
+
+
+class Conditioned:
+    """What every member's model does with its conditioning (a mixin of an ``nn.Module`` that has
+    ``reference``, ``image``, ``fusion`` and ``normalise``)."""
+
+    def condition(self, batch_size: int, reference_mel=None, reference_lengths=None, image=None, image_present=None,
+                  audio_embedding=None):
+        """Embeddings of the given modalities and their fusion, (batch, channels) each.
+
+        ``audio_embedding`` stands in for a reference encoding (e.g. a speaker's mean embedding)."""
+        audio = audio_embedding
+        if reference_mel is not None:
+            audio = self.reference(self.normalise(reference_mel), reference_lengths)
+        audio_present = None if audio is None else torch.ones(batch_size, dtype=torch.bool, device=audio.device)
+        visual = self.image(image) if image is not None else None
+        if visual is not None and image_present is None:
+            image_present = torch.ones(batch_size, dtype=torch.bool, device=visual.device)
+        fused = self.fusion(audio, audio_present, visual, image_present, batch_size)
+        return audio, visual, image_present, fused
+

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polyvox.fileio import chosen_checkpoint
 from polyvox.frontends.content import ContentSettings, content_model, encode, on_grid
 from polyvox.frontends.teacher import TeacherSettings, teacher_audio
 from polyvox.models.converter import ConverterModel
@@ -38,10 +37,6 @@ class ConverterSynthesizer(ConditionedMember):
         from polyvox.engines import resolve_voices
 
         meta = ConverterMeta.read(folder)
-        path = folder / f"{checkpoint}.pt"
-        if not path.is_file():
-            path = chosen_checkpoint(folder) or path
-        self.checkpoint_path = path
         self.meta = meta
         self.audio = meta.audio
         self.text_frontend = meta.text.model_dump()
@@ -55,15 +50,8 @@ class ConverterSynthesizer(ConditionedMember):
             raise ValueError(f"{folder}: trained on content model {meta.content_model}, but this polyvox's "
                              f"{model.name} is sha256 {model.sha256}")
         model.folder()  # installed and intact here, or an error naming the package
-        self.device = torch.device(device)
-        state = torch.load(path, map_location=device, weights_only=True)
         cfg = meta.model
-        self.model = ConverterModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        speakers_path = folder / "speakers.pt"
-        self.speakers: dict[str, torch.Tensor] = (
-            torch.load(speakers_path, map_location=device, weights_only=True) if speakers_path.is_file() else {})
+        self._load_weights(folder, checkpoint, device, ConverterModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)))
         self.timings: dict[str, float] = {}  # seconds of the last mel(), per component
 
     def needs(self) -> dict:

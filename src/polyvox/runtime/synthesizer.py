@@ -26,7 +26,22 @@ from polyvox.text.scripts import check_readable
 class ConditionedMember:
     """What every kind of member does with its conditioning: a speaker's name, reference audio or an
     image → the keyword arguments of its model's ``condition``. Needs ``audio``, ``device``,
-    ``speakers``, ``conditioning`` and ``image_size``."""
+    ``speakers``, ``conditioning`` and ``image_size`` (:meth:`_load_weights` sets the first two)."""
+
+    def _load_weights(self, folder: Path, checkpoint: str, device: str, model: torch.nn.Module) -> None:
+        """``model`` with the member's weights (``<checkpoint>.pt``, else best-or-last) on ``device``, in eval
+        mode, as ``self.model``; the speakers' mean embeddings (``speakers.pt``) as ``self.speakers``."""
+        path = folder / f"{checkpoint}.pt"
+        if not path.is_file():
+            path = chosen_checkpoint(folder) or path
+        self.checkpoint_path = path
+        self.device = torch.device(device)
+        self.model = model.to(device)
+        self.model.load_state_dict(torch.load(path, map_location=device, weights_only=True)["model"])
+        self.model.eval()
+        speakers_path = folder / "speakers.pt"
+        self.speakers: dict[str, torch.Tensor] = (
+            torch.load(speakers_path, map_location=device, weights_only=True) if speakers_path.is_file() else {})
 
     def _reference(self, reference_audio) -> tuple[torch.Tensor, torch.Tensor]:
         import librosa
@@ -74,11 +89,6 @@ class Synthesizer(ConditionedMember):
 
     def __init__(self, folder: Path, checkpoint: str = "best", device: str = "cpu", vocoder: Path | str | None = None):
         meta = MemberMeta.read(folder)
-        path = folder / f"{checkpoint}.pt"
-        if not path.is_file():
-            path = chosen_checkpoint(folder) or path
-        self.checkpoint_path = path
-        state = torch.load(path, map_location=device, weights_only=True)
         self.audio = meta.audio
         self.vocab = Vocabulary(meta.symbols)
         self.text_frontend = meta.text.model_dump()
@@ -92,13 +102,7 @@ class Synthesizer(ConditionedMember):
             self.teacher = TeacherSettings.from_dict(meta.teacher)
             resolve_voices([self.teacher.voice])  # its engine is installed here, or an error that names the package
         cfg = meta.model
-        self.model = AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)).to(device)
-        self.model.load_state_dict(state["model"])
-        self.model.eval()
-        speakers_path = folder / "speakers.pt"
-        self.speakers: dict[str, torch.Tensor] = (
-            torch.load(speakers_path, map_location=device, weights_only=True) if speakers_path.is_file() else {})
-        self.device = torch.device(device)
+        self._load_weights(folder, checkpoint, device, AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)))
         self.vocoder = None
         if vocoder is not None:
             from polyvox.models.neural_vocoder import load_vocoder, vocoder_audio

@@ -26,7 +26,7 @@ from polyvox.models.meta import ConverterMeta, TextFrontEnd, member_kind
 from polyvox.signal.pitch import normalised_log_f0
 from polyvox.train.data import mel_statistics, seeded_rng
 from polyvox.train.loop import held_out
-from polyvox.train.recipe import MemberRecipe
+from polyvox.train.recipe import MemberRecipe, speaker_embeddings, validation_loss
 from polyvox.workspace import Workspace
 
 
@@ -115,7 +115,7 @@ class ContentCorpus:
                                            for i in indices]))
         return ConversionBatch(
             content=cut(self.content), pitch=cut(self.pitch), voiced=cut(self.voiced), mel=cut(self.mel, floor),
-            lengths=torch.tensor([b - a for a, b in spans]), speaker=torch.tensor([self.speaker[i] for i in indices]),
+            mel_lengths=torch.tensor([b - a for a, b in spans]), speaker=torch.tensor([self.speaker[i] for i in indices]),
             reference_mel=torch.tensor(np.stack([pad(self.mel[r], reference_length, floor) for r in references])),
             reference_lengths=torch.tensor([self.mel[r].shape[1] for r in references]),
             image=image, image_present=torch.tensor(present) if image is not None else None)
@@ -146,41 +146,6 @@ def warm_start(model: ConverterModel, source: Path) -> dict[str, int]:
     return {"copied": len(copied), "skipped": len(state) - len(copied)}
 
 
-@torch.no_grad()
-def _validation_loss(model, corpus: ContentCorpus, batch_size: int, device: torch.device, seed: int) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(corpus), batch_size):
-        indices = list(range(start, min(start + batch_size, len(corpus))))
-        losses = model(_to(corpus.collate(indices, seed, -1 - start), device))
-        total += float(losses["total"]) * len(indices)
-        count += len(indices)
-    model.train()
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def _speaker_embeddings(model, corpus: ContentCorpus, batch_size: int, device: torch.device, seed: int,
-                        speakers: list[str]) -> dict[str, torch.Tensor]:
-    """Each speaker's mean reference-audio embedding over its training takes, for synthesis by name."""
-    model.eval()
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
-    for start in range(0, len(corpus), batch_size):
-        indices = list(range(start, min(start + batch_size, len(corpus))))
-        batch = _to(corpus.collate(indices, seed, -1 - start), device)
-        embeddings = model.reference(model.normalise(batch.mel), batch.lengths)
-        for speaker, embedding in zip(batch.speaker.tolist(), embeddings):
-            sums[speaker] = sums.get(speaker, 0) + embedding.cpu()
-            counts[speaker] = counts.get(speaker, 0) + 1
-    model.train()
-    return {speakers[s]: sums[s] / counts[s] for s in sorted(sums) if s >= 0}
-
-
-def _to(batch: ConversionBatch, device: torch.device) -> ConversionBatch:
-    return ConversionBatch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()})
-
-
 def converter_recipe(params: Params, workspace: Workspace, member: str, spec: MemberSection, seed: int,
                      init_from, warm: bool, speakers: list[str]) -> MemberRecipe:
     """The converter's part of a training run (after ``torch.manual_seed(seed)``)."""
@@ -209,6 +174,6 @@ def converter_recipe(params: Params, workspace: Workspace, member: str, spec: Me
     return MemberRecipe(
         model=model, train_corpus=train_corpus, batch_size=batch_size, lr=section.lr, loss_names=LOSS_NAMES,
         meta=meta, warm=started,
-        batch=lambda indices, step: train_corpus.collate(indices, seed, step, crop), to_device=_to,
-        validation_loss=lambda m, device: _validation_loss(m, val_corpus, batch_size, device, seed),
-        speaker_embeddings=lambda m, device: _speaker_embeddings(m, train_corpus, batch_size, device, seed, speakers))
+        batch=lambda indices, step: train_corpus.collate(indices, seed, step, crop),
+        validation_loss=lambda m, device: validation_loss(m, val_corpus, batch_size, device, seed),
+        speaker_embeddings=lambda m, device: speaker_embeddings(m, train_corpus, batch_size, device, seed, speakers))

@@ -149,8 +149,9 @@ class Corpus:
         )
 
 
-def batch_to(batch: Batch, device: torch.device) -> Batch:
-    return Batch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()})
+def batch_to(batch, device: torch.device):
+    """A batch dataclass (:class:`Batch`, a converter's batch) with its tensors on ``device``."""
+    return type(batch)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()})
 
 
 def vocabulary_and_speakers(workspace: Workspace) -> tuple[Vocabulary, list[str]]:

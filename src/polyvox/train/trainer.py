@@ -28,7 +28,7 @@ from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.models.meta import MemberMeta, TextFrontEnd
 from polyvox.progress import track
 from polyvox.train.loop import Session, StepPlan, finished, held_out, lr_factor, optimise, run_once, save_checkpoint
-from polyvox.train.recipe import MemberRecipe
+from polyvox.train.recipe import MemberRecipe, speaker_embeddings, validation_loss
 from polyvox.tracking import stage_run
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
 from polyvox.workspace import Workspace
@@ -184,39 +184,6 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
-def validation_loss(model: torch.nn.Module, corpus: Corpus, batch_size: int, device: torch.device, seed: int) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(corpus), batch_size):
-        indices = list(range(start, min(start + batch_size, len(corpus))))
-        losses = model(batch_to(corpus.collate(indices, seed, -1 - start), device))
-        total += float(losses["total"]) * len(indices)
-        count += len(indices)
-    model.train()
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def speaker_embeddings(model: AcousticModel, corpus: Corpus, batch_size: int, device: torch.device, seed: int,
-                       speakers: list[str]) -> dict[str, torch.Tensor]:
-    """Each speaker's mean reference-audio embedding over its training takes, for synthesis by name."""
-    model.eval()
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
-    for start in range(0, len(corpus), batch_size):
-        indices = list(range(start, min(start + batch_size, len(corpus))))
-        batch = batch_to(corpus.collate(indices, seed, -1 - start), device)
-        embeddings = model.reference(model.normalise(batch.mel), batch.mel_lengths)
-        for speaker, embedding in zip(batch.speaker.tolist(), embeddings):
-            sums[speaker] = sums.get(speaker, 0) + embedding.cpu()
-            counts[speaker] = counts.get(speaker, 0) + 1
-    model.train()
-    return {speakers[s]: sums[s] / counts[s] for s in sorted(sums) if s >= 0}
-
-
-
-
 def training_fingerprint(params: Params, workspace: Workspace, member: str, seed: int | None,
                          init_from: str | Path | None) -> tuple[str, str]:
     """(what the run learns from — the data, the settings that shape the model but not the other
@@ -305,7 +272,7 @@ def _acoustic_recipe(params: Params, workspace: Workspace, member: str, spec: Me
     meta = _meta(params, workspace, member, spec, seed, model, init_from, vocab.symbols, speakers, teachers)
     return MemberRecipe(
         model=model, train_corpus=train_corpus, batch_size=cfg.batch_size, lr=cfg.lr, loss_names=LOSS_NAMES, meta=meta,
-        warm=started, batch=lambda indices, step: train_corpus.collate(indices, seed, step), to_device=batch_to,
+        warm=started, batch=lambda indices, step: train_corpus.collate(indices, seed, step),
         validation_loss=lambda m, device: validation_loss(m, val_corpus, cfg.batch_size, device, seed),
         speaker_embeddings=lambda m, device: speaker_embeddings(m, train_corpus, cfg.batch_size, device, seed, speakers))
 
@@ -363,7 +330,7 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
 
     def run_step(step: int, validate: bool) -> int:
         indices = recipe.train_corpus.batch_indices(step, recipe.batch_size * world, seed)[rank::world]
-        batch = recipe.to_device(recipe.batch(indices, step), device)
+        batch = batch_to(recipe.batch(indices, step), device)
         with torch.autocast(device.type, dtype=cast, enabled=cast is not None):
             losses = wrapped(batch)
         optimise(losses["total"], model, optimiser, scheduler, scaler, cfg.grad_clip)
