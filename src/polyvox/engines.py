@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from polyvox.fileio import atomic_path
+from polyvox.fileio import OutputNotWritten, atomic_path, cache_root
 
 Engine = Literal["flite", "festival", "espeak-ng", "piper"]
 
@@ -178,8 +178,75 @@ def _piper_phonemes(text: str, language: str) -> str:
     return espeak_ipa(text, language)
 
 
+def _piper_options():
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1  # the demo builder runs voices in threads
+    options.log_severity_level = 3
+    return options
+
+
+# Renders are seeded per text, so each needs a fresh session; opening the raw graph re-runs
+# onnxruntime's graph optimisation every time (~0.3 s, most of a short sentence's cost). The graph is
+# optimised once per machine instead, to the platform-independent "extended" level, and kept in the
+# user cache. The optimised graph draws its noise in another order than the raw one: bump this when
+# what a render is made from changes, as the demo corpus's cache keys include it.
+PIPER_GRAPH = "ort-extended-1"
+
+
+def piper_graph(voice_name: str) -> Path:
+    """The Piper voice's ONNX graph after onnxruntime's extended optimisations, written once to
+    ``cache_root()/piper`` (atomically; named by the graph's sha256, the onnxruntime version and
+    :data:`PIPER_GRAPH`). Where the cache is not writable, a private temporary folder holds it for this
+    process, so renders are the same either way."""
+    name = _piper_graph_name(voice_name)
+    target = cache_root() / "piper" / name
+    if target.is_file():
+        return target
+    graph = piper_model(voice_name).onnx
+    try:
+        with atomic_path(target) as tmp:
+            _optimise_graph(graph, tmp)
+        return target
+    except OutputNotWritten:
+        if name not in _PRIVATE_GRAPHS or not _PRIVATE_GRAPHS[name].is_file():
+            _PRIVATE_GRAPHS[name] = Path(tempfile.mkdtemp(prefix="polyvox-piper-")) / name
+            _optimise_graph(graph, _PRIVATE_GRAPHS[name])
+        return _PRIVATE_GRAPHS[name]
+
+
+_PRIVATE_GRAPHS: dict[str, Path] = {}
+
+
+def render_identity(voice: TeacherVoice) -> list[str]:
+    """What a cached rendering's key needs beyond the voice and the text: the Piper graph's version
+    (:data:`PIPER_GRAPH`); nothing for the command-line engines."""
+    return [PIPER_GRAPH] if voice.engine == "piper" else []
+
+
+@lru_cache(maxsize=4)
+def _piper_graph_name(voice_name: str) -> str:
+    import hashlib
+
+    import onnxruntime as ort
+
+    digest = hashlib.sha256(piper_model(voice_name).onnx).hexdigest()[:16]
+    return f"{voice_name}-{digest}-ort{ort.__version__}-{PIPER_GRAPH}.onnx"
+
+
+def _optimise_graph(graph: bytes, out: Path) -> None:
+    import onnxruntime as ort
+
+    options = _piper_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no hardware-specific layouts
+    options.optimized_model_filepath = str(out)
+    ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
 def piper_render(voice: TeacherVoice, text: str, label: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
-    """``text`` spoken by a Piper voice: (float32 samples, sample rate). Deterministic per text.
+    """``text`` spoken by a Piper voice: (float32 samples, sample rate). Deterministic per text (and
+    onnxruntime version): the session's random kernels are seeded from the text.
     ``length_scale`` multiplies the voice's own (Piper's knob: 1.2 speaks 20 % slower)."""
     import onnxruntime as ort
 
@@ -187,12 +254,12 @@ def piper_render(voice: TeacherVoice, text: str, label: str, length_scale: float
     ids = piper_ids(_piper_phonemes(text, model.language), model.phoneme_ids)
     if len(ids) <= 3:
         raise SynthesisError(f"{voice.name} failed on {label}: nothing in it to pronounce")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1  # the demo builder runs voices in threads
-    options.log_severity_level = 3
+    options = _piper_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised once, on disk
+    graph = piper_graph(voice.voice)
     with _PIPER_SEED_LOCK:
         ort.set_seed(zlib.crc32(text.encode("utf-8")))
-        session = ort.InferenceSession(model.onnx, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
     audio = session.run(None, {"input": np.asarray([ids], dtype=np.int64),
                                "input_lengths": np.asarray([len(ids)], dtype=np.int64),
                                "scales": np.asarray([model.scales[0], model.scales[1] * length_scale, model.scales[2]],

@@ -79,6 +79,14 @@ def _same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
+def cache_root() -> Path:
+    """Where polyvox keeps what it derives once per machine (an assembled Whisper model, an optimised
+    Piper graph): ``$POLYVOX_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/polyvox``."""
+    if os.environ.get("POLYVOX_CACHE"):
+        return Path(os.environ["POLYVOX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polyvox"
+
+
 @contextmanager
 def atomic_path(target: Path, keep_unchanged: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only on success.

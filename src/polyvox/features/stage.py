@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from polyvox.cache import content_key, load_index, save_index, sharded
 from polyvox.config import Params
+from polyvox.engines import render_identity, resolve_voices
 from polyvox.features.content import CONTENT_VERSION, ContentTask, extract_content
 from polyvox.features.extract import FeatureTask, extract
 from polyvox.features.splits import SPLITS, assign_splits
@@ -112,7 +113,8 @@ def _teachers(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> d
         return {}
     out = workspace.features
     first_row = dict(zip(manifest["clean_text"][::-1], manifest["row"][::-1]))  # a row to name in errors
-    paths = {text: sharded("teacher", content_key("teacher", TEACHER_VERSION, settings.to_dict(), text), ".npy")
+    engine = render_identity(resolve_voices([settings.voice])[0])  # [] for flite/festival: their keys as before
+    paths = {text: sharded("teacher", content_key("teacher", TEACHER_VERSION, settings.to_dict(), text, *engine), ".npy")
              for text in sorted(set(manifest["clean_text"]))}
     tasks = [TeacherTask(text, str(out / relative), settings, f"{workspace.clean_manifest} row {first_row[text]}")
              for text, relative in paths.items() if not (out / relative).is_file()]

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from polyvox.config import ConfigError
-from polyvox.fileio import replace_folder
+from polyvox.fileio import cache_root, replace_folder
 
 WHISPER_RATE = 16000
 BASE_BYTES = 145_217_607
@@ -43,13 +43,6 @@ CHUNK = 1 << 20
 
 class WhisperModelError(ConfigError):
     """The Whisper model folder, or a part it is assembled from, is missing or not what it should be."""
-
-
-def cache_root() -> Path:
-    """``$POLYVOX_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/polyvox``."""
-    if os.environ.get("POLYVOX_CACHE"):
-        return Path(os.environ["POLYVOX_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "polyvox"
 
 
 def _package_data(distribution: str, package: str) -> Path:

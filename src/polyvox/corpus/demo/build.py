@@ -23,7 +23,7 @@ import numpy as np
 
 from polyvox.config import DemoSection
 from polyvox.corpus.demo.avatars import draw_avatar, measure_voice
-from polyvox.engines import TeacherVoice, resolve_voices, synthesize
+from polyvox.engines import TeacherVoice, render_identity, resolve_voices, synthesize
 from polyvox.fileio import atomic_write_bytes, atomic_write_text
 from polyvox.progress import track
 
@@ -58,7 +58,7 @@ def choose_prompts(prompts: list[Prompt], speaker: str, count: int, seed: int) -
 
 
 def _synth_key(voice: TeacherVoice, text: str) -> str:
-    return hashlib.sha256(json.dumps([SYNTH_VERSION, voice.engine, voice.voice, text]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([SYNTH_VERSION, voice.engine, voice.voice, text, *render_identity(voice)]).encode()).hexdigest()
 
 
 def _csv_bytes(header: list[str], rows: list[list[object]]) -> bytes:
