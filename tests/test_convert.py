@@ -84,6 +84,25 @@ def test_a_converter_member_trains_through_the_shared_loop(converted):
     assert (out / "speakers.pt").is_file() and (out / "best.pt").is_file()
 
 
+def test_pretrain_builds_no_base_for_converters_and_says_so_in_its_output(converted):
+    from polyvox.config import load_params
+    from polyvox.pretrain.stage import NOT_NEEDED, needs_base, pretrain
+
+    from conftest import REPO
+
+    params, ws, _ = converted
+    params = params.model_copy(update={"train": params.train.model_copy(update={"init_from": "base"})})
+    assert not needs_base(params)
+    result = pretrain(params, ws)  # what `dvc repro` runs before train@voice, whose deps name models/base
+    note = ws.models / "base" / NOT_NEEDED
+    assert result.train is None and "not needed" in result.summary() and note.is_file()
+    assert sorted(p.name for p in (ws.models / "base").iterdir()) == [NOT_NEEDED]  # nothing trained
+    stamp = note.stat().st_mtime_ns
+    pretrain(params, ws)
+    assert note.stat().st_mtime_ns == stamp  # unchanged bytes, unchanged file: DVC sees no change
+    assert needs_base(load_params(REPO / "params.yaml"))  # the text→mel default does
+
+
 def test_the_converter_learns_to_reconstruct_its_takes(converted, tmp_path):
     import shutil
 

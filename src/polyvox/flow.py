@@ -30,7 +30,6 @@ from polyvox.lock import workspace_lock  # noqa: E402
 from polyvox.registry.stage import PromoteResult, promote  # noqa: E402
 from polyvox.stages import STAGES  # noqa: E402
 from polyvox.pretrain import stage as pretrain_stage  # noqa: E402
-from polyvox.train import trainer  # noqa: E402
 from polyvox.pretrain.stage import PretrainResult  # noqa: E402
 from polyvox.train.trainer import TrainResult, train  # noqa: E402
 from polyvox.train.vocoder import VocoderResult, train_vocoder  # noqa: E402
@@ -216,10 +215,9 @@ def _stages(params: Params, workspace: Workspace, finished: list[str]) -> dict[s
     validated = done("validate", validate_task(params, wait_for=[prepared]))
     cleaned = done("clean", clean_task(params, validated))
     featured = done("features", features_task(params, cleaned))
-    # The base exists only for text→mel members that fine-tune from it (train.init_from: base); a
-    # conversion member learns no language and starts from scratch.
-    based = ([("pretrain", done("pretrain", pretrain_task(params, featured)))]
-             if params.train.init_from == trainer.BASE and params.members_of_kind("acoustic") else [])
+    # The base exists only for text→mel members that fine-tune from it (train.init_from: base); where
+    # none does, the stage says so in models/base at once (as `dvc repro` runs it) and trains nothing.
+    based = [("pretrain", done("pretrain", pretrain_task(params, featured)))]
     # Members train one after another: each one uses every core (or the GPU) by itself.
     # (``inputs``: each cached stage's fingerprint, taken when its upstream has finished)
     trained = []

@@ -112,7 +112,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           deps=("data/raw", "data/clean"), outs=("data/features",),
           about="Compute log-mel, F0, energy and image tensors, speaker statistics and leakage-free splits."),
     Stage("pretrain", "polyvox.pretrain.stage",
-          ("seed", "demo", "audio", "model", "pretrain", *(f"train.{k}" for k in PRETRAIN_TRAIN_KEYS)),
+          ("seed", "demo", "audio", "model", "pretrain", *(f"train.{k}" for k in PRETRAIN_TRAIN_KEYS),
+           "train.init_from", "train.members"),  # these two: whether any member needs a base
           deps=("data/features",), outs=("models/base",), composes=("prepare", "validate", "clean", "features"),
           about="Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or "
                 "copied from pretrain.source."),

@@ -20,6 +20,7 @@ own data half, incremental like the main one) and publishes the trained base int
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 from polyvox.models.meta import MemberMeta
 from polyvox.config import ConfigError, DemoSection, MemberSection, Params
 from polyvox.fingerprint import file_digest
-from polyvox.fileio import replace_folder
+from polyvox.fileio import atomic_path, replace_folder
 from polyvox.pretrained import shipped
 from polyvox.stages import STAGES
 from polyvox.train.trainer import BASE, TrainResult, train
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # What a base folder must hold for a fine-tune and for `polyvox pretrain` to publish it.
 BASE_FILES = (MemberMeta.FILE, "best.pt", "speakers.pt")
 SHIPPED = "shipped"  # pretrain.source's name for the base inside the package (polyvox.pretrained)
+NOT_NEEDED = "not-needed.json"  # what models/base holds when no member starts from a base
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class PretrainResult:
     train: TrainResult | None
 
     def summary(self) -> str:
+        if self.origin == "not needed":
+            return "base: not needed (no text→mel member starts from one)"
         if self.train is None:
             return f"base: copied from {self.origin} into {self.folder}"
         return f"base ({self.folder}, teacher corpus in {self.teachers}): {self.train.summary()}"
@@ -131,9 +135,32 @@ def _teacher_data(params: Params, teachers: Workspace) -> None:
         STAGES[name].function()(params, teachers)
 
 
+def needs_base(params: Params) -> bool:
+    """Whether any member starts from ``models/base``: a text→mel member under ``train.init_from: base``
+    (a conversion member learns no language and starts from scratch)."""
+    return params.train.init_from == BASE and bool(params.members_of_kind("acoustic"))
+
+
+def _not_needed(target: Path) -> PretrainResult:
+    """No member needs a base: leave a base that is there (it took minutes to make and a later
+    text→mel member can use it), else leave only :data:`NOT_NEEDED` in ``models/base``, so that the
+    stage still has its output and ``dvc commit`` / ``dvc repro`` see the same state as the flow."""
+    if not all((target / name).is_file() for name in BASE_FILES):
+        note = {"needed": False, "why": "no member of train.members starts from a base (a text→mel member "
+                "with train.init_from: base); `polyvox pretrain` builds one once a member needs it"}
+        with atomic_path(target / NOT_NEEDED, keep_unchanged=True) as tmp:
+            tmp.write_text(json.dumps(note, indent=1) + "\n", encoding="utf-8")
+    log.info("pretrain: no member starts from a base; nothing to build")
+    return PretrainResult(str(target), "not needed", "", None)
+
+
 def pretrain(params: Params, workspace: Workspace) -> PretrainResult:
-    """Build ``models/base``: copied from ``pretrain.source``, or trained on the teacher corpus."""
+    """Build ``models/base``: copied from ``pretrain.source``, or trained on the teacher corpus; a note
+    saying no base is needed where no member starts from one."""
     target = workspace.models / BASE
+    if not needs_base(params):
+        return _not_needed(target)
+    (target / NOT_NEEDED).unlink(missing_ok=True)
     if params.pretrain.source is not None:
         source = shipped(BASE) if params.pretrain.source == SHIPPED else workspace.resolve(params.pretrain.source)
         check_base(source)
