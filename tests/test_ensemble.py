@@ -159,6 +159,31 @@ def test_an_ensemble_of_identical_members_is_not_kept(trained, tmp_path):
     assert [m.name for m in Voice.load(copy.candidate).members] == ["a"]
 
 
+def test_one_member_is_synthesised_once_per_row_and_scored_on_its_own_durations(trained, monkeypatch, tmp_path):
+    from polyvox.runtime.voice import Voice as RuntimeVoice
+
+    params, ws = trained
+    copy = Workspace(tmp_path)
+    shutil.copytree(ws.data, copy.data)
+    shutil.copytree(ws.models / "a", copy.models / "a")
+    shutil.copytree(ws.vocoder, copy.vocoder)
+    one = params.model_copy(update={"ensemble": params.ensemble.model_copy(update={"members": ["a"]})})
+    calls = []
+    real = RuntimeVoice.member_mels
+    monkeypatch.setattr(RuntimeVoice, "member_mels", lambda self, *a, **k: calls.append(k) or real(self, *a, **k))
+    result = ensemble(one, copy)
+    assert len(calls) == result.utterances and all(k["shared_durations"] for k in calls)
+    voice = RuntimeVoice.from_members({"a": copy.models / "a"})
+    rows = pd.read_csv(copy.reports / "ensemble.csv")
+    assert rows["a"].to_numpy() == pytest.approx(rows["ensemble"].to_numpy())  # its weight is 1
+    index = pd.read_parquet(copy.features_index).set_index("id")
+    first = rows.iloc[0]
+    text = index.loc[first["id"], "clean_text"]
+    shared = real(voice, text, speaker=first["speaker"], shared_durations=True)["a"]
+    own = real(voice, text, speaker=first["speaker"], shared_durations=False)["a"]
+    assert torch.equal(shared, own)
+
+
 def test_rerank_keeps_the_candidate_with_the_best_score(trained, monkeypatch, tmp_path):
     from polyvox.judges import scores
 

@@ -125,12 +125,17 @@ def speaker_centroids(workspace: Workspace, speakers: list[str], takes: int) -> 
 
 def _weighted(params: Params, workspace: Workspace, voice: Voice, rows: pd.DataFrame) -> tuple[dict, float, list[dict]]:
     names = [m.name for m in voice.members]
+    # Each member alone is scored on its own durations; those differ from the shared ones only where two
+    # or more text→mel members average theirs (a converter's timing is the teacher's): otherwise the
+    # shared synthesis is each member's own, and synthesising twice would double the stage's cost.
+    separately = sum(m.synthesizer.kind == "acoustic" for m in voice.members) > 1
     shared, own, references = [], [], []
     for row in track(list(rows.itertuples()), len(rows), "ensemble: members synthesise", log):
         references.append(load_arrays(workspace.features / row.features)["mel"])
         mels = voice.member_mels(row.clean_text, speaker=row.speaker, shared_durations=True)
         shared.append(np.stack([mels[n].numpy() for n in names]))
-        mels = voice.member_mels(row.clean_text, speaker=row.speaker, shared_durations=False)
+        if separately:
+            mels = voice.member_mels(row.clean_text, speaker=row.speaker, shared_durations=False)
         own.append({n: mels[n].numpy() for n in names})
     weights, history = fit_weights(shared, references, steps=params.ensemble.fit_steps)
     log.info("ensemble weights %s (fit loss %.4f → %.4f)", ", ".join(f"{n} {w:.3f}" for n, w in zip(names, weights)),
