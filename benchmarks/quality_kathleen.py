@@ -18,7 +18,7 @@ from scratch against a fine-tune of the base that ``make demo`` built, one threa
 Phases (each resumable; rerunning skips what is done):
 1. data: prepare → validate → clean → features of kathleen-a in ``--workspace``;
 1b. pretrain: ``models/base`` in the workspace (copied from ``pretrain.source``, or trained there,
-   teacher corpus included: then count its minutes in the budget);
+   base corpus included: then count its minutes in the budget);
 2. train: the default ``params.yaml`` model, member ``kathleen``, bounded by ``--minutes`` of wall
    time (resumes from ``last.pt`` when rerun);
 3. copy: copy synthesis, the vocoder's ceiling: each test take's *real* mel (from the features stage)

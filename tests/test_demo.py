@@ -10,7 +10,7 @@ import soundfile as sf
 
 from polyvox.corpus.demo.avatars import VoiceProfile, draw_avatar, f0_track
 from polyvox.corpus.demo.build import build_demo_corpus, choose_prompts, load_prompts
-from polyvox.engines import CATALOG, SynthesisError, TeacherVoice, resolve_voices, synthesize
+from polyvox.engines import CATALOG, SynthesisError, CatalogVoice, resolve_voices, synthesize
 from polyvox.corpus.prepare import prepare
 from polyvox.workspace import Workspace
 
@@ -71,7 +71,7 @@ def test_avatar_encodes_the_voice():
 def test_unknown_voice_and_failing_engine():
     with pytest.raises(SynthesisError, match="unknown voice"):
         resolve_voices(["flite_awb", "nobody"])
-    broken = TeacherVoice("broken", "festival", "no_such_voice", "male", "us", "festival")
+    broken = CatalogVoice("broken", "festival", "no_such_voice", "male", "us", "festival")
     with pytest.raises(SynthesisError, match="broken .*prompt p9"):
         synthesize(broken, "Hello there.", __import__("pathlib").Path("/tmp/polyvox-never.wav"), "prompt p9")
 

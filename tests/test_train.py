@@ -353,7 +353,7 @@ def test_auto_steps_spend_the_minutes_and_a_resume_keeps_the_plan(featured, tmp_
 
 
 def test_pretrain_builds_a_base_that_fine_tunes_keep_conditioned_on_audio_and_images(featured, tmp_path):
-    """A corpus of one's own: `polyvox pretrain` builds the teacher corpus beside it (pretrain/),
+    """A corpus of one's own: `polyvox pretrain` builds the base corpus beside it (pretrain/),
     trains the base there and publishes it; a member fine-tuned from it (train.init_from: base)
     starts from its weights, image encoder included, and answers to a speaker and to an image."""
     from polyvox.runtime.synthesizer import Synthesizer
@@ -370,7 +370,7 @@ def test_pretrain_builds_a_base_that_fine_tunes_keep_conditioned_on_audio_and_im
 
     built = pretrain(p, target)
     assert built.origin == "trained" and built.train.steps == 2
-    assert (target.root / "pretrain/data/features/index.parquet").is_file()  # the teacher corpus, apart from yours
+    assert (target.root / "pretrain/data/features/index.parquet").is_file()  # the base corpus, apart from yours
     base = target.models / "base"
     meta = json.loads((base / "model.json").read_text())
     assert meta["conditioning"] == "audio+image" and set(meta["speakers"]) == set(params.demo.voices)
@@ -408,11 +408,12 @@ def test_pretrain_source_copies_a_base_built_elsewhere(featured, tmp_path):
     short = params.model_copy(update={"train": params.train.model_copy(update={"max_steps": 2})})
     train(short, elsewhere, member="pre")  # trained with audio+image conditioning, like a base
     here = _copy_features(ws, tmp_path / "here")
-    p = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"source": elsewhere.models / "pre"})})
+    p = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"source": elsewhere.models / "pre"}),
+                                  "train": params.train.model_copy(update={"init_from": "base"})})  # a member needs it
     result = pretrain(p, here)
     assert result.train is None and result.origin == str(elsewhere.models / "pre")
     assert (here.models / "base/best.pt").read_bytes() == (elsewhere.models / "pre/best.pt").read_bytes()
-    assert not (here.root / "pretrain").exists()  # nothing trained, no teacher corpus built
+    assert not (here.root / "pretrain").exists()  # nothing trained, no base corpus built
 
     (elsewhere.models / "pre/speakers.pt").unlink()
     with pytest.raises(ConfigError, match=r"pre is not a trained base \(missing speakers.pt\)"):
@@ -486,7 +487,8 @@ def test_the_shipped_base_is_shipped_with_its_card_checked_and_copied_in(feature
     params, ws = featured
     built_here = _copy_features(ws, tmp_path / "builder")
     p = params.model_copy(update={"demo": params.demo.model_copy(update={"utterances_per_speaker": 3}),
-                                  "pretrain": params.pretrain.model_copy(update={"max_steps": 2})})
+                                  "pretrain": params.pretrain.model_copy(update={"max_steps": 2}),
+                                  "train": params.train.model_copy(update={"init_from": "base"})})
     result = pretrain(p, built_here)
     package = tmp_path / "package"
     package.mkdir()
@@ -505,7 +507,8 @@ def test_the_shipped_base_is_shipped_with_its_card_checked_and_copied_in(feature
 
     monkeypatch.setattr(pretrained, "HERE", package)
     user = _copy_features(ws, tmp_path / "user")
-    uses = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"source": "shipped"})})
+    uses = params.model_copy(update={"pretrain": params.pretrain.model_copy(update={"source": "shipped"}),
+                                     "train": params.train.model_copy(update={"init_from": "base"})})
     copied = pretrain(uses, user)
     assert copied.train is None and (user.models / "base/best.pt").read_bytes() == (folder / "best.pt").read_bytes()
     assert not (user.root / "pretrain").exists()  # nothing trained

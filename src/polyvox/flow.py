@@ -117,7 +117,7 @@ def features_task(params: Params, cleaned: CleanResult) -> FeaturesResult:
 
 
 # The base trains like a member (resumable, so a retry picks up where it was) and is skipped when
-# models/base already holds it; its teacher corpus's data half is incremental like the main one.
+# models/base already holds it; its base corpus's data half is incremental like the main one.
 @task(name="pretrain", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def pretrain_task(params: Params, featured: FeaturesResult) -> PretrainResult:
     result = pretrain_stage.pretrain(params, Workspace.here())

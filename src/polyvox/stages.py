@@ -115,7 +115,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("seed", "demo", "audio", "model", "pretrain", *(f"train.{k}" for k in PRETRAIN_TRAIN_KEYS),
            "train.init_from", "train.members"),  # these two: whether any member needs a base
           deps=("data/features",), outs=("models/base",), composes=("prepare", "validate", "clean", "features"),
-          about="Build models/base, the model every voice fine-tunes from: trained on the teacher corpus, or "
+          about="Build models/base, the model every voice fine-tunes from: trained on the base corpus, or "
                 "copied from pretrain.source."),
     Stage("train", "polyvox.train.trainer", ("seed", "audio", "model", "converter", "train"),
           deps=("data/features", "models/base"), cmd="polyvox train --member ${key}",

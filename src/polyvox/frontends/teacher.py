@@ -1,12 +1,19 @@
-"""The teacher's rendering of a text: an offline engine (flite, festival) reads it, and its log-mel
-becomes an input of the acoustic model beside the text (``features.teacher_voice``).
+"""The teacher: a catalogue voice (:data:`polyvox.engines.CATALOG`) reading the very text a model is
+given, at training and at synthesis alike. This module is its one home: what decides a rendering
+(:class:`TeacherSettings`) and the rendering itself, trimmed and loudness-normalised as ``clean``
+treats a corpus take, so training and synthesis see the same audio. Two kinds of model read it:
 
-The engine's frames carry what a text-only model must otherwise learn from scratch (the sounds of
-each phone and the transitions between them); the model aligns them to the text with its own
-alignment search and warps them onto the durations it predicts, so the decoder has to learn the
-target's timbre and prosody rather than speech itself. The same function renders the teacher for
-training (the features stage, cached by content) and for synthesis (the Synthesizer), so the two
-see the same audio: trimmed and loudness-normalised as ``clean`` treats a corpus take.
+- the text→mel model (``features.teacher_voice``, an offline engine such as flite): the rendering's
+  log-mel (:func:`teacher_mel`) enters the decoder beside the text; the model aligns it to the text
+  with its own alignment search and warps it onto the durations it predicts
+  (:mod:`polyvox.models.teacher`), so the decoder learns the target's timbre and prosody rather than
+  speech itself; the features stage caches one rendering per text (:mod:`polyvox.features.teacher`);
+- a conversion member (``converter.teacher_voice``, Piper joe by default): the rendering's audio
+  (:func:`teacher_audio`, ``length_scale`` honoured) becomes content features and a pitch contour
+  that the member's decoder turns into the speaker's voice (:mod:`polyvox.runtime.converter`).
+
+The voices the demo corpus and the base's corpus are read by are catalogue voices too, but not
+teachers: they make takes, not inputs.
 """
 
 from __future__ import annotations

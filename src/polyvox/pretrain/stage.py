@@ -1,10 +1,10 @@
 """The base model every voice fine-tunes from: ``polyvox pretrain`` → ``models/base``.
 
-The base is the ``model`` section trained on the teacher corpus — the voices and takes the
+The base is the ``model`` section trained on the base corpus — the voices and takes the
 ``pretrain`` section names (the ``demo`` section's when it names none), rendered by the offline
 engines from the project's prompts — with audio and image conditioning, so that every fine-tune
 (``train.init_from: base``) keeps both paths. When that corpus is the workspace's own demo corpus the
-base trains on its features; otherwise the stage builds the teacher corpus in ``pretrain/`` (its
+base trains on its features; otherwise the stage builds the base corpus in ``pretrain/`` (its
 own data half, incremental like the main one) and publishes the trained base into ``models/base``.
 
 ``pretrain.source`` says where the base comes from instead:
@@ -48,7 +48,7 @@ NOT_NEEDED = "not-needed.json"  # what models/base holds when no member starts f
 class PretrainResult:
     folder: str
     origin: str            # "trained" (here), or the folder it was copied from
-    teachers: str          # the workspace whose features it trained on ("" when copied)
+    corpus: str            # the workspace whose features it trained on ("" when copied)
     train: TrainResult | None
 
     def summary(self) -> str:
@@ -56,14 +56,14 @@ class PretrainResult:
             return "base: not needed (no text→mel member starts from one)"
         if self.train is None:
             return f"base: copied from {self.origin} into {self.folder}"
-        return f"base ({self.folder}, teacher corpus in {self.teachers}): {self.train.summary()}"
+        return f"base ({self.folder}, base corpus in {self.corpus}): {self.train.summary()}"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def teacher_corpus(params: Params) -> DemoSection:
-    """The teacher corpus the base trains on: the demo section with the pretrain section's voices
+def base_corpus(params: Params) -> DemoSection:
+    """The base corpus the base trains on: the demo section with the pretrain section's voices
     and takes per voice where it sets them."""
     chosen = {key: value for key, value in (("voices", params.pretrain.voices),
                                             ("utterances_per_speaker", params.pretrain.utterances_per_speaker))
@@ -72,20 +72,20 @@ def teacher_corpus(params: Params) -> DemoSection:
 
 
 def base_params(params: Params) -> Params:
-    """The settings the base trains under: the run's own, on the teacher corpus, with the pretrain
+    """The settings the base trains under: the run's own, on the base corpus, with the pretrain
     section's learning rate and bounds, no warm start, and one member (``base``) conditioned on audio and images."""
     train_section = params.train.model_copy(update={
         "lr": params.pretrain.lr, "max_steps": params.pretrain.max_steps, "max_minutes": params.pretrain.max_minutes,
         "init_from": None,
         "members": [MemberSection(name=BASE, seed=params.seed, conditioning="audio+image", variant={})]})
-    return params.model_copy(update={"train": train_section, "demo": teacher_corpus(params),
+    return params.model_copy(update={"train": train_section, "demo": base_corpus(params),
                                      "prepare": params.prepare.model_copy(update={"corpus": None})})
 
 
-def teacher_workspace(params: Params, workspace: Workspace) -> Workspace:
-    """Where the teacher corpus lives: the workspace itself when its corpus is the demo corpus and
-    the base's teacher corpus is that same one, else its ``pretrain/`` folder."""
-    own = params.prepare.corpus is None and teacher_corpus(params) == params.demo
+def base_workspace(params: Params, workspace: Workspace) -> Workspace:
+    """Where the base corpus lives: the workspace itself when its corpus is the demo corpus and
+    the base's corpus is that same one, else its ``pretrain/`` folder."""
+    own = params.prepare.corpus is None and base_corpus(params) == params.demo
     return workspace if own else Workspace(workspace.root / "pretrain")
 
 
@@ -126,13 +126,13 @@ def _publish(source: Path, target: Path) -> bool:
 
 
 
-def _teacher_data(params: Params, teachers: Workspace) -> None:
-    """The data half of the teacher corpus in its own workspace, stage by stage through their specs
+def _base_data(params: Params, base_ws: Workspace) -> None:
+    """The data half of the base corpus in its own workspace, stage by stage through their specs
     (each stage skips what is done)."""
-    teachers.root.mkdir(parents=True, exist_ok=True)
+    base_ws.root.mkdir(parents=True, exist_ok=True)
     for name in STAGES["pretrain"].composes:
-        log.info("pretrain: %s of the teacher corpus in %s", name, teachers.root)
-        STAGES[name].function()(params, teachers)
+        log.info("pretrain: %s of the base corpus in %s", name, base_ws.root)
+        STAGES[name].function()(params, base_ws)
 
 
 def needs_base(params: Params) -> bool:
@@ -155,7 +155,7 @@ def _not_needed(target: Path) -> PretrainResult:
 
 
 def pretrain(params: Params, workspace: Workspace) -> PretrainResult:
-    """Build ``models/base``: copied from ``pretrain.source``, or trained on the teacher corpus; a note
+    """Build ``models/base``: copied from ``pretrain.source``, or trained on the base corpus; a note
     saying no base is needed where no member starts from one."""
     target = workspace.models / BASE
     if not needs_base(params):
@@ -168,13 +168,13 @@ def pretrain(params: Params, workspace: Workspace) -> PretrainResult:
         log.info("pretrain: %s base from %s", "copied the" if copied else "already holds the", source)
         return PretrainResult(str(target), str(source), "", None)
     settings = base_params(params)
-    teachers = teacher_workspace(params, workspace)
-    if teachers != workspace:
-        _teacher_data(settings, teachers)
-    result = train(settings, teachers, member=BASE)
-    if teachers != workspace and _publish(teachers.models / BASE, target):
-        log.info("pretrain: published the base trained in %s into %s", teachers.models / BASE, target)
-    return PretrainResult(str(target), "trained", str(teachers.root), result)
+    base_ws = base_workspace(params, workspace)
+    if base_ws != workspace:
+        _base_data(settings, base_ws)
+    result = train(settings, base_ws, member=BASE)
+    if base_ws != workspace and _publish(base_ws.models / BASE, target):
+        log.info("pretrain: published the base trained in %s into %s", base_ws.models / BASE, target)
+    return PretrainResult(str(target), "trained", str(base_ws.root), result)
 
 
 # What rebuilds the shipped base: the stage itself with `pretrain.source: null` and params.yaml's
@@ -220,7 +220,7 @@ def ship_base(params: Params, workspace: Workspace, result: PretrainResult, comm
         raise ConfigError("--ship ships a base trained by this run: set pretrain.source: null "
                           f"({REBUILD_COMMAND})")
     folder = workspace.models / BASE
-    teachers = teacher_workspace(params, workspace)
+    base_ws = base_workspace(params, workspace)
     state = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
     buffers = {name for name, _ in Synthesizer(folder).model.named_buffers()}
     with tempfile.TemporaryDirectory(prefix="polyvox-ship-") as scratch:
@@ -237,12 +237,12 @@ def ship_base(params: Params, workspace: Workspace, result: PretrainResult, comm
         if not fp16:
             torch.save({"model": state["model"], "step": state["step"], "best_val_loss": state.get("best_val_loss")},
                        halved / "best.pt")
-        index = pd.read_parquet(teachers.data / "features" / "index.parquet")
-        corpus = teacher_corpus(params)
+        index = pd.read_parquet(base_ws.data / "features" / "index.parquet")
+        corpus = base_corpus(params)
         train = result.train
         record = {
             "about": "The base acoustic model every polyvox voice fine-tunes from (train.init_from: base): the "
-                     "`model` section trained by `polyvox pretrain` on the teacher corpus below, with audio and "
+                     "`model` section trained by `polyvox pretrain` on the base corpus below, with audio and "
                      "image conditioning.",
             "command": REBUILD_COMMAND,
             "params": STAGES["pretrain"].settings(params),

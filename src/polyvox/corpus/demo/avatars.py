@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageDraw
 
-from polyvox.engines import TeacherVoice
+from polyvox.engines import CatalogVoice
 
 ACCENT_COLOURS = {"us": (32, 52, 110), "scottish": (30, 110, 60), "british": (150, 25, 45)}
 
@@ -112,7 +112,7 @@ def _unit(value: float, lo: float, hi: float) -> float:
     return min(1.0, max(0.0, (value - lo) / (hi - lo)))
 
 
-def draw_avatar(voice: TeacherVoice, profile: VoiceProfile, size: int) -> bytes:
+def draw_avatar(voice: CatalogVoice, profile: VoiceProfile, size: int) -> bytes:
     """A PNG portrait (``size`` x ``size``) encoding ``profile`` as the module docstring lists."""
     rng = np.random.default_rng(zlib.crc32(voice.name.encode()))
     scale = 4  # draw large, then downsample: smooth edges without antialiasing primitives

@@ -23,7 +23,7 @@ import numpy as np
 
 from polyvox.config import DemoSection
 from polyvox.corpus.demo.avatars import draw_avatar, measure_voice
-from polyvox.engines import TeacherVoice, render_identity, resolve_voices, synthesize
+from polyvox.engines import CatalogVoice, render_identity, resolve_voices, synthesize
 from polyvox.fileio import atomic_write_bytes, atomic_write_text
 from polyvox.progress import track
 
@@ -57,7 +57,7 @@ def choose_prompts(prompts: list[Prompt], speaker: str, count: int, seed: int) -
     return [prompts[i] for i in picked]
 
 
-def _synth_key(voice: TeacherVoice, text: str) -> str:
+def _synth_key(voice: CatalogVoice, text: str) -> str:
     return hashlib.sha256(json.dumps([SYNTH_VERSION, voice.engine, voice.voice, text, *render_identity(voice)]).encode()).hexdigest()
 
 
@@ -77,7 +77,7 @@ def build_demo_corpus(cfg: DemoSection, seed: int, out_dir: Path) -> Path:
     index_path = out_dir / "synth-index.json"
     index: dict[str, str] = json.loads(index_path.read_text()) if index_path.is_file() else {}
 
-    plan: list[tuple[TeacherVoice, Prompt, str]] = []
+    plan: list[tuple[CatalogVoice, Prompt, str]] = []
     for voice in voices:
         for prompt in choose_prompts(prompts, voice.name, cfg.utterances_per_speaker, seed):
             plan.append((voice, prompt, f"audio/{voice.name}/{voice.name}_{prompt.id}.wav"))
@@ -85,7 +85,7 @@ def build_demo_corpus(cfg: DemoSection, seed: int, out_dir: Path) -> Path:
     log.info("demo corpus: %d voices x %d prompts; %d to synthesise, %d cached",
              len(voices), cfg.utterances_per_speaker, len(todo), len(plan) - len(todo))
 
-    def one(job: tuple[TeacherVoice, Prompt, str]) -> tuple[str, str]:
+    def one(job: tuple[CatalogVoice, Prompt, str]) -> tuple[str, str]:
         voice, prompt, rel = job
         synthesize(voice, prompt.text, out_dir / rel, label=f"prompt {prompt.id} ({prompt.text!r})")
         return rel, _synth_key(voice, prompt.text)
