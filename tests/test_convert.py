@@ -19,10 +19,7 @@ import corpora
 from stages import params_for, run_stages
 from tiny_project import TINY_TRAINING
 
-# A converter small enough for a few seconds of training, as the text→mel tests' TINY_MODEL is.
-TINY_CONVERTER = ["converter.channels=16", "converter.blocks=2", "converter.bottleneck=8", "converter.batch_size=2",
-                  "converter.segment_frames=32"]
-CONVERT = ["train.members.voice.kind=convert", "train.members.voice.conditioning=audio", *TINY_CONVERTER]
+CONVERT = ["train.members.voice.kind=convert", "train.members.voice.conditioning=audio"]  # after TINY_TRAINING
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +97,8 @@ def test_pretrain_builds_no_base_for_converters_and_says_so_in_its_output(conver
     stamp = note.stat().st_mtime_ns
     pretrain(params, ws)
     assert note.stat().st_mtime_ns == stamp  # unchanged bytes, unchanged file: DVC sees no change
-    assert needs_base(load_params(REPO / "params.yaml"))  # the text→mel default does
+    assert not needs_base(load_params(REPO / "params.yaml"))  # the default member is a converter
+    assert needs_base(load_params(REPO / "profiles/demo-text-to-mel.yaml"))
 
 
 def test_the_converter_learns_to_reconstruct_its_takes(converted, tmp_path):
@@ -274,7 +272,8 @@ def test_whisper_tiny_en_judges_by_name_beside_the_base(kathleen, kathleen_files
 
     from conftest import REPO
 
-    params = load_params(REPO / "params.yaml", ["evaluate.whisper_model=whisper-tiny.en"])
+    params = load_params(REPO / "params.yaml", ["evaluate.whisper_model=whisper-tiny.en",  # refused beside a
+                                                "train.members.voice.kind=acoustic"])  # tiny.en-content converter
     judge = Judge.from_params(params)
     assert judge.name == "whisper-tiny.en" and judge.model_sha256() == CONTENT_MODELS["whisper-tiny.en"].sha256
     base = Judge.from_params(load_params(REPO / "params.yaml"))
@@ -293,4 +292,5 @@ def test_a_configuration_judged_by_its_content_model_is_refused_when_read():
     with pytest.raises(ConfigError, match="content model of the conversion member"):
         load_params(REPO / "params.yaml", convert)
     assert load_params(REPO / "params.yaml", [*convert, "evaluate.whisper_model=whisper-tiny.en"])
-    assert load_params(REPO / "params.yaml", ["features.content.model=whisper-base"])  # no converter: no conflict
+    assert load_params(REPO / "params.yaml", ["features.content.model=whisper-base",  # no converter: no conflict
+                                              "train.members.voice.kind=acoustic"])

@@ -52,7 +52,8 @@ def test_params_yaml_is_the_measured_demo_recipe():
     params = load_params(REPO / "params.yaml")
     assert params.prepare.corpus is None  # the demo corpus
     assert params.demo.voices == ["flite_slt", "flite_rms"]
-    assert [m.name for m in params.train.members] == ["voice"]
+    assert [(m.name, m.kind) for m in params.train.members] == [("voice", "convert")]  # Decisions
+    assert params.promote.max_rtf >= 0.5  # a converter renders the teacher per sentence
     assert params.train.max_steps == "auto" and params.train.lr_schedule == "cosine"
     assert params.evaluate.asr == "whisper"
 
