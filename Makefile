@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	@touch $@
 
 # The whole pipeline on the demo corpus, through the Prefect flow, with params.yaml as it is: the
-# recipe there (two teacher voices, one compact member trained for train.max_minutes) is sized for
+# recipe there (two demo voices, one conversion member trained for train.max_minutes) is sized for
 # a 2-core CPU (benchmarks/README.md has the run's minutes), and it is the same voice `dvc repro`
 # and the nightly deployment train.
 demo: setup
@@ -52,6 +52,7 @@ benchmarks: setup
 	$(BIN)/python benchmarks/onnx_speed.py
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/dvc_noop.py
+	$(BIN)/python benchmarks/piper_session.py
 
 clean:
 	rm -rf $(VENV) data/raw
