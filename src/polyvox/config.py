@@ -288,7 +288,7 @@ class PretrainSection(_Section):
     # null: train it here; a folder (another project's models/base, e.g. after `make demo` there or
     # `dvc pull`): copy that base in and check it, training nothing.
     source: Literal["shipped"] | Path | None
-    # The base corpus the base trains on (voices of polyvox.engines.CATALOG, takes per voice);
+    # The corpus the base trains on (voices of polyvox.engines.CATALOG, takes per voice);
     # null: the demo section's.
     voices: list[str] | None
     utterances_per_speaker: int | None = Field(gt=0)

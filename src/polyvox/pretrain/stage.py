@@ -63,7 +63,7 @@ class PretrainResult:
 
 
 def base_corpus(params: Params) -> DemoSection:
-    """The base corpus the base trains on: the demo section with the pretrain section's voices
+    """The corpus the base trains on: the demo section with the pretrain section's voices
     and takes per voice where it sets them."""
     chosen = {key: value for key, value in (("voices", params.pretrain.voices),
                                             ("utterances_per_speaker", params.pretrain.utterances_per_speaker))
