@@ -199,6 +199,7 @@ def _piper_options():
 # user cache. The optimised graph draws its noise in another order than the raw one: bump this when
 # what a render is made from changes, as the demo corpus's cache keys include it.
 PIPER_GRAPH = "ort-extended-1"
+_PRIVATE_GRAPHS: dict[str, Path] = {}  # voice graph name → its copy where the cache is not writable
 
 
 def piper_graph(voice_name: str) -> Path:
@@ -222,14 +223,6 @@ def piper_graph(voice_name: str) -> Path:
         return _PRIVATE_GRAPHS[name]
 
 
-_PRIVATE_GRAPHS: dict[str, Path] = {}
-
-
-def render_identity(voice: CatalogVoice) -> list[str]:
-    """What a cached rendering's key needs beyond the voice and the text: the Piper graph's version
-    (:data:`PIPER_GRAPH`); nothing for the command-line engines."""
-    return [PIPER_GRAPH] if voice.engine == "piper" else []
-
 
 @lru_cache(maxsize=4)
 def _piper_graph_name(voice_name: str) -> str:
@@ -248,6 +241,12 @@ def _optimise_graph(graph: bytes, out: Path) -> None:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no hardware-specific layouts
     options.optimized_model_filepath = str(out)
     ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def render_identity(voice: CatalogVoice) -> list[str]:
+    """What a cached rendering's key needs beyond the voice and the text: the Piper graph's version
+    (:data:`PIPER_GRAPH`); nothing for the command-line engines."""
+    return [PIPER_GRAPH] if voice.engine == "piper" else []
 
 
 def piper_render(voice: CatalogVoice, text: str, label: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
