@@ -66,9 +66,9 @@ def render_member(folder: Path, vocoder: Path | None, timings: dict | None = Non
 
     def render(text: str, speaker: str) -> tuple[np.ndarray, int]:
         clock = time.perf_counter()
-        mel = voice.mel(text, speaker=speaker)
+        mel, f0 = voice.rendered(text, speaker=speaker)  # f0: a converter's contour, for a harmonic vocoder
         vocoding = time.perf_counter()
-        wave = voice.vocode(mel)
+        wave = voice.vocode(mel, f0)
         if timings is not None and member.kind == "convert":
             for name, seconds in {**member.timings, "vocoder": time.perf_counter() - vocoding}.items():
                 timings[name] = timings.get(name, 0.0) + seconds

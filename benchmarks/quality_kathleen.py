@@ -24,7 +24,8 @@ Phases (each resumable; rerunning skips what is done):
 3. copy: copy synthesis, the vocoder's ceiling: each test take's *real* mel (from the features stage)
    through ``--vocoder`` (Griffin-Lim, or a trained vocoder's folder), scored as evaluate scores
    (``--limit``: takes per speaker); any workspace with features, e.g. the demo's teachers:
-   ``--workspace <demo project> --params <demo project>/params.yaml --phase copy --vocoder ...``;
+   ``--workspace <demo project> --params <demo project>/params.yaml --phase copy --vocoder ...``; a
+   harmonic-source vocoder renders the take's tracked F0 (``--f0 estimated``: its own tracker's);
 4. evaluate: synthesise the test split with ``speaker=kathleen-a`` and score it, next to the real
    recordings of the same sentences, with :mod:`polyvox.evaluate.metrics`: WER/CER by the judge (Whisper, and pocketsphinx beside it),
    resemblyzer speaker similarity, MCD with DTW, log-F0 RMSE, DNSMOS and real-time factor.
@@ -77,7 +78,7 @@ class CopySynthesis:
     test sentence vocodes a real take's mel of it, so what is scored is the vocoder alone. Takes of one
     text are handed out in the rows' order, which is the order ``score_systems`` synthesises them in."""
 
-    def __init__(self, vocoder: str, audio, workspace: Workspace, rows):
+    def __init__(self, vocoder: str, audio, workspace: Workspace, rows, f0: str = "tracked"):
         import itertools
 
         import numpy as np
@@ -85,11 +86,15 @@ class CopySynthesis:
         from polyvox.models.neural_vocoder import load_vocoder
 
         self.vocoder = None if vocoder == "griffin-lim" else load_vocoder(Path(vocoder))
+        # a harmonic-source vocoder renders the take's tracked F0 (as a conversion member hands it one),
+        # or with f0="estimated" its own tracker's reading of the mel (as for a text→mel member)
+        self.f0 = f0 if self.vocoder is not None and self.vocoder.harmonic else None
         self.audio, self.mode, self.members = audio, "copy", []
         takes: dict[tuple[str, str], list] = {}
         for row in rows.itertuples():
-            mel = np.load(workspace.features / row.features)["mel"]
-            takes.setdefault((row.speaker, row.clean_text), []).append(torch.from_numpy(mel))
+            arrays = np.load(workspace.features / row.features)
+            takes.setdefault((row.speaker, row.clean_text), []).append(
+                (torch.from_numpy(arrays["mel"]), arrays["f0"][:arrays["mel"].shape[1]]))
         self._next = {key: itertools.cycle(mels) for key, mels in takes.items()}
 
     @property
@@ -100,8 +105,11 @@ class CopySynthesis:
     def synthesize(self, text: str, speaker: str | None = None):
         from polyvox.signal.griffin_lim import griffin_lim
 
-        mel = next(self._next[(speaker, text)])
-        wave = self.vocoder.synthesize(mel) if self.vocoder is not None else griffin_lim(mel, self.audio)
+        mel, f0 = next(self._next[(speaker, text)])
+        if self.vocoder is None:
+            wave = griffin_lim(mel, self.audio)
+        else:
+            wave = self.vocoder.synthesize(mel, f0 if self.f0 == "tracked" else None)
         return wave.reshape(-1).numpy().astype("float32"), self.sample_rate
 
     def parameter_count(self) -> int:
@@ -111,7 +119,7 @@ class CopySynthesis:
         return {"kind": "copy synthesis"}
 
 
-def run_copy(params, ws: Workspace, vocoder: str, tag: str, limit: int | None) -> dict:
+def run_copy(params, ws: Workspace, vocoder: str, tag: str, limit: int | None, f0: str = "tracked") -> dict:
     """Real mels of the test takes (``limit`` per speaker) → the vocoder, scored next to the real takes."""
     import shutil
     import tempfile
@@ -124,7 +132,7 @@ def run_copy(params, ws: Workspace, vocoder: str, tag: str, limit: int | None) -
     rows = rows.groupby("speaker").head(limit) if limit else rows
     empty = Path(tempfile.mkdtemp(prefix="copy-"))  # the "voice folder" whose size is reported: nothing
     try:
-        table, summary = score_systems(params, ws, {"copy": (CopySynthesis(vocoder, params.audio, ws, rows), empty)},
+        table, summary = score_systems(params, ws, {"copy": (CopySynthesis(vocoder, params.audio, ws, rows, f0), empty)},
                                        rows, {"copy": ws.models / f"copy-{tag}"})
     finally:
         shutil.rmtree(empty)
@@ -146,6 +154,8 @@ def main() -> None:
     parser.add_argument("--member", default="kathleen")
     parser.add_argument("--vocoder", default="griffin-lim", help="griffin-lim, or a trained vocoder's folder")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N test sentences")
+    parser.add_argument("--f0", choices=("tracked", "estimated"), default="tracked",
+                        help="copy phase, harmonic-source vocoder: the take's tracked F0, or the vocoder's own estimate")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="params override")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -171,7 +181,8 @@ def main() -> None:
         report_path.write_text(json.dumps(report, indent=1) + "\n")
     if args.phase == "copy":
         tag = "griffin-lim" if args.vocoder == "griffin-lim" else Path(args.vocoder).name
-        copy = run_copy(params, ws, args.vocoder, tag, args.limit)
+        tag += "" if args.f0 == "tracked" else f"_{args.f0}"
+        copy = run_copy(params, ws, args.vocoder, tag, args.limit, args.f0)
         copy_path = RESULTS / f"{ws.root.name}_copy_{tag}.json"
         copy_path.write_text(json.dumps({"machine": machine, **copy}, indent=1) + "\n")
         print(json.dumps(copy, indent=1))

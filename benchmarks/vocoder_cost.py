@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/vocoder_cost.py [--rounds 5] [--steps 3] [--threads 1] [--onnx]
 
 Training: one process builds the params.yaml vocoder and, for each variant (spectral losses only;
-the multi-period discriminator; the multi-resolution one; both; both at twice the width), runs
+the harmonic source, with its excitation and pitch tracker; the multi-period discriminator; the
+multi-resolution one; both; both at twice the width), runs
 the trainer's own step (:class:`polyvox.train.vocoder.Adversary` and the spectral loss) on random
 batches of params.yaml's shape. The variants take turns, ``--steps`` steps each per round, over
 ``--rounds`` rounds, so a noisy machine slows them alike; the median seconds per step and its
 ratio to the spectral baseline are reported. Inference: the real-time factor of the vocoder alone
-on one thread, through PyTorch and (``--onnx``) onnxruntime, on 5 s of mel, taking turns likewise.
+on one thread, through PyTorch and (``--onnx``) onnxruntime, on 5 s of mel, taking turns likewise:
+without a source, and with the harmonic one given a contour and reading its own from the mel.
 
 Writes ``benchmarks/results/vocoder_cost.json``.
 """
@@ -29,11 +31,12 @@ import torch
 from polyvox.config import load_params
 from polyvox.models.neural_vocoder import Vocos
 from polyvox.train.loop import cosine, optimise
-from polyvox.train.vocoder import Adversary, VocoderLoss, vocoder_config
+from polyvox.train.vocoder import Adversary, VocoderLoss, harmonic_source, pitch_losses, vocoder_config
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "spectral": dict(discriminators=[]),
+    "harmonic source": dict(discriminators=[], source="harmonic"),
     "period": dict(discriminators=["period"]),
     "resolution": dict(discriminators=["resolution"]),
     "period+resolution": dict(discriminators=["period", "resolution"]),
@@ -44,7 +47,8 @@ VARIANTS = {
 def trainer(params, variant: dict):
     cfg = params.vocoder.model_copy(update={
         "discriminators": variant["discriminators"], "warmup_steps": 0, "max_steps": 2400,  # a schedule to step along
-        "discriminator_channels": params.vocoder.discriminator_channels * variant.get("width", 1)})
+        "discriminator_channels": params.vocoder.discriminator_channels * variant.get("width", 1),
+        "source": variant.get("source", "none")})
     model = Vocos(vocoder_config(params.audio, cfg))
     loss_fn = VocoderLoss(params.audio)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.8, 0.9))
@@ -56,8 +60,12 @@ def trainer(params, variant: dict):
     def step() -> None:
         mel = torch.randn(cfg.batch_size, params.audio.n_mels, cfg.segment_frames) - 5
         wave = 0.1 * torch.randn(cfg.batch_size, samples)
-        predicted = model(mel)
+        track = 100 + 150 * torch.rand(cfg.batch_size, cfg.segment_frames)
+        predicted = model(mel, harmonic_source(model, track, 0, 0) if model.harmonic else None)
         losses = loss_fn(predicted, wave)
+        if model.harmonic:
+            losses.update(pitch_losses(model, mel, track))
+            losses["total"] = losses["total"] + losses["pitch"] + losses["voicing"]
         if gan:
             losses.update(gan.step(predicted, wave, adversarial=True))
             losses["total"] = (losses["total"] + cfg.adversarial_weight * losses["adversarial"]
@@ -96,11 +104,14 @@ def main() -> None:
                        "steps_per_minute": 60 / statistics.median(t),
                        "discriminator_parameters": steps[name][1]} for name, t in times.items()}
 
-    model = Vocos(vocoder_config(params.audio, params.vocoder)).eval()
+    model = Vocos(vocoder_config(params.audio, params.vocoder.model_copy(update={"source": "none"}))).eval()
+    harmonic = Vocos(vocoder_config(params.audio, params.vocoder.model_copy(update={"source": "harmonic"}))).eval()
     seconds = 5.0
     frames = int(seconds * params.audio.sample_rate / params.audio.hop_length)
     mel = torch.randn(1, params.audio.n_mels, frames) - 5
-    runners = {"torch": lambda: model.synthesize(mel)}
+    f0 = torch.linspace(110, 220, frames)[None]
+    runners = {"torch": lambda: model.synthesize(mel), "torch, harmonic, given F0": lambda: harmonic.synthesize(mel, f0),
+               "torch, harmonic, own F0": lambda: harmonic.synthesize(mel)}
     if args.onnx:
         from polyvox.runtime.onnx import OnnxVocoder, export_vocoder
 
@@ -108,6 +119,11 @@ def main() -> None:
         export_vocoder(model, folder / "vocoder.onnx")
         onnx = OnnxVocoder(folder / "vocoder.onnx", threads=args.threads)
         runners["onnxruntime"] = lambda: onnx.synthesize(mel[0].numpy())
+        (folder / "harmonic").mkdir()
+        export_vocoder(harmonic, folder / "harmonic" / "vocoder.onnx")
+        onnx_harmonic = OnnxVocoder(folder / "harmonic" / "vocoder.onnx", threads=args.threads)
+        runners["onnxruntime, harmonic, given F0"] = lambda: onnx_harmonic.synthesize(mel[0].numpy(), f0[0].numpy())
+        runners["onnxruntime, harmonic, own F0"] = lambda: onnx_harmonic.synthesize(mel[0].numpy())
     inference: dict[str, list[float]] = {name: [] for name in runners}
     for run in runners.values():
         run()

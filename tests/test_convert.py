@@ -130,6 +130,12 @@ def test_the_converter_synthesises_from_the_teacher_by_name_and_by_reference(con
     assert slow.size > 1.3 * wave.size  # the teacher's pace, scaled
     timings = voice.members[0].synthesizer.timings
     assert set(timings) == {"teacher", "pitch", "content", "decoder"}
+    # the contour the mel carries, in Hz at her register, for a harmonic-source vocoder to render
+    mean, std = voice.members[0].synthesizer.meta.pitch["kathleen"]
+    mel, contour = voice.rendered("The quick brown fox jumps over the lazy dog.", speaker="kathleen")
+    assert contour.shape == (mel.shape[1],) and (contour > 0).mean() > 0.3
+    assert abs(np.median(np.log(contour[contour > 0])) - mean) < 2 * std
+    assert voice.rendered("Hello there.", reference_audio=kathleen_files[1])[1] is None  # her register unknown
 
 
 def test_a_missing_content_model_or_teacher_is_named_with_its_package(converted, monkeypatch):

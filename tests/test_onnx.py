@@ -6,6 +6,7 @@ import logging
 import warnings
 
 import numpy as np
+import pytest
 import torch
 
 from polyvox.runtime.voice import Voice
@@ -89,24 +90,30 @@ def test_bundle_with_onnx_is_served_by_onnxruntime(tmp_path):
         assert client.get("/voices").json()["runtime"] == "torch"
 
 
-def test_vocoder_onnx_matches_pytorch_istft(tmp_path):
+@pytest.mark.parametrize("source", ["none", "harmonic"])
+def test_vocoder_onnx_matches_pytorch_istft(tmp_path, source):
     """The graph spells torch.istft out (irfft, window, overlap-add, envelope, centre trim): it must
-    give PyTorch's waveform for any frame count, the shortest included, not only the export's 40."""
-    model = load_vocoder(make_vocoder(tmp_path / "vocoder", seed=3))
+    give PyTorch's waveform for any frame count, the shortest included, not only the export's 40; a
+    harmonic-source vocoder with a given contour and with its pitch graph's own reading."""
+    model = load_vocoder(make_vocoder(tmp_path / "vocoder", seed=3, source=source))
     onnx = OnnxVocoder(export_vocoder(model, tmp_path / "vocoder.onnx"))
+    assert onnx.harmonic == (source == "harmonic")
     generator = torch.Generator().manual_seed(0)
     for frames in (2, 3, 41, 500):
         mel = torch.randn(model.cfg.n_mels, frames, generator=generator) * 2 - 5
-        expected = model.synthesize(mel).numpy()
-        got = onnx.synthesize(mel.numpy())
+        f0 = (np.linspace(90, 260, frames) * (np.arange(frames) % 7 > 1)) if source == "harmonic" and frames > 3 else None
+        expected = model.synthesize(mel, f0).numpy()
+        got = onnx.synthesize(mel.numpy(), f0)
         assert got.shape == expected.shape == (frames * model.cfg.hop_length,)
         assert np.abs(expected).max() > 1e-3  # a waveform, not silence matching silence
         # Stated tolerance 1e-4 on samples in [-1, 1]; measured ~1e-8 here, 7e-6 on a trained vocoder
         assert np.abs(got - expected).max() < 1e-4, (frames, np.abs(got - expected).max())
 
 
-def test_a_request_by_speaker_name_vocodes_in_onnxruntime(tmp_path, monkeypatch):
-    voice = Voice.from_members({"a": make_member(tmp_path / "a", seed=1)}, vocoder=make_vocoder(tmp_path / "v", seed=2))
+@pytest.mark.parametrize("source", ["none", "harmonic"])
+def test_a_request_by_speaker_name_vocodes_in_onnxruntime(tmp_path, monkeypatch, source):
+    voice = Voice.from_members({"a": make_member(tmp_path / "a", seed=1)},
+                               vocoder=make_vocoder(tmp_path / "v", seed=2, source=source))
     export_voice(voice, tmp_path / "onnx")
     onnx = OnnxAcoustic(voice, tmp_path / "onnx")
     assert onnx.vocoder is not None

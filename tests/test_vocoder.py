@@ -24,7 +24,8 @@ TINY = VocoderSection(channels=32, layers=2, intermediate=96, segment_frames=32,
                       max_steps=10, max_minutes=10.0, calibration_steps=20, checkpoint_every=5, validate_every=5,
                       grad_clip=1.0,
                       discriminators=[], periods=[2, 3], discriminator_channels=4, discriminator_lr=5e-4,
-                      warmup_steps=0, adversarial_weight=0.5, feature_weight=1.0, init_from=None)
+                      warmup_steps=0, adversarial_weight=0.5, feature_weight=1.0, init_from=None,
+                      source="none")
 # The same, adversarial: both discriminator kinds, joining after a warm-up of 3 spectral steps.
 TINY_GAN = TINY.model_copy(update=dict(discriminators=["period", "resolution"], warmup_steps=3))
 
@@ -91,9 +92,10 @@ def test_istft_head_inverts_the_centred_analysis(params):
 def test_segments_are_deterministic_and_aligned(featured, params):
     _, ws = featured
     clips = Clips(Workspace(ws), "train", params.audio)
-    mel, wave = clips.segments(3, 4, 32, seed=7)
-    again_mel, again_wave = clips.segments(3, 4, 32, seed=7)
-    assert torch.equal(mel, again_mel) and torch.equal(wave, again_wave)
+    mel, wave, track = clips.segments(3, 4, 32, seed=7)
+    again_mel, again_wave, again_track = clips.segments(3, 4, 32, seed=7)
+    assert torch.equal(mel, again_mel) and torch.equal(wave, again_wave) and torch.equal(track, again_track)
+    assert track.shape == (4, 32) and bool((track > 0).any())
     assert not torch.equal(mel, clips.segments(4, 4, 32, seed=7)[0])
     assert mel.shape == (4, params.audio.n_mels, 32) and wave.shape == (4, 32 * params.audio.hop_length)
     # Frames whose window lies wholly inside the segment (and the file) match the stored mel.
@@ -111,7 +113,7 @@ def test_tiny_vocoder_learns(featured, tmp_path):
 
     @torch.no_grad()
     def mel_l1(model: Vocos) -> float:
-        return sum(float(loss(model(mel), wave)["mel"]) for mel, wave in probe) / len(probe)
+        return sum(float(loss(model(mel), wave)["mel"]) for mel, wave, _ in probe) / len(probe)
 
     torch.manual_seed(params.seed)
     before = mel_l1(Vocos(vocoder_config(params.audio, settings)))  # the trainer's initial weights
@@ -122,11 +124,13 @@ def test_tiny_vocoder_learns(featured, tmp_path):
     assert before / after > 1.5, (before, after)
 
 
-def test_exact_resume_after_a_kill(featured, tmp_path, monkeypatch):
+@pytest.mark.parametrize("source", ["none", "harmonic"])
+def test_exact_resume_after_a_kill(featured, tmp_path, monkeypatch, source):
     params, ws = featured
+    settings = TINY.model_copy(update=dict(source=source))
     straight = _copy_features(ws, tmp_path / "straight")
     resumed = _copy_features(ws, tmp_path / "resumed")
-    train_vocoder(params, straight, "v", TINY)
+    train_vocoder(params, straight, "v", settings)
 
     segments = Clips.segments
 
@@ -137,9 +141,9 @@ def test_exact_resume_after_a_kill(featured, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Clips, "segments", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):  # after the step-5 checkpoint and a logged step 6
-        train_vocoder(params, resumed, "v", TINY)
+        train_vocoder(params, resumed, "v", settings)
     monkeypatch.setattr(Clips, "segments", segments)
-    again = train_vocoder(params, resumed, "v", TINY)
+    again = train_vocoder(params, resumed, "v", settings)
 
     assert again.steps == 10 and again.stopped_by == "steps"
     a = torch.load(straight.models / "v/last.pt", weights_only=True)
@@ -249,7 +253,7 @@ def test_the_discriminators_learn_to_tell_real_from_generated(featured, params):
     gan = Adversary(settings, torch.device("cpu"), amp=False)
 
     def batch(step):
-        mel, wave = clips.segments(step, 4, 32, seed=5)
+        mel, wave, _ = clips.segments(step, 4, 32, seed=5)
         with torch.no_grad():
             return generator(mel), wave
 
@@ -431,3 +435,89 @@ def test_auto_steps_plan_the_vocoder_from_a_timed_start(featured, tmp_path, monk
     rows = list(csv.DictReader(open(target.models / "auto/metrics.csv")))
     assert rows[2]["val_mel"]  # the timed start ends with a validation pass
     assert float(rows[-1]["lr"]) == pytest.approx(LR_FLOOR * auto.lr, rel=1e-3)  # decayed over the plan
+
+
+TINY_HARMONIC = TINY.model_copy(update=dict(source="harmonic"))
+
+
+def _median_pitch(wave: torch.Tensor, audio) -> float:
+    """The pitch of a voiced stretch by a harmonic comb over its spectrum (harmonics minus the points
+    between them, so half the pitch scores low): YIN halves a band-limited pulse train's pitch when its
+    period is a non-integer number of samples."""
+    import numpy as np
+
+    signal = wave.double().numpy()
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(signal.size)))
+    freqs = np.fft.rfftfreq(signal.size, 1.0 / audio.sample_rate)
+    candidates = np.arange(audio.f0_min, audio.f0_max, 0.25)
+    k = np.arange(1, 9)[:, None]
+    score = (np.interp(k * candidates, freqs, spectrum) - np.interp((k - 0.5) * candidates, freqs, spectrum)).sum(0)
+    return float(candidates[np.argmax(score)])
+
+
+def test_the_excitation_carries_the_contour_and_nothing_where_unvoiced(params):
+    import numpy as np
+
+    from polyvox.signal.excitation import excitation
+
+    a = params.audio
+    f0 = np.full((1, 60), 180.0)
+    f0[0, 25:35] = 0.0
+    source = excitation(f0, a.sample_rate, a.hop_length, a.n_fft, a.win_length, np.random.default_rng(0))
+    assert source.harmonic.shape == source.noise.shape == (1, a.n_fft // 2 + 1, 60)
+    assert source.pitch[0, 1].tolist() == (f0[0] > 0).astype(float).tolist()
+    peaks = np.abs(source.harmonic[0])
+    assert peaks[:, 5:20].max(axis=0) == pytest.approx(1.0, abs=0.02)  # a unit harmonic peaks at gain 1
+    assert peaks[:, 28:32].max() < 1e-6  # unvoiced frames: noise only
+    wave = torch.istft(torch.from_numpy(source.harmonic[0]), a.n_fft, a.hop_length, a.win_length,
+                       torch.hann_window(a.win_length), center=True, length=60 * a.hop_length)
+    assert _median_pitch(wave[: 22 * a.hop_length], a) == pytest.approx(180.0, rel=0.01)
+    again = excitation(f0, a.sample_rate, a.hop_length, a.n_fft, a.win_length, np.random.default_rng(0))
+    assert np.array_equal(again.noise, source.noise) and np.array_equal(again.harmonic, source.harmonic)
+
+
+def test_a_harmonic_vocoder_renders_the_pitch_it_is_given(featured, tmp_path):
+    """Trained briefly, the source-filter vocoder follows its F0 input: the same mel rendered at a
+    steady 150 Hz and four semitones up comes out at those pitches; without a contour its own tracker
+    reads one from the mel."""
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "harmonic")
+    settings = TINY_HARMONIC.model_copy(update=dict(max_steps=60, validate_every=60, checkpoint_every=60))
+    result = train_vocoder(params, target, "h", settings)
+    assert result.steps == 60
+    rows = list(csv.DictReader(open(target.models / "h/metrics.csv")))
+    assert {"pitch", "voicing"} <= set(rows[0]) and float(rows[-1]["pitch"]) < float(rows[0]["pitch"])
+    model = load_vocoder(target.models / "h")
+    assert model.harmonic
+    mel, _, track = Clips(target, "val", params.audio).whole(0)
+    for pitch in (150.0, 150.0 * 2 ** (4 / 12)):  # a steady contour, so that one pitch describes the output
+        rendered = _median_pitch(model.synthesize(mel[0], torch.full_like(track[0], pitch)), params.audio)
+        assert rendered == pytest.approx(pitch, rel=0.02), (pitch, rendered)
+    assert model.synthesize(mel[0]).shape == (mel.shape[2] * params.audio.hop_length,)
+    with pytest.raises(ValueError, match="one value per frame"):
+        model.synthesize(mel[0], track[0, :-3])
+
+
+def test_a_harmonic_vocoder_starts_from_a_plain_one(featured, tmp_path):
+    """init_from a source-less vocoder: the backbone carries over, both excitation gains start at the
+    old log-magnitude, the phase offsets and the F0 inputs at zero."""
+    params, ws = featured
+    target = _copy_features(ws, tmp_path / "plain")
+    train_vocoder(params, target, "plain", TINY.model_copy(update=dict(max_steps=3)))
+    tuned = TINY_HARMONIC.model_copy(update=dict(max_steps=1, lr=1e-9, init_from="models/plain"))
+    train_vocoder(params, target, "harmonic", tuned)
+    plain = torch.load(target.models / "plain/best.pt", weights_only=True)["model"]
+    after = torch.load(target.models / "harmonic/last.pt", weights_only=True)["model"]
+    bins = params.audio.n_fft // 2 + 1
+    for name, tensor in plain.items():
+        if name == "embed.weight":
+            assert torch.allclose(after[name][:, : params.audio.n_mels], tensor, atol=1e-5)
+            assert after[name][:, params.audio.n_mels:].abs().max() < 1e-6
+        elif name.startswith("head.linear"):
+            gain, offset, noise = after[name].chunk(3)
+            assert torch.allclose(gain, tensor[:bins], atol=1e-5) and torch.allclose(noise, tensor[:bins], atol=1e-5)
+            assert offset.abs().max() < 1e-6
+        else:
+            assert torch.allclose(after[name], tensor, atol=1e-5), name
+    with pytest.raises(ConfigError, match="another architecture"):  # and not the other way round
+        train_vocoder(params, target, "back", TINY.model_copy(update=dict(max_steps=1, init_from="models/harmonic")))

@@ -50,7 +50,7 @@ def make_member(folder: Path, seed: int = 0, channels: int = 16, conditioning: s
     return folder
 
 
-def make_vocoder(folder: Path, seed: int = 0) -> Path:
+def make_vocoder(folder: Path, seed: int = 0, source: str = "none") -> Path:
     """A vocoder folder (vocoder.json, best.pt) of a tiny Vocos with random weights, params.yaml's audio."""
     from dataclasses import asdict
 
@@ -60,7 +60,7 @@ def make_vocoder(folder: Path, seed: int = 0) -> Path:
     params = load_params(REPO / "params.yaml")
     torch.manual_seed(seed)
     model = Vocos(vocoder_config(params.audio, params.vocoder.model_copy(
-        update=dict(channels=16, layers=1, intermediate=32))))
+        update=dict(channels=16, layers=1, intermediate=32, source=source))))
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, folder / "best.pt")
     (folder / "vocoder.json").write_text(json.dumps({"name": folder.name, "model": asdict(model.cfg)}), encoding="utf-8")

@@ -317,6 +317,9 @@ class VocoderSection(StepBounds):
     feature_weight: float = Field(ge=0)
     # A trained vocoder's folder to fine-tune from (its discriminators too, when it trained some); None = scratch.
     init_from: str | None
+    # none: Vocos's head (the pitch is inferred from the mel); harmonic: a source-filter head that
+    # renders a given F0 contour (polyvox.models.neural_vocoder).
+    source: Literal["none", "harmonic"]
 
 
 class EnsembleSection(_Section):

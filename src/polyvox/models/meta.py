@@ -89,6 +89,8 @@ class ConverterMeta(BaseModel):
     content: dict[str, Any]  # polyvox.frontends.content.ContentSettings
     content_model: dict[str, Any]  # name, package, version, sha256
     teacher: dict[str, Any]  # polyvox.frontends.teacher.TeacherSettings: the voice that says the words
+    # speaker → (log-F0 mean, std) the pitch input was z-scored with (absent in converters trained before it)
+    pitch: dict[str, list[float]] | None = None
 
     @classmethod
     def read(cls, folder: Path) -> "ConverterMeta":

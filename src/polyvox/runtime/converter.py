@@ -98,10 +98,25 @@ class ConverterSynthesizer(ConditionedMember):
     def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
             length_scale: float = 1.0) -> torch.Tensor:
         """The member's log-mel (n_mels, frames) for ``text`` under the given conditioning."""
+        return self.render(text, speaker, reference_audio, image, length_scale)[0]
+
+    @torch.no_grad()
+    def render(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
+               length_scale: float = 1.0) -> tuple[torch.Tensor, np.ndarray | None]:
+        """:meth:`mel` and the F0 contour (frames,) in Hz it was rendered at (:meth:`contour`)."""
         content, pitch, voiced = self.inputs(text, length_scale)
         clock = time.perf_counter()
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
         mel = self.model.infer(as_tensor(content), as_tensor(pitch), as_tensor(voiced),
                                **self.conditioning_inputs(speaker, reference_audio, image))
         self.timings["decoder"] = time.perf_counter() - clock
-        return mel[0]
+        return mel[0], self.contour(pitch, voiced, speaker if reference_audio is None and image is None else None)
+
+    def contour(self, pitch: np.ndarray, voiced: np.ndarray, speaker: str | None) -> np.ndarray | None:
+        """The decoder's pitch input in Hz (0 where unvoiced) at ``speaker``'s register, the contour its
+        mel carries; None where the register is unknown (a reference or an image instead of a named
+        speaker, or a member trained before the statistics were kept): the vocoder then reads the mel."""
+        if speaker is None or not self.meta.pitch or speaker not in self.meta.pitch:
+            return None
+        mean, std = self.meta.pitch[speaker]
+        return np.where(voiced > 0, np.exp(mean + std * pitch.astype(np.float64)), 0.0).astype(np.float32)

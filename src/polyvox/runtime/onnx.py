@@ -23,7 +23,10 @@ rendering's alignment go through it.
 The neural vocoder becomes a third graph, ``vocoder.onnx`` (log-mel (1, n_mels, frames) → waveform
 (1, frames * hop)). ``torch.istft`` has no ONNX export, so the graph spells it out in ops that
 have one (:class:`_Vocoder`); a voice with the Griffin-Lim vocoder has no such graph and vocodes in
-PyTorch.
+PyTorch. A harmonic-source vocoder's graph also takes the excitation (pitch features, harmonic and
+noise spectra as real and imaginary parts), which NumPy builds (:mod:`polyvox.signal.excitation`),
+and its pitch tracker is a fourth graph, ``vocoder_pitch.onnx`` (log-mel → octaves, voicing logit);
+``vocoder.onnx.json`` beside them holds the vocoder's configuration.
 """
 
 from __future__ import annotations
@@ -155,8 +158,16 @@ class _Vocoder(nn.Module):
         total = sum(F.pad(blocks[:, :, j], (0, 0, j, shifts - 1 - j)) for j in range(shifts))
         return total.reshape(batch, -1)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        real, imaginary = self.model.head.spectrum(self.model.features(mel))
+    def forward(self, mel: torch.Tensor, pitch: torch.Tensor | None = None, harmonic_real: torch.Tensor | None = None,
+                harmonic_imag: torch.Tensor | None = None, noise_real: torch.Tensor | None = None,
+                noise_imag: torch.Tensor | None = None) -> torch.Tensor:
+        if pitch is not None:  # a harmonic source: pitch (1, 2, frames), harmonic and noise spectra
+            from polyvox.models.neural_vocoder import Source
+
+            excitation = Source(pitch, torch.complex(harmonic_real, harmonic_imag), torch.complex(noise_real, noise_imag))
+            real, imaginary = self.model.head.spectrum(self.model.features(mel, pitch), excitation)
+        else:
+            real, imaginary = self.model.head.spectrum(self.model.features(mel))
         frames = torch.fft.irfft(torch.complex(real, imaginary), n=self.n_fft, dim=1).transpose(1, 2) * self.window
         count = frames.shape[1]
         wave = self._overlap_add(frames)
@@ -165,19 +176,49 @@ class _Vocoder(nn.Module):
         return (wave / envelope)[:, start:start + count * self.hop].clamp(-1.0, 1.0)
 
 
+SOURCE_INPUTS = ("pitch", "harmonic_real", "harmonic_imag", "noise_real", "noise_imag")
+
+
+class _Pitch(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.pitch = model.pitch
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pitch(mel)
+
+
 def export_vocoder(model, target: Path) -> Path:
-    """``target`` (a ``.onnx`` path) ← the trained vocoder ``model`` (a Vocos), dynamic frame count."""
+    """``target`` (a ``.onnx`` path) ← the trained vocoder ``model`` (a Vocos), dynamic frame count; with
+    a harmonic source also its pitch tracker (``vocoder_pitch.onnx``) and ``<target>.json``."""
+    from dataclasses import asdict
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    mel = torch.randn(1, model.cfg.n_mels, 40) - 5.0
+    cfg = model.cfg
+    mel = torch.randn(1, cfg.n_mels, 40) - 5.0
+    inputs, names = (mel,), ["mel"]
+    frames = torch.export.Dim("frames", min=2, max=65536)
+    shapes = {"mel": {2: frames}}
+    if model.harmonic:
+        source = model.excitation(np.full((1, 40), 150.0))
+        inputs += (source.pitch, source.harmonic.real.contiguous(), source.harmonic.imag.contiguous(),
+                   source.noise.real.contiguous(), source.noise.imag.contiguous())
+        names += SOURCE_INPUTS
+        shapes.update({name: {2: frames} for name in SOURCE_INPUTS})
     with torch.no_grad(), _quiet_export():
-        frames = torch.export.Dim("frames", min=2, max=65536)
-        torch.onnx.export(_Vocoder(model.eval()).eval(), (mel,), str(target), dynamo=True, input_names=["mel"],
-                          output_names=["wave"], dynamic_shapes={"mel": {2: frames}}, verbose=False)
+        torch.onnx.export(_Vocoder(model.eval()).eval(), inputs, str(target), dynamo=True, input_names=names,
+                          output_names=["wave"], dynamic_shapes=shapes, verbose=False)
+        if model.harmonic:
+            torch.onnx.export(_Pitch(model).eval(), (mel,), str(target.with_name("vocoder_pitch.onnx")), dynamo=True,
+                              input_names=["mel"], output_names=["octaves", "voicing"],
+                              dynamic_shapes={"mel": {2: torch.export.Dim("frames", min=2, max=65536)}}, verbose=False)
+    target.with_name(target.name + ".json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
     return target
 
 
 class OnnxVocoder:
-    """``vocoder.onnx`` in onnxruntime: (n_mels, frames) log-mel → (frames * hop,) float32 waveform."""
+    """``vocoder.onnx`` in onnxruntime: (n_mels, frames) log-mel → (frames * hop,) float32 waveform; a
+    harmonic-source vocoder renders the F0 it is given (or its pitch graph's reading of the mel)."""
 
     def __init__(self, path: Path, threads: int = 1):
         import onnxruntime as ort
@@ -187,9 +228,34 @@ class OnnxVocoder:
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.harmonic = any(i.name == "pitch" for i in self.session.get_inputs())
+        self.pitch = None
+        if self.harmonic:
+            described = path.with_name(path.name + ".json")
+            if not described.is_file() or not path.with_name("vocoder_pitch.onnx").is_file():
+                raise FileNotFoundError(f"{path}: a harmonic-source vocoder graph needs {described.name} and "
+                                        "vocoder_pitch.onnx beside it; export the voice again")
+            self.cfg = json.loads(described.read_text())
+            self.pitch = ort.InferenceSession(str(path.with_name("vocoder_pitch.onnx")), options,
+                                              providers=["CPUExecutionProvider"])
 
-    def synthesize(self, mel: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"mel": np.ascontiguousarray(mel[None], dtype=np.float32)})[0][0]
+    def synthesize(self, mel: np.ndarray, f0: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+        """As :meth:`polyvox.models.neural_vocoder.Vocos.synthesize`, in onnxruntime and NumPy."""
+        mel = np.ascontiguousarray(mel[None], dtype=np.float32)
+        feeds = {"mel": mel}
+        if self.harmonic:
+            from polyvox.signal.excitation import PITCH_CENTRE_HZ, excitation
+
+            if f0 is None:
+                octaves, voicing = self.pitch.run(None, {"mel": mel})
+                f0 = np.where(voicing > 0, PITCH_CENTRE_HZ * np.exp2(octaves), 0.0)
+            cfg = self.cfg
+            source = excitation(np.asarray(f0, dtype=np.float64).reshape(1, -1), cfg["sample_rate"], cfg["hop_length"],
+                                cfg["n_fft"], cfg["win_length"], np.random.default_rng(seed))
+            feeds.update({"pitch": source.pitch, "harmonic_real": source.harmonic.real.copy(),
+                          "harmonic_imag": source.harmonic.imag.copy(), "noise_real": source.noise.real.copy(),
+                          "noise_imag": source.noise.imag.copy()})
+        return self.session.run(None, feeds)[0][0]
 
 
 class _Converter(nn.Module):
@@ -343,17 +409,23 @@ class OnnxConverter:
         self.vocoder = OnnxVocoder(folder / "vocoder.onnx", threads) if (folder / "vocoder.onnx").is_file() else None
 
     def mel(self, text: str, speaker: str, length_scale: float = 1.0) -> np.ndarray:
+        return self.render(text, speaker, length_scale)[0]
+
+    def render(self, text: str, speaker: str, length_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+        """The log-mel and the F0 contour in Hz it carries (``ConverterSynthesizer.contour``)."""
         if speaker not in self.embeddings:
             raise ValueError(f"unknown speaker {speaker!r}; known: {sorted(self.embeddings)}")
-        content, pitch, voiced = self.member.synthesizer.inputs(text, length_scale)
-        return self.session.run(None, {"content": content[None], "pitch": pitch[None], "voiced": voiced[None],
-                                       "embedding": self.embeddings[speaker]})[0][0]
+        synthesizer = self.member.synthesizer
+        content, pitch, voiced = synthesizer.inputs(text, length_scale)
+        mel = self.session.run(None, {"content": content[None], "pitch": pitch[None], "voiced": voiced[None],
+                                      "embedding": self.embeddings[speaker]})[0][0]
+        return mel, synthesizer.contour(pitch, voiced, speaker)
 
     def synthesize(self, text: str, speaker: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
-        mel = self.mel(text, speaker, length_scale)
+        mel, f0 = self.render(text, speaker, length_scale)
         if self.vocoder is not None:
-            return self.vocoder.synthesize(mel), self.voice.sample_rate
-        return self.voice.vocode(torch.from_numpy(mel)), self.voice.sample_rate
+            return self.vocoder.synthesize(mel, f0), self.voice.sample_rate
+        return self.voice.vocode(torch.from_numpy(mel), f0), self.voice.sample_rate
 
 
 def onnx_runtime(voice, folder: Path, threads: int = 1):

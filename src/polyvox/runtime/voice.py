@@ -244,16 +244,21 @@ class Voice:
 
     @torch.no_grad()
     def member_mels(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
-                    shared_durations: bool = True, length_scale: float = 1.0) -> dict[str, torch.Tensor]:
+                    shared_durations: bool = True, length_scale: float = 1.0,
+                    contours: dict | None = None) -> dict[str, torch.Tensor]:
         """Each participating member's log-mel (n_mels, frames): on the shared durations (all the same
         length), or each on its own predicted durations; ``length_scale`` stretches every duration
-        (Piper's knob: 1.2 speaks 20 % slower)."""
+        (Piper's knob: 1.2 speaks 20 % slower). ``contours``, when given, receives the F0 (frames,) in Hz
+        of each member that knows the contour its mel carries (a conversion member for a named speaker)."""
         check_length_scale(length_scale)
         encoded = self._encoded(text, speaker, reference_audio, image)
         mels = {}
         for member in self.members:  # a conversion member takes its timing from the teacher's rendering
             if member.synthesizer.kind == "convert":
-                mels[member.name] = member.synthesizer.mel(text, speaker, reference_audio, image, length_scale)
+                mels[member.name], contour = member.synthesizer.render(text, speaker, reference_audio, image,
+                                                                       length_scale)
+                if contours is not None and contour is not None:
+                    contours[member.name] = contour
         if not encoded:
             return mels
         tokens = encoded[0][0].synthesizer.tokens(text)
@@ -281,15 +286,28 @@ class Voice:
     def mel(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
             length_scale: float = 1.0) -> torch.Tensor:
         """The weighted average of the members' log-mels on shared durations, (n_mels, frames)."""
-        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=True, length_scale=length_scale)
-        weights = self._weights(mels)
-        return sum(weights[name] * mel for name, mel in mels.items())
+        return self.rendered(text, speaker, reference_audio, image, length_scale)[0]
 
     @torch.no_grad()
-    def vocode(self, mel: torch.Tensor) -> np.ndarray:
-        """(n_mels, frames) log-mel → waveform (float32), through the neural vocoder when the voice has one."""
+    def rendered(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
+                 length_scale: float = 1.0) -> tuple[torch.Tensor, np.ndarray | None]:
+        """:meth:`mel` and its F0 contour in Hz when one member with weight renders it alone and knows
+        the contour (:meth:`member_mels`), else None (a harmonic vocoder then reads the mel's pitch)."""
+        contours: dict[str, np.ndarray] = {}
+        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=True,
+                                length_scale=length_scale, contours=contours)
+        weights = self._weights(mels)
+        weighted = [name for name, weight in weights.items() if weight > 0]
+        contour = contours.get(weighted[0]) if len(weighted) == 1 else None
+        return sum(weights[name] * mel for name, mel in mels.items()), contour
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor, f0: np.ndarray | None = None) -> np.ndarray:
+        """(n_mels, frames) log-mel → waveform (float32), through the neural vocoder when the voice has one.
+        ``f0`` ((frames,) Hz, 0 where unvoiced): the contour a harmonic-source vocoder renders; None, or a
+        vocoder without a source: the pitch is read from the mel."""
         if self.vocoder is not None:
-            wave = self.vocoder.synthesize(mel)
+            wave = self.vocoder.synthesize(mel, f0 if self.vocoder.harmonic else None)
         else:
             from polyvox.signal.griffin_lim import griffin_lim
 
@@ -305,7 +323,7 @@ class Voice:
             raise ValueError("the text is empty")
         if self.mode == "rerank" and len(self.members) > 1:
             return self.rerank(text, speaker, reference_audio, image, length_scale)[0], self.sample_rate
-        return self.vocode(self.mel(text, speaker, reference_audio, image, length_scale)), self.sample_rate
+        return self.vocode(*self.rendered(text, speaker, reference_audio, image, length_scale)), self.sample_rate
 
     def synthesize_wav(self, text: str, path, speaker: str | None = None, reference_audio=None, image=None,
                        length_scale: float = 1.0) -> float:
@@ -349,12 +367,14 @@ class Voice:
         from polyvox.judges.scores import asr_scores
         from polyvox.judges.speaker import SpeakerEncoder
 
-        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=False, length_scale=length_scale)
+        contours: dict[str, np.ndarray] = {}
+        mels = self.member_mels(text, speaker, reference_audio, image, shared_durations=False,
+                                length_scale=length_scale, contours=contours)
         target = self._target_embedding(speaker, reference_audio)
         judge = self.judge or POCKETSPHINX
         scored = []
         for name, mel in mels.items():
-            wave = self.vocode(mel)
+            wave = self.vocode(mel, contours.get(name))
             cer = asr_scores(wave, self.sample_rate, text, judge).cer
             similarity = (SpeakerEncoder.similarity(self._rerank_scorer().embed(wave, self.sample_rate), target)
                           if target is not None else None)

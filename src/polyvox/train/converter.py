@@ -30,6 +30,14 @@ from polyvox.train.recipe import MemberRecipe, speaker_embeddings, validation_lo
 from polyvox.workspace import Workspace
 
 
+def speaker_pitch(workspace: Workspace, speakers: list[str]) -> dict[str, list[float]]:
+    """Each speaker's log-F0 mean and standard deviation (the features stage's statistics): what the
+    decoder's pitch input was z-scored with, so synthesis can tell a vocoder the contour in Hz."""
+    stats = json.loads((workspace.features / "stats.json").read_text())
+    chosen = {name: stats["speakers"].get(name, stats["global"]) for name in speakers}
+    return {name: [float(s["log_f0_mean"]), float(s["log_f0_std"])] for name, s in chosen.items()}
+
+
 class ContentCorpus:
     """All takes of one split with their content features on the mel grid (float16 in memory)."""
 
@@ -169,7 +177,8 @@ def converter_recipe(params: Params, workspace: Workspace, member: str, spec: Me
                          teacher=TeacherSettings(section.teacher_voice, params.audio, params.clean.trim_top_db,
                                                  params.clean.loudness_lufs).to_dict(),
                          content_model=content_model(settings.model).identity(),
-                         init_from=None if init_from is None else str(init_from))
+                         init_from=None if init_from is None else str(init_from),
+                         pitch=speaker_pitch(workspace, speakers))
     batch_size, crop = section.batch_size, section.segment_frames
     return MemberRecipe(
         model=model, train_corpus=train_corpus, batch_size=batch_size, lr=section.lr, loss_names=LOSS_NAMES,

@@ -14,6 +14,13 @@ own AdamW and cosine). Once they join, ``best.pt`` is chosen among adversarial s
 adversarial losses trade a little mel L1 for natural fine structure, and a warm-up checkpoint would
 otherwise always win. ``vocoder.init_from`` fine-tunes a trained vocoder (and its discriminators).
 
+With ``vocoder.source: harmonic`` the vocoder renders each segment from its tracked F0 (the
+features stage's pyin contour, :mod:`polyvox.signal.excitation`), the pulse train's starting phase
+and the noise drawn from (seed, step); its pitch tracker learns that F0 from the mel beside it (L1 in
+octaves on voiced frames, binary cross-entropy on voicing), on its own weights. A harmonic vocoder
+can start from a source-less one (``init_from``): backbone and gains carry over, the F0 inputs and
+phase offsets start at zero, the tracker fresh.
+
 CUDA when present (with mixed precision), CPU otherwise. Bounded by ``max_steps`` (``auto``: as
 many as ``max_minutes`` allow, :class:`polyvox.train.loop.StepPlan`) and ``max_minutes``; ``last.pt`` holds model, optimiser, scheduler, grad-scaler and RNG states and the
 step, and the discriminators' weights, optimiser, scheduler and scaler (exact resume); ``best.pt``
@@ -25,7 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +65,8 @@ RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))
 VALIDATION_CLIPS = 32  # the first utterances of the val split, whole: a fixed set, comparable across validations
 LOSS_NAMES = ("total", "mel", "spectral_convergence", "log_magnitude")
 GAN_LOSS_NAMES = ("adversarial", "feature_matching", "discriminator")  # 0 during the warm-up
+PITCH_LOSS_NAMES = ("pitch", "voicing")  # the harmonic source's tracker
+PITCH_SEED = 7919  # a stream of its own for the excitation, so the segments drawn stay those of a source-less run
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ def vocoder_config(audio: AudioSection, settings: VocoderSection) -> VocoderConf
     """The vocoder inverts the analysis STFT of ``features``: same n_fft, hop and window."""
     return VocoderConfig(n_mels=audio.n_mels, n_fft=audio.n_fft, hop_length=audio.hop_length,
                          win_length=audio.win_length, channels=settings.channels, layers=settings.layers,
-                         intermediate=settings.intermediate, sample_rate=audio.sample_rate)
+                         intermediate=settings.intermediate, sample_rate=audio.sample_rate, source=settings.source)
 
 
 class Clips:
@@ -101,6 +110,7 @@ class Clips:
         self.hop = audio.hop_length
         self.ids: list[str] = []
         self.mels: list[np.ndarray] = []
+        self.f0: list[np.ndarray] = []
         self.audio: list[Path] = []
         for row in rows.itertuples():
             if row.id not in paths:
@@ -110,7 +120,9 @@ class Clips:
             if rate != audio.sample_rate:
                 raise ValueError(f"{path}: sample rate {rate}, expected audio.sample_rate {audio.sample_rate}")
             self.ids.append(row.id)
-            self.mels.append(load_arrays(workspace.features / row.features)["mel"])
+            arrays = load_arrays(workspace.features / row.features)
+            self.mels.append(arrays["mel"])
+            self.f0.append(arrays["f0"])
             self.audio.append(path)
         self.floor = float(np.log(MEL_FLOOR))
 
@@ -122,25 +134,29 @@ class Clips:
         return sf.read(str(self.audio[item]), frames=frames * self.hop, start=start_frame * self.hop,
                        dtype="float32", fill_value=0.0)[0]
 
-    def segments(self, step: int, batch_size: int, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``step``: mel (batch, n_mels, frames) and audio (batch, frames * hop), a pure function of
-        (seed, step). An utterance is drawn in proportion to its number of start frames (so every frame is
-        about equally likely); a shorter one is padded with silence (the mel floor, zero samples)."""
+    def segments(self, step: int, batch_size: int, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batch ``step``: mel (batch, n_mels, frames), audio (batch, frames * hop) and F0 (batch, frames),
+        a pure function of (seed, step). An utterance is drawn in proportion to its number of start frames
+        (so every frame is about equally likely); a shorter one is padded with silence (the mel floor,
+        zero samples, unvoiced)."""
         rng = seeded_rng(seed, step)
         starts_per_item = np.array([max(1, m.shape[1] - frames + 1) for m in self.mels], dtype=np.float64)
         items = rng.choice(len(self.mels), size=batch_size, p=starts_per_item / starts_per_item.sum())
-        mels, waves = [], []
+        mels, waves, tracks = [], [], []
         for item in items.tolist():
             start = int(rng.integers(starts_per_item[item]))
             mel = self.mels[item][:, start:start + frames]
             mels.append(np.pad(mel, ((0, 0), (0, frames - mel.shape[1])), constant_values=self.floor))
             waves.append(self.wave(item, start, frames))
-        return torch.from_numpy(np.stack(mels)), torch.from_numpy(np.stack(waves))
+            track = self.f0[item][start:start + frames]
+            tracks.append(np.pad(track, (0, frames - track.shape[0])))
+        return torch.from_numpy(np.stack(mels)), torch.from_numpy(np.stack(waves)), torch.from_numpy(np.stack(tracks))
 
-    def whole(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Utterance ``item``: mel (1, n_mels, frames) and audio (1, frames * hop)."""
+    def whole(self, item: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Utterance ``item``: mel (1, n_mels, frames), audio (1, frames * hop) and F0 (1, frames)."""
         frames = self.mels[item].shape[1]
-        return torch.from_numpy(self.mels[item])[None], torch.from_numpy(self.wave(item, 0, frames))[None]
+        return (torch.from_numpy(self.mels[item])[None], torch.from_numpy(self.wave(item, 0, frames))[None],
+                torch.from_numpy(self.f0[item][:frames])[None])
 
 
 class VocoderLoss(nn.Module):
@@ -183,8 +199,8 @@ def validation_mel_l1(model: Vocos, clips: Clips, loss: VocoderLoss, device: tor
     model.eval()
     total, frames = 0.0, 0
     for item in range(min(len(clips), VALIDATION_CLIPS)):
-        mel, wave = clips.whole(item)
-        predicted = model(mel.to(device))
+        mel, wave, track = clips.whole(item)
+        predicted = model(mel.to(device), model.excitation(track, seed=item) if model.harmonic else None)
         error = torch.abs(loss.log_mel(predicted) - loss.log_mel(wave.to(device)))
         total += float(error.sum())
         frames += error.shape[-1]
@@ -238,12 +254,14 @@ def warm_start(model: Vocos, discriminators: Discriminators | None, workspace: W
     discriminators' into ``discriminators`` when both have the same ones (else they start fresh)."""
     source = init_folder(workspace, cfg)
     source_cfg, checkpoint = vocoder_checkpoint(source)
-    if source_cfg != model.cfg:
+    gains_only = source_cfg.source == "none" and model.cfg.source == "harmonic"
+    if replace(source_cfg, source=model.cfg.source, pitch_channels=model.cfg.pitch_channels) != model.cfg or (
+            source_cfg.source != model.cfg.source and not gains_only):
         differ = {k: (v, getattr(model.cfg, k)) for k, v in asdict(source_cfg).items() if getattr(model.cfg, k) != v}
         raise ConfigError(f"vocoder.init_from: {source} is another architecture than the vocoder section "
                           f"asks for (init_from's vs this one's: {differ})")
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(harmonic_from_plain(state["model"], model) if gains_only else state["model"])
     taken = False
     if discriminators is not None and "discriminators" in state:
         try:
@@ -254,6 +272,25 @@ def warm_start(model: Vocos, discriminators: Discriminators | None, workspace: W
                      source, str(error).splitlines()[0])
     log.info("vocoder: fine-tuning %s (step %s)%s", checkpoint, state.get("step"),
              ", discriminators included" if taken else "")
+
+
+def harmonic_from_plain(weights: dict[str, torch.Tensor], model: Vocos) -> dict[str, torch.Tensor]:
+    """A source-less vocoder's weights as a starting point for the harmonic ``model``: the backbone as
+    it was, the F0 inputs of the first convolution at zero, both excitation gains from the old
+    log-magnitude (a harmonic peak and the noise floor start where the old magnitude was), zero phase
+    offsets (the excitation's own phase), and the pitch tracker as ``model`` initialised it."""
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    bins = model.cfg.n_fft // 2 + 1
+    for name, value in weights.items():
+        if name == "embed.weight":
+            state[name].zero_()
+            state[name][:, :value.shape[1]] = value
+        elif name in ("head.linear.weight", "head.linear.bias"):
+            magnitude = value[:bins]
+            state[name] = torch.cat([magnitude, torch.zeros_like(magnitude), magnitude])
+        else:
+            state[name] = value
+    return state
 
 
 FILES = ("last.pt", VocoderMeta.FILE)  # what a finished run leaves (best.pt too, when it validated)
@@ -306,7 +343,8 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
     if cfg.init_from is not None:
         init_checkpoint(workspace, cfg)  # a clear error before anything is written
     session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_mel",
-                      losses=LOSS_NAMES + (GAN_LOSS_NAMES if gan else ()), val_name="val_mel",
+                      losses=LOSS_NAMES + (GAN_LOSS_NAMES if gan else ()) + (PITCH_LOSS_NAMES if model.harmonic else ()),
+                      val_name="val_mel",
                       max_minutes=cfg.max_minutes, validate_every=cfg.validate_every,
                       checkpoint_every=cfg.checkpoint_every, resume=resume,
                       companions=gan.companions() if gan else None, extra=lambda: plan.state(session.elapsed()),
@@ -319,10 +357,14 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
     def run_step(step: int, validate: bool) -> int:
         if gan and step == cfg.warmup_steps and step > 0:
             session.best = None  # best.pt from here on is an adversarial step's (the module docstring says why)
-        mel, wave = (t.to(device) for t in train_clips.segments(step, cfg.batch_size, cfg.segment_frames, seed))
+        mel, wave, track = (t.to(device) for t in train_clips.segments(step, cfg.batch_size, cfg.segment_frames, seed))
+        source = harmonic_source(model, track, seed, step) if model.harmonic else None
         with torch.autocast(device.type, enabled=amp):
-            predicted = model(mel)
+            predicted = model(mel, source)
         losses = loss_fn(predicted, wave)
+        if model.harmonic:
+            losses.update(pitch_losses(model, mel, track))
+            losses["total"] = losses["total"] + losses["pitch"] + losses["voicing"]
         if gan:
             losses.update(gan.step(predicted, wave, adversarial=step >= cfg.warmup_steps))
             losses["total"] = (losses["total"] + cfg.adversarial_weight * losses["adversarial"]
@@ -360,6 +402,30 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
     )
     log.info("train vocoder: %s", result.summary())
     return result
+
+
+def harmonic_source(model: Vocos, track: torch.Tensor, seed: int, step: int):
+    """Batch ``step``'s excitation: each segment's tracked F0, a pulse-train phase and noise drawn from (seed, step)."""
+    from polyvox.models.neural_vocoder import Source
+    from polyvox.signal.excitation import excitation
+
+    rng = seeded_rng(seed, PITCH_SEED, step)
+    cfg = model.cfg
+    phase = rng.uniform(-np.pi, np.pi, size=track.shape[0])
+    return Source.of(excitation(track.cpu().numpy(), cfg.sample_rate, cfg.hop_length, cfg.n_fft, cfg.win_length,
+                                rng, phase), track.device)
+
+
+def pitch_losses(model: Vocos, mel: torch.Tensor, track: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The pitch tracker's losses against the tracked F0: L1 in octaves over voiced frames, and the
+    voicing decision's binary cross-entropy over all frames."""
+    from polyvox.signal.excitation import PITCH_CENTRE_HZ
+
+    octaves, voicing = model.pitch(mel.float())
+    voiced = track > 0
+    target = torch.log2(torch.clamp(track, min=1.0) / PITCH_CENTRE_HZ)
+    pitch = (torch.abs(octaves - target) * voiced).sum() / voiced.sum().clamp(min=1)
+    return {"pitch": pitch, "voicing": nn.functional.binary_cross_entropy_with_logits(voicing, voiced.float())}
 
 
 class Adversary:
