@@ -501,8 +501,9 @@ def ship_vocoder(params: Params, workspace: Workspace, name: str, result: Vocode
         weights = Path(scratch) / "best.pt"
         torch.save({"model": state["model"], "step": state["step"], "best_val_mel": state.get("best_val_mel")}, weights)
         record = {
-            "about": "The universal neural vocoder (log-mel to waveform) that `polyvox train-vocoder` fine-tunes per "
-                     "voice (vocoder.init_from: shipped), trained on the base corpus below.",
+            "about": "The universal neural vocoder (log-mel" + (" and an F0 contour, through a harmonic-plus-noise "
+                     "source," if cfg.source == "harmonic" else "") + " to waveform) that `polyvox train-vocoder` "
+                     "fine-tunes per voice (vocoder.init_from: shipped), trained on the base corpus below.",
             "command": command, "commit": commit, "params": {"audio": params.audio.model_dump(),
                                                              "vocoder": params.vocoder.model_dump()},
             "data": {"speakers": ", ".join(sorted(index["speaker"].unique())), "utterances": len(index),
