@@ -70,10 +70,12 @@ class ConvNeXtBlock(nn.Module):
 class ISTFTHead(nn.Module):
     """Per-frame features → (log-magnitude, phase) of ``n_fft // 2 + 1`` bins → waveform."""
 
+    PARTS = 2  # values the linear layer predicts per bin
+
     def __init__(self, channels: int, n_fft: int, hop_length: int, win_length: int):
         super().__init__()
         self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
-        self.linear = nn.Linear(channels, n_fft + 2)
+        self.linear = nn.Linear(channels, self.PARTS * (n_fft // 2 + 1))
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)
 
     def spectrum(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,11 +115,7 @@ class SourceFilterHead(ISTFTHead):
     """Per-frame features → per bin: log-gain of the harmonic excitation, its phase offset, and
     log-gain of the noise excitation; their sum is the spectrum the iSTFT renders."""
 
-    def __init__(self, channels: int, n_fft: int, hop_length: int, win_length: int):
-        nn.Module.__init__(self)
-        self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
-        self.linear = nn.Linear(channels, 3 * (n_fft // 2 + 1))
-        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+    PARTS = 3
 
     def spectrum(self, x: torch.Tensor, excitation: Source) -> tuple[torch.Tensor, torch.Tensor]:
         harmonic_gain, offset, noise_gain = self.linear(x.float()).transpose(1, 2).chunk(3, dim=1)
@@ -205,14 +203,17 @@ class Vocos(nn.Module):
             return self.head(self.features(mel))
         return self.head(self.features(mel, excitation.pitch), excitation)
 
-    def excitation(self, f0: torch.Tensor | np.ndarray, seed: int = 0) -> Source:
-        """The excitation of a (batch, frames) F0 contour in Hz (0 where unvoiced), its noise drawn from ``seed``."""
+    def excitation(self, f0: torch.Tensor | np.ndarray, seed: int = 0, rng: np.random.Generator | None = None,
+                   phase: np.ndarray | None = None) -> Source:
+        """The excitation of a (batch, frames) F0 contour in Hz (0 where unvoiced), on the model's device;
+        its noise drawn by ``rng`` (default: one seeded with ``seed``), the pulse train starting at ``phase``."""
         from polyvox.signal.excitation import excitation
 
         cfg = self.cfg
         track = f0.detach().cpu().numpy() if isinstance(f0, torch.Tensor) else np.asarray(f0)
         return Source.of(excitation(track, cfg.sample_rate, cfg.hop_length, cfg.n_fft, cfg.win_length,
-                                    np.random.default_rng(seed)), next(self.parameters()).device)
+                                    np.random.default_rng(seed) if rng is None else rng, phase),
+                         next(self.parameters()).device)
 
     @torch.no_grad()
     def synthesize(self, mel: torch.Tensor, f0: torch.Tensor | np.ndarray | None = None, seed: int = 0) -> torch.Tensor:

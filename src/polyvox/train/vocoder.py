@@ -406,14 +406,8 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
 
 def harmonic_source(model: Vocos, track: torch.Tensor, seed: int, step: int):
     """Batch ``step``'s excitation: each segment's tracked F0, a pulse-train phase and noise drawn from (seed, step)."""
-    from polyvox.models.neural_vocoder import Source
-    from polyvox.signal.excitation import excitation
-
     rng = seeded_rng(seed, PITCH_SEED, step)
-    cfg = model.cfg
-    phase = rng.uniform(-np.pi, np.pi, size=track.shape[0])
-    return Source.of(excitation(track.cpu().numpy(), cfg.sample_rate, cfg.hop_length, cfg.n_fft, cfg.win_length,
-                                rng, phase), track.device)
+    return model.excitation(track, rng=rng, phase=rng.uniform(-np.pi, np.pi, size=track.shape[0]))
 
 
 def pitch_losses(model: Vocos, mel: torch.Tensor, track: torch.Tensor) -> dict[str, torch.Tensor]:
