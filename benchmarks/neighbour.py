@@ -50,7 +50,7 @@ def child(workspace: Path, steps: int) -> None:
     from polyvox.config import load_params
     from polyvox.models.acoustic import AcousticModel
     from polyvox.train.data import Corpus, batch_to, mel_statistics, vocabulary_and_speakers
-    from polyvox.train.loop import ThreadGovernor
+    from polyvox.train.budget import ThreadGovernor
     from polyvox.train.trainer import model_config
     from polyvox.workspace import Workspace
 

@@ -30,7 +30,8 @@ import torch
 
 from polyvox.config import load_params
 from polyvox.models.neural_vocoder import Vocos
-from polyvox.train.loop import cosine, optimise
+from polyvox.train.loop import optimise
+from polyvox.train.schedules import cosine
 from polyvox.train.vocoder import Adversary, VocoderLoss, harmonic_source, pitch_losses, vocoder_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -280,8 +280,8 @@ def test_images_reach_the_batches_and_train_the_image_encoder(featured, tmp_path
 
 
 def test_lr_schedules_warm_up_then_decay(params):
-    from polyvox.train.loop import LR_FLOOR
-    from polyvox.train.loop import lr_factor
+    from polyvox.train.schedules import LR_FLOOR
+    from polyvox.train.schedules import lr_factor
 
     cosine = params.train.model_copy(update={"lr_schedule": "cosine", "warmup_steps": 10, "max_steps": 110})
     factor = lr_factor(cosine)
@@ -294,7 +294,7 @@ def test_lr_schedules_warm_up_then_decay(params):
 
 
 def test_plan_steps_fills_the_budget():
-    from polyvox.train.loop import plan_steps
+    from polyvox.train.budget import plan_steps
 
     # 20 steps done in 10 s; 0.5 s a step and a 4 s validation every 200 steps → 0.52 s a step
     planned = plan_steps(20, 10.0, 0.5, 4.0, max_minutes=16, validate_every=200, margin=0.0)
@@ -316,10 +316,12 @@ class FakeClock:
 
 
 def test_auto_steps_spend_the_minutes_and_a_resume_keeps_the_plan(featured, tmp_path, monkeypatch):
-    from polyvox.train import loop
-    from polyvox.train.loop import LR_FLOOR
+    from polyvox.train import budget, loop
+    from polyvox.train.schedules import LR_FLOOR
 
-    monkeypatch.setattr(loop, "time", FakeClock())  # the plan's clock (polyvox.train.loop.StepPlan) and the session's
+    clock = FakeClock()  # the plan's clock (polyvox.train.budget.StepPlan) and the session's (loop.Session)
+    monkeypatch.setattr(budget, "time", clock)
+    monkeypatch.setattr(loop, "time", clock)
     params, ws = featured
     target = _copy_features(ws, tmp_path / "auto")
     auto = params.model_copy(update={"train": params.train.model_copy(update={
@@ -566,10 +568,11 @@ def test_a_time_bound_run_follows_the_recent_pace_when_the_machine_slows(feature
     run still ends by its (re-planned) steps inside the budget, its learning rate decayed. With the
     average pace since the start (the code before), this run overshot and the clock cut the schedule
     short (stopped by time at step 104, checked by reverting the pace to the average)."""
-    from polyvox.train import loop
-    from polyvox.train.loop import LR_FLOOR
+    from polyvox.train import budget, loop
+    from polyvox.train.schedules import LR_FLOOR
 
     clock = SlowingClock(after=300)  # about step 100 of ~190 planned
+    monkeypatch.setattr(budget, "time", clock)
     monkeypatch.setattr(loop, "time", clock)
     params, ws = featured
     target = _copy_features(ws, tmp_path / "slowing")
@@ -605,7 +608,7 @@ class SharedMachine:
 
 
 def _governor(machine: SharedMachine, **kwargs):
-    from polyvox.train.loop import ThreadGovernor
+    from polyvox.train.budget import ThreadGovernor
 
     return ThreadGovernor(2, clock=lambda: machine.now, usage=lambda: (machine.busy, machine.own),
                           set_threads=machine.set_threads, **kwargs)
@@ -656,7 +659,7 @@ def test_the_thread_governor_trains_on_one_thread_while_another_process_is_busy(
 
 @pytest.mark.parametrize("case", ["one thread", "OMP_NUM_THREADS", "no /proc/stat", "tiny steps"])
 def test_the_thread_governor_stays_off_where_it_cannot_help_or_must_not_act(monkeypatch, case):
-    from polyvox.train.loop import ThreadGovernor
+    from polyvox.train.budget import ThreadGovernor
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     machine = SharedMachine()

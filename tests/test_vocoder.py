@@ -412,10 +412,10 @@ def test_a_vocoder_of_another_mel_is_refused_by_the_setting_that_differs(tmp_pat
 
 def test_auto_steps_plan_the_vocoder_from_a_timed_start(featured, tmp_path, monkeypatch):
     """vocoder.max_steps: auto (issue 33 §2): the vocoder plans its steps as the acoustic trainer does
-    (polyvox.train.loop.StepPlan), ends by them inside max_minutes with its cosine decayed, and keeps
+    (polyvox.train.budget.StepPlan), ends by them inside max_minutes with its cosine decayed, and keeps
     the plan in last.pt. The clock advances 50 ms a reading, so the plan is the same on any machine."""
-    from polyvox.train import loop
-    from polyvox.train.loop import LR_FLOOR
+    from polyvox.train import budget, loop
+    from polyvox.train.schedules import LR_FLOOR
 
     class Clock:
         now = 0.0
@@ -424,7 +424,9 @@ def test_auto_steps_plan_the_vocoder_from_a_timed_start(featured, tmp_path, monk
             self.now += 0.05
             return self.now
 
-    monkeypatch.setattr(loop, "time", Clock())
+    clock = Clock()  # the plan's and the session's
+    monkeypatch.setattr(budget, "time", clock)
+    monkeypatch.setattr(loop, "time", clock)
     params, ws = featured
     target = _copy_features(ws, tmp_path / "auto")
     auto = TINY.model_copy(update=dict(max_steps="auto", max_minutes=0.1, calibration_steps=3, validate_every=50,

@@ -17,7 +17,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.environ.get("XDG_CACHE_
 # it sleeps. When another process holds one of the cores, the spinning thread burns the time its
 # partner needs: a 2-thread training step beside one busy process took 9.7 s instead of 0.30 s
 # (benchmarks/neighbour.py). 10000 spins cost nothing measurable alone and cut that to 0.9 s;
-# polyvox.train.loop.ThreadGovernor does the rest. libgomp reads this once, when torch loads, so
+# polyvox.train.budget.ThreadGovernor does the rest. libgomp reads this once, when torch loads, so
 # it is set here, before any polyvox module imports torch; a value the user set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 

@@ -33,7 +33,7 @@ from polyvox.fingerprint import file_digest
 from polyvox.fileio import atomic_path, replace_folder
 from polyvox.pretrained import shipped
 from polyvox.stages import STAGES
-from polyvox.train.trainer import BASE, TrainResult, train
+from polyvox.train.trainer import BASE, TrainResult, member_init, train
 from polyvox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -136,9 +136,9 @@ def _base_data(params: Params, base_ws: Workspace) -> None:
 
 
 def needs_base(params: Params) -> bool:
-    """Whether any member starts from ``models/base``: a text→mel member under ``train.init_from: base``
-    (a conversion member learns no language and starts from scratch)."""
-    return params.train.init_from == BASE and bool(params.members_of_kind("acoustic"))
+    """Whether any member starts from ``models/base`` (:func:`~polyvox.train.trainer.member_init` says
+    which: a text→mel member under ``train.init_from: base``)."""
+    return any(member_init(spec, params.train.init_from) == BASE for spec in params.train.members)
 
 
 def _not_needed(target: Path) -> PretrainResult:

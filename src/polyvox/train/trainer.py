@@ -3,7 +3,7 @@
 CUDA when present (with fp16 mixed precision), CPU otherwise (bf16 autocast where the CPU has native
 bf16, ``train.precision``); ``torchrun`` runs it data-parallel (DDP, NCCL on GPUs, gloo on CPU).
 Bounded by ``train.max_steps`` and ``train.max_minutes``; with ``max_steps: auto`` the step count
-is planned from a timed start so that the run spends its minutes (:class:`polyvox.train.loop.StepPlan`).
+is planned from a timed start so that the run spends its minutes (:class:`polyvox.train.budget.StepPlan`).
 Checkpoints hold model, optimiser, scheduler, grad-scaler and RNG states and the step, so a
 resumed run continues exactly where the uninterrupted one would be; ``best.pt`` (lowest
 validation loss) and ``last.pt`` are kept apart. Checkpoints load with ``weights_only=True``.
@@ -26,8 +26,9 @@ from polyvox.stages import STAGES
 from polyvox.frontends.teacher import TeacherSettings
 from polyvox.models.acoustic import AcousticModel, ModelConfig
 from polyvox.models.meta import MemberMeta, TextFrontEnd
-from polyvox.progress import track
-from polyvox.train.loop import Session, StepPlan, finished, held_out, lr_factor, optimise, run_once, save_checkpoint
+from polyvox.train.budget import StepPlan
+from polyvox.train.loop import Session, drive, finished, held_out, optimise, run_once, save_checkpoint
+from polyvox.train.schedules import lr_factor
 from polyvox.train.recipe import MemberRecipe, speaker_embeddings, validation_loss
 from polyvox.tracking import stage_run
 from polyvox.train.data import Corpus, batch_to, checkpoint_dir, mel_statistics, vocabulary_and_speakers
@@ -68,7 +69,8 @@ def model_config(params: Params, vocab_size: int, member: MemberSection | None =
 
 def member_init(spec: MemberSection, init_from: str | Path | None) -> str | Path | None:
     """The warm start of a member: ``base`` (the pretrained text→mel base) means nothing to a converter,
-    which then starts from scratch; any other source it takes (another converter's folder)."""
+    which learns no language and then starts from scratch; any other source it takes (another
+    converter's folder). The one rule of who needs a base (pretrain's ``needs_base`` asks it too)."""
     return None if spec.kind == "convert" and str(init_from) == BASE else init_from
 
 
@@ -317,10 +319,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
     # Not every batch uses every encoder (no image in it, or every modality present), hence unused-parameter detection.
     wrapped = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_loss",
-                      losses=recipe.loss_names, val_name="val_loss", max_minutes=cfg.max_minutes,
-                      validate_every=cfg.validate_every, checkpoint_every=cfg.checkpoint_every, resume=resuming,
-                      write=rank == 0, extra=lambda: plan.state(session.elapsed()), label=member)
-    start = step = session.start
+                      losses=recipe.loss_names, val_name="val_loss", bounds=cfg, resume=resuming, write=rank == 0,
+                      extra=lambda: plan.state(session.elapsed()), label=member)
+    start = session.start
     if rank == 0:
         recipe.meta.write(out)
     tracker = stage_run("pretrain" if member == BASE else "train", params, workspace,
@@ -347,19 +348,9 @@ def fit(params: Params, workspace: Workspace, member: str = "default", seed: int
 
     status = "FAILED"
     try:
-        step, timed_out = plan.calibrate(step, run_step, session)
-        stopped_by, first = ("time" if timed_out else "steps"), step
-        for step in track(plan.remaining(step) if not timed_out else iter(()), max(0, (plan.steps or step) - step),
-                          f"train {member}", log, total_now=lambda: plan.steps - first):
-            if session.out_of_time():
-                stopped_by = "time"
-                break
-            step = run_step(step, validate=False)
-            plan.replan(step, session.elapsed())
-        session.finish(step, stopped_by)
+        step, stopped_by = drive(plan, session, run_step, f"train {member}")
         status = "FINISHED"
     finally:
-        session.close()
         if tracker:
             if status == "FINISHED":
                 tracker.artifacts([out / MemberMeta.FILE, session.metrics_path])

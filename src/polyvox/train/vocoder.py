@@ -22,7 +22,7 @@ can start from a source-less one (``init_from``): backbone and gains carry over,
 phase offsets start at zero, the tracker fresh.
 
 CUDA when present (with mixed precision), CPU otherwise. Bounded by ``max_steps`` (``auto``: as
-many as ``max_minutes`` allow, :class:`polyvox.train.loop.StepPlan`) and ``max_minutes``; ``last.pt`` holds model, optimiser, scheduler, grad-scaler and RNG states and the
+many as ``max_minutes`` allow, :class:`polyvox.train.budget.StepPlan`) and ``max_minutes``; ``last.pt`` holds model, optimiser, scheduler, grad-scaler and RNG states and the
 step, and the discriminators' weights, optimiser, scheduler and scaler (exact resume); ``best.pt``
 the lowest validation mel L1. Checkpoints load with ``weights_only=True``.
 """
@@ -49,8 +49,9 @@ from polyvox.models.discriminators import (Discriminators, discriminator_loss, f
 from polyvox.models.meta import VocoderMeta
 from polyvox.models.neural_vocoder import VocoderConfig, Vocos, vocoder_checkpoint
 from polyvox.fingerprint import file_digest
-from polyvox.progress import track
-from polyvox.train.loop import Session, StepPlan, finished, held_out, optimise, planned_cosine, run_once
+from polyvox.train.budget import StepPlan
+from polyvox.train.loop import Session, drive, finished, held_out, optimise, run_once
+from polyvox.train.schedules import planned_cosine
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
 from polyvox.fingerprint import fingerprint
@@ -344,12 +345,10 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
         init_checkpoint(workspace, cfg)  # a clear error before anything is written
     session = Session(out, model, optimiser, scheduler, scaler, device=device, amp=amp, best_key="best_val_mel",
                       losses=LOSS_NAMES + (GAN_LOSS_NAMES if gan else ()) + (PITCH_LOSS_NAMES if model.harmonic else ()),
-                      val_name="val_mel",
-                      max_minutes=cfg.max_minutes, validate_every=cfg.validate_every,
-                      checkpoint_every=cfg.checkpoint_every, resume=resume,
+                      val_name="val_mel", bounds=cfg, resume=resume,
                       companions=gan.companions() if gan else None, extra=lambda: plan.state(session.elapsed()),
                       label=label)
-    start = step = session.start
+    start = session.start
     if not start and cfg.init_from is not None:
         warm_start(model, gan.discriminators if gan else None, workspace, cfg)
     VocoderMeta(name=name, seed=seed, model=model.cfg, audio=params.audio, train=cfg.model_dump()).write(out)
@@ -381,19 +380,7 @@ def _fit(params: Params, workspace: Workspace, name: str, cfg: VocoderSection, r
         session.record(done, losses, val, last)
         return done
 
-    try:
-        step, timed_out = plan.calibrate(step, run_step, session)
-        stopped_by, first = ("time" if timed_out else "steps"), step
-        for step in track(plan.remaining(step) if not timed_out else iter(()), max(0, (plan.steps or step) - step),
-                          f"train {label}", log, total_now=lambda: plan.steps - first):
-            if session.out_of_time():
-                stopped_by = "time"
-                break
-            step = run_step(step, validate=False)
-            plan.replan(step, session.elapsed())
-        session.finish(step, stopped_by)
-    finally:
-        session.close()
+    step, stopped_by = drive(plan, session, run_step, f"train {label}")
     seconds = session.elapsed()
     result = VocoderResult(
         name=name, steps=step, best_val_mel=session.best, last_checkpoint=str(out / "last.pt"),
