@@ -87,7 +87,7 @@ def render_teacher_mel(voice_name: str, vocoder: Path | None, params):
     settings = TeacherSettings(voice_name, params.audio, params.clean.trim_top_db, params.clean.loudness_lufs)
     model = None
     if vocoder is not None:
-        from polyvox.models.neural_vocoder import load_vocoder
+        from polyvox.models.meta import load_vocoder
 
         model = load_vocoder(vocoder, "cpu")
 

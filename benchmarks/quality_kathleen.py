@@ -83,7 +83,7 @@ class CopySynthesis:
 
         import numpy as np
 
-        from polyvox.models.neural_vocoder import load_vocoder
+        from polyvox.models.meta import load_vocoder
 
         self.vocoder = None if vocoder == "griffin-lim" else load_vocoder(Path(vocoder))
         # a harmonic-source vocoder renders the take's tracked F0 (as a conversion member hands it one),

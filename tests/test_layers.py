@@ -1,5 +1,6 @@
-"""The package's layers hold (polyvox.imports.LAYERS): no part imports a layer above it, the parts'
-graph has no cycles, and serving imports nothing of training — function-level imports included."""
+"""The package's layers hold (polyvox.imports.LAYERS): no part imports a layer above it, neither the
+parts' graph nor the modules inside a part have cycles, and serving imports nothing of training —
+function-level imports included."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def test_a_cycle_inside_one_layer_is_caught():
                                       ("polyvox.judges.speaker", "polyvox.runtime.voice")))
     assert problems == [p for p in problems if p.startswith("import cycle")] and len(problems) == 1, problems
     assert "judges" in problems[0] and "runtime" in problems[0]
+
+
+def test_a_cycle_between_modules_of_one_part_is_caught():
+    # models/meta.py ↔ models/neural_vocoder.py was one (a function-level import back), before issue 40
+    problems = layer_violations(_with(("polyvox.models.neural_vocoder", "polyvox.models.meta")))
+    assert problems == ["import cycle inside models: polyvox.models.meta → polyvox.models.neural_vocoder → "
+                        "polyvox.models.meta"], problems
 
 
 def test_serving_that_reaches_training_is_caught():

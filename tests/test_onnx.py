@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from polyvox.runtime.voice import Voice
-from polyvox.models.neural_vocoder import load_vocoder
+from polyvox.models.meta import load_vocoder
 from polyvox.models.variance import phone_positions, phone_positions_numpy
 from polyvox.runtime.onnx import OnnxAcoustic, OnnxVocoder, export_vocoder, export_voice
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from polyvox.signal.mel import log_mel
-from polyvox.models.neural_vocoder import VocoderConfig, Vocos, load_vocoder
+from polyvox.models.meta import load_vocoder
+from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 from polyvox.config import ConfigError, VocoderSection
 from polyvox.models.discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
                                            generator_loss)

@@ -87,7 +87,7 @@ def unit(module: str) -> str:
 
 
 # The architecture, bottom to top: a part of the package may import its own layer's parts and the
-# layers below, never a layer above; and the parts' graph has no cycles. Serving (the service and
+# layers below, never a layer above; and neither the parts' graph nor a part's modules have cycles. Serving (the service and
 # the runtime it loads) imports nothing of training.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: settings, files, fingerprints, progress, tracking, the text front-end, the engines,
@@ -110,7 +110,7 @@ def layer_violations(edges: dict[str, frozenset[str]] | None = None) -> list[str
     """What breaks :data:`LAYERS` in a module graph (default: the package's own); empty when nothing."""
     edges = graph() if edges is None else edges
     rank = {part: level for level, parts in enumerate(LAYERS) for part in parts}
-    problems, units = [], {}
+    problems, units, inside = [], {}, {}
     for source, targets in sorted(edges.items()):
         for target in sorted(targets):
             a, b = unit(source), unit(target)
@@ -120,7 +120,12 @@ def layer_violations(edges: dict[str, frozenset[str]] | None = None) -> list[str
                 units.setdefault(a, set()).add(b)
                 if rank[b] > rank[a]:
                     problems.append(f"{source} imports {target}: {a} (layer {rank[a]}) reaches up into {b} (layer {rank[b]})")
+            elif source != target:
+                inside.setdefault(source, set()).add(target)
     problems += [f"import cycle between parts: {' → '.join(cycle)}" for cycle in _cycles(units)]
+    # Inside a part too: two modules that import each other (at function level, say) are one module
+    # split in two, and whichever loads first sees the other half-initialised.
+    problems += [f"import cycle inside {unit(cycle[0])}: {' → '.join(cycle)}" for cycle in _cycles(inside)]
     reached = set()
     todo, seen = list(SERVING), set()
     while todo:

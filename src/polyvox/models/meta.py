@@ -9,13 +9,14 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from polyvox.config import AudioSection
-from polyvox.fileio import atomic_write_text
+from polyvox.fileio import atomic_write_text, chosen_checkpoint
 from polyvox.models.acoustic import ModelConfig
 from polyvox.models.converter import ConverterConfig
-from polyvox.models.neural_vocoder import VocoderConfig
+from polyvox.models.neural_vocoder import VocoderConfig, Vocos
 
 FILE = "model.json"
 
@@ -140,3 +141,20 @@ class VocoderMeta(BaseModel):
         if self.audio is not None:
             return self.audio.model_dump()
         return {k: getattr(self.model, k) for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels")}
+
+
+def vocoder_checkpoint(folder: str | Path) -> tuple[VocoderConfig, Path]:
+    """(config, checkpoint) of a trained vocoder's folder: ``vocoder.json`` and ``best.pt``, else ``last.pt``."""
+    folder = Path(folder)
+    checkpoint = chosen_checkpoint(folder)
+    if not (folder / VocoderMeta.FILE).is_file() or checkpoint is None:
+        raise FileNotFoundError(f"{folder}: a vocoder folder holds {VocoderMeta.FILE} and best.pt or last.pt")
+    return VocoderMeta.read(folder).model, checkpoint
+
+
+def load_vocoder(folder: str | Path, device: str | torch.device = "cpu") -> Vocos:
+    """A trained vocoder from its folder (:func:`vocoder_checkpoint`), in eval mode."""
+    cfg, checkpoint = vocoder_checkpoint(folder)
+    model = Vocos(cfg)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    return model.to(device).eval()

@@ -1,4 +1,5 @@
-"""Vocos: a neural vocoder, log-mel → waveform, by predicting the STFT and inverting it.
+"""Vocos: a neural vocoder, log-mel → waveform, by predicting the STFT and inverting it (the architecture; a trained
+one loads through :func:`polyvox.models.meta.load_vocoder`).
 
 A ConvNeXt backbone runs at the frame rate (no upsampling), and a head predicts each frame's
 spectrum; ``torch.istft`` (centred, as the analysis was) turns it into audio, so frame ``t`` of the
@@ -27,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polyvox.fileio import chosen_checkpoint
 from torch import nn
 
 # Vocos clips the predicted magnitude at 1e2 so an early, wild exp() cannot blow up the iSTFT.
@@ -238,29 +238,3 @@ class Vocos(nn.Module):
             wave = self(mel, self.excitation(track, seed))
         wave = wave.clamp(-1.0, 1.0)
         return wave[0] if single else wave
-
-
-def vocoder_checkpoint(folder: str | Path) -> tuple[VocoderConfig, Path]:
-    """(config, checkpoint) of a trained vocoder's folder: ``vocoder.json`` and ``best.pt``, else ``last.pt``."""
-    from polyvox.models.meta import VocoderMeta
-
-    folder = Path(folder)
-    checkpoint = chosen_checkpoint(folder)
-    if not (folder / VocoderMeta.FILE).is_file() or checkpoint is None:
-        raise FileNotFoundError(f"{folder}: a vocoder folder holds {VocoderMeta.FILE} and best.pt or last.pt")
-    return VocoderMeta.read(folder).model, checkpoint
-
-
-def vocoder_audio(folder: str | Path) -> dict:
-    """The audio settings a vocoder was trained on (:meth:`polyvox.models.meta.VocoderMeta.mel`)."""
-    from polyvox.models.meta import VocoderMeta
-
-    return VocoderMeta.read(Path(folder)).mel()
-
-
-def load_vocoder(folder: str | Path, device: str | torch.device = "cpu") -> Vocos:
-    """A trained vocoder from its folder (:func:`vocoder_checkpoint`), in eval mode."""
-    cfg, checkpoint = vocoder_checkpoint(folder)
-    model = Vocos(cfg)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
-    return model.to(device).eval()

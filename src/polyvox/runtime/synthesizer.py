@@ -105,10 +105,10 @@ class Synthesizer(ConditionedMember):
         self._load_weights(folder, checkpoint, device, AcousticModel(cfg, torch.zeros(cfg.n_mels), torch.ones(cfg.n_mels)))
         self.vocoder = None
         if vocoder is not None:
-            from polyvox.models.neural_vocoder import load_vocoder, vocoder_audio
+            from polyvox.models.meta import VocoderMeta, load_vocoder
             from polyvox.signal.mel import mel_differences
 
-            differ = mel_differences(self.audio, vocoder_audio(vocoder))
+            differ = mel_differences(self.audio, VocoderMeta.read(Path(vocoder)).mel())
             if differ:
                 raise ValueError(f"vocoder {vocoder} was trained on another mel than the model in {folder}: "
                                  f"{', '.join(differ)}")

@@ -106,10 +106,10 @@ class Voice:
             raise VoiceError(f"member weights must be non-negative and not all zero, got {weights.tolist()}")
         self.vocoder = None
         if self.vocoder_folder is not None:
-            from polyvox.models.neural_vocoder import load_vocoder, vocoder_audio
+            from polyvox.models.meta import VocoderMeta, load_vocoder
             from polyvox.signal.mel import mel_differences
 
-            differ = mel_differences(first.audio, vocoder_audio(self.vocoder_folder))
+            differ = mel_differences(first.audio, VocoderMeta.read(Path(self.vocoder_folder)).mel())
             if differ:
                 raise VoiceError(f"vocoder {self.vocoder_folder} was trained on another mel than the members: "
                                  f"{', '.join(differ)}")

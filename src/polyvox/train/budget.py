@@ -11,12 +11,9 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from polyvox.train.loop import Session
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +144,14 @@ def plan_steps(done: int, elapsed: float, step_seconds: float, validation_second
     return done + max(1, int(left / max(per_step, 1e-6)))
 
 
+class Clocked(Protocol):
+    """What a plan asks of the run it plans (:class:`polyvox.train.loop.Session` is one)."""
+
+    def elapsed(self) -> float: ...
+
+    def out_of_time(self) -> bool: ...
+
+
 class StepPlan:
     """How many steps a run takes: ``bounds.max_steps``, or with ``max_steps: auto`` as many as
     ``bounds.max_minutes`` allow on this machine. ``bounds`` is a section with the step bounds
@@ -199,7 +204,7 @@ class StepPlan:
         dist.broadcast(shared, src=0)
         return int(shared[0])
 
-    def calibrate(self, step: int, run_step: Callable[[int, bool], int], session: "Session") -> tuple[int, bool]:
+    def calibrate(self, step: int, run_step: Callable[[int, bool], int], session: Clocked) -> tuple[int, bool]:
         """With no plan yet (auto), run the timed start from ``step`` through ``run_step(step,
         validate)`` and plan; returns (the step reached, whether the clock stopped it first)."""
         if self.steps is None:

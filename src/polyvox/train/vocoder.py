@@ -46,15 +46,14 @@ from polyvox.fileio import load_arrays
 from polyvox.signal.mel import MEL_FLOOR, mel_transform
 from polyvox.models.discriminators import (Discriminators, discriminator_loss, feature_matching_loss,
                                            generator_loss)
-from polyvox.models.meta import VocoderMeta
-from polyvox.models.neural_vocoder import VocoderConfig, Vocos, vocoder_checkpoint
-from polyvox.fingerprint import file_digest
+from polyvox.models.meta import VocoderMeta, vocoder_checkpoint
+from polyvox.models.neural_vocoder import VocoderConfig, Vocos
+from polyvox.fingerprint import file_digest, fingerprint
 from polyvox.train.budget import StepPlan
 from polyvox.train.loop import Session, drive, finished, held_out, optimise, run_once
 from polyvox.train.schedules import planned_cosine
 from polyvox.train.data import seeded_rng
 from polyvox.workspace import Workspace
-from polyvox.fingerprint import fingerprint
 from polyvox.stages import STAGES
 from polyvox.tracking import tracked
 
@@ -313,7 +312,7 @@ def completed(params: Params, workspace: Workspace, name: str = "vocoder",
 def train_vocoder(params: Params, workspace: Workspace, name: str = "vocoder",
                   cfg: VocoderSection | None = None, resume: bool = True) -> VocoderResult:
     """Train a vocoder on the corpus into ``models/<name>/`` (``vocoder.json``, ``last.pt``, ``best.pt``,
-    ``metrics.csv``); load it with :func:`polyvox.models.neural_vocoder.load_vocoder`. ``cfg`` defaults
+    ``metrics.csv``); load it with :func:`polyvox.models.meta.load_vocoder`. ``cfg`` defaults
     to params.yaml's ``vocoder`` section.
 
     Like the acoustic trainer (:func:`polyvox.train.loop.run_once`): a rerun on the same inputs is a
