@@ -103,7 +103,7 @@ def test_a_missing_input_beyond_the_declared_ones_is_named_with_its_stage(worksp
 
     monkeypatch.setattr(cli, "missing_input", lambda name, ws: None)
     with pytest.raises(typer.Exit):
-        cli._run_stage(deleted, workspace / "params.yaml", [], "polyvox features")
+        cli._run_stage("polyvox features", deleted, workspace / "params.yaml", [])
     said = " ".join(capsys.readouterr().err.split())
     assert "data/clean/manifest.parquet: missing; run `polyvox clean` first" in said, said
 
@@ -111,7 +111,7 @@ def test_a_missing_input_beyond_the_declared_ones_is_named_with_its_stage(worksp
         raise FileNotFoundError(2, "No such file or directory", "/usr/share/nothing")
 
     with pytest.raises(FileNotFoundError):
-        cli._run_stage(elsewhere, workspace / "params.yaml", [], "polyvox features")
+        cli._run_stage("polyvox features", elsewhere, workspace / "params.yaml", [])
 
 
 def test_prefect_run_logs_carry_their_runs_name():

@@ -134,3 +134,17 @@ def test_the_readme_code_map_names_each_stage_s_module_command_and_dvc_stage():
         assert f"`{module}`" in row and f"`{spec.command.split(' --')[0]}" in row, (name, row)
         assert (REPO / "src/polyvox" / module).is_file(), module
         assert f"`{name}@NAME`" in row if "${" in spec.command else f"| `{name}` |" in row, row
+
+
+def test_the_stages_that_stamp_their_outputs_keep_the_stage_protocol():
+    """train, train-vocoder, ensemble and evaluate stamp their outputs: their modules give
+    input_fingerprint and completed (which takes inputs=, the fingerprint computed once); a stage
+    whose module does not is refused by name, not with an AttributeError from deep inside the flow."""
+    import inspect
+
+    for name in ("train", "train-vocoder", "ensemble", "evaluate"):
+        module = STAGES[name].stamped()
+        assert "inputs" in inspect.signature(module.completed).parameters, name
+        assert list(inspect.signature(module.input_fingerprint).parameters)[:2] == ["params", "workspace"], name
+    with pytest.raises(TypeError, match="stage clean: polyvox.clean.stage does not stamp its outputs"):
+        STAGES["clean"].stamped()

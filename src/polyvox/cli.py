@@ -10,8 +10,9 @@ import io
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated, NoReturn, Optional, TypeVar
 
 import typer
@@ -95,33 +96,42 @@ def _load(params: Path, overrides: list[str] | None) -> Params:
     return load_params(params, overrides or [])
 
 
-def _run_stage(stage: Callable[[Params, Workspace], T], params: Path, overrides: list[str] | None,
-               command: str | None = None, dvc_stages: Callable[[Params], list[str]] | None = None) -> T:
-    """Load params, run one stage function in the current directory, holding it (one writer per
-    workspace); user errors exit cleanly. ``dvc_stages``: the dvc.yaml stages the run made, recorded
-    in dvc.lock as ``dvc repro`` would (polyvox.dvcstate), and the champion with them after a promote
-    or a rollback."""
-    command = command or "polyvox " + sys._getframe(1).f_code.co_name.replace("_", "-")  # the command function calling
-    name = command.split()[1]
+@contextmanager
+def user_errors(*also: type[Exception]) -> Iterator[None]:
+    """End the command with the message of an error the user can fix (:data:`USER_ERRORS`, and
+    ``also``): exit 2 for settings, 1 otherwise. Anything else is a bug and keeps its traceback."""
     try:
-        loaded = _load(params, overrides)
-        workspace = Workspace.here()
-        with workspace_lock(workspace.root, command):  # first: the writer holding it may be making the input
-            missing = missing_input(name, workspace)
-            if missing:
-                raise MissingInput(f"{command.split(' --')[0]}: {missing}")
-            result = stage(loaded, workspace)
-            if dvc_stages is not None and dvcstate.why_not(workspace.root, params, overrides or []) is None:
-                dvcstate.record(workspace.root, dvc_stages(loaded),
-                                workspace.champion if name in ("promote", "rollback") else None)
-            return result
-    except USER_ERRORS as exc:
+        yield
+    except (*USER_ERRORS, *also) as exc:
         _fail(exc)
-    except FileNotFoundError as exc:  # an input the stage reads beyond its declared deps
-        path = Path(exc.filename or str(exc.args[-1] if exc.args else ""))
-        if not path.is_absolute() or Workspace.here().root not in path.parents:
-            raise  # not the workspace's: a bug or the environment, keep the traceback
-        _fail(MissingInput(f"{path}: missing; {_remedy(path.relative_to(Workspace.here().root).as_posix())}"))
+
+
+def _run_stage(command: str, stage: Callable[[Params, Workspace], T], params: Path, overrides: list[str] | None,
+               dvc_stages: Callable[[Params], list[str]] | None = None) -> T:
+    """Load params, run one stage function in the current directory, holding it (one writer per
+    workspace) under ``command`` (``polyvox <stage> [--option]``: what the lock and the errors name);
+    user errors exit cleanly. ``dvc_stages``: the dvc.yaml stages the run made, recorded in dvc.lock as
+    ``dvc repro`` would (polyvox.dvcstate), and the champion with them after a promote or a rollback."""
+    name = command.split()[1]
+    with user_errors():
+        try:
+            loaded = _load(params, overrides)
+            workspace = Workspace.here()
+            with workspace_lock(workspace.root, command):  # first: the writer holding it may be making the input
+                missing = missing_input(name, workspace)
+                if missing:
+                    raise MissingInput(f"{command.split(' --')[0]}: {missing}")
+                result = stage(loaded, workspace)
+                if dvc_stages is not None and dvcstate.why_not(workspace.root, params, overrides or []) is None:
+                    dvcstate.record(workspace.root, dvc_stages(loaded),
+                                    workspace.champion if name in ("promote", "rollback") else None)
+                return result
+        except FileNotFoundError as exc:  # an input the stage reads beyond its declared deps
+            path = Path(exc.filename or str(exc.args[-1] if exc.args else ""))
+            if not path.is_absolute() or Workspace.here().root not in path.parents:
+                raise  # not the workspace's: a bug or the environment, keep the traceback
+            raise MissingInput(f"{path}: missing; "
+                               f"{_remedy(path.relative_to(Workspace.here().root).as_posix())}") from None
 
 
 def producer(path: str) -> str | None:
@@ -158,7 +168,7 @@ def _stage_command(name: str) -> None:
     spec = STAGES[name]
 
     def command(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
-        typer.echo(_run_stage(spec.function(), params, set_, spec.command, lambda p: [name]).summary())
+        typer.echo(_run_stage(spec.command, spec.function(), params, set_, lambda p: [name]).summary())
 
     command.__doc__ = spec.about
     app.command(name)(command)
@@ -199,7 +209,7 @@ def prepare(
     overrides = list(set_ or [])
     if corpus_format is not None:
         overrides.append(f"prepare.format={corpus_format}")
-    try:
+    with user_errors():
         loaded = _load(params, overrides)
         if corpus is not None:
             loaded = loaded.model_copy(update={"prepare": loaded.prepare.model_copy(update={"corpus": corpus})})
@@ -207,8 +217,6 @@ def prepare(
             result = run_prepare(loaded, Workspace.here())
             if corpus is None and dvcstate.why_not(Path.cwd(), params, overrides) is None:
                 dvcstate.record(Path.cwd(), ["prepare"], None)
-    except USER_ERRORS as exc:
-        _fail(exc)
     typer.echo(result.summary())
 
 
@@ -217,7 +225,7 @@ def validate(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None)
     """Validate data/raw (Great Expectations + audio probes): accepted rows and a quarantine with reasons."""
     from polyvox.validate.stage import validate as run_validate
 
-    result = _run_stage(run_validate, params, set_, dvc_stages=lambda p: ["validate"])
+    result = _run_stage("polyvox validate", run_validate, params, set_, dvc_stages=lambda p: ["validate"])
     typer.echo(result.summary())
     if result.data_docs:
         typer.echo(f"Data Docs: {result.data_docs}")
@@ -247,11 +255,11 @@ def pretrain(
     (pretrain.source: shipped), from another folder, or trained on the base corpus (pretrain.source: null)."""
     from polyvox.pretrain.stage import pretrain as run_pretrain, ship_base
 
-    result = _run_stage(run_pretrain, params, set_, STAGES["pretrain"].command, lambda p: ["pretrain"])
+    result = _run_stage(STAGES["pretrain"].command, run_pretrain, params, set_, lambda p: ["pretrain"])
     typer.echo(result.summary())
     if ship:
-        shipped = _run_stage(lambda loaded, workspace: ship_base(loaded, workspace, result, _commit()), params, set_,
-                             STAGES["pretrain"].command + " --ship")
+        shipped = _run_stage(STAGES["pretrain"].command + " --ship",
+                             lambda loaded, workspace: ship_base(loaded, workspace, result, _commit()), params, set_)
         typer.echo(f"shipped the base into {shipped} (card: {shipped / 'CARD.md'})")
 
 
@@ -278,7 +286,7 @@ def train(
             return []
         return [f"train@{name}" for name in ([p.train.member(member).name] if member else [m.name for m in p.train.members])]
 
-    for result in _run_stage(run_members, params, set_, dvc_stages=made):
+    for result in _run_stage("polyvox train", run_members, params, set_, dvc_stages=made):
         typer.echo(result.summary())
 
 
@@ -297,13 +305,13 @@ def train_vocoder(
 
     from polyvox.train.vocoder import ship_vocoder, train_vocoder as run_vocoder
 
-    result = _run_stage(lambda p, ws: run_vocoder(p, ws, name=name, resume=not fresh), params, set_,
-                        dvc_stages=lambda p: ["train-vocoder"] if name == "vocoder" else [])
+    result = _run_stage(STAGES["train-vocoder"].command, lambda p, ws: run_vocoder(p, ws, name=name, resume=not fresh),
+                        params, set_, dvc_stages=lambda p: ["train-vocoder"] if name == "vocoder" else [])
     typer.echo(result.summary())
     if ship:
         command = shlex.join(["polyvox", *sys.argv[1:]])
-        shipped = _run_stage(lambda p, ws: ship_vocoder(p, ws, name, result, command, _commit()), params, set_,
-                             "polyvox train-vocoder --ship")
+        shipped = _run_stage(STAGES["train-vocoder"].command + " --ship",
+                             lambda p, ws: ship_vocoder(p, ws, name, result, command, _commit()), params, set_)
         typer.echo(f"shipped the vocoder into {shipped} (card: {shipped / 'CARD.md'})")
 
 
@@ -316,7 +324,7 @@ def promote(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) 
     """Register the evaluated candidate in MLflow and move the `champion` alias if every gate rule passes."""
     from polyvox.registry.stage import promote as run_promote
 
-    result = _run_stage(run_promote, params, set_, dvc_stages=lambda p: ["promote"])
+    result = _run_stage(STAGES["promote"].command, run_promote, params, set_, dvc_stages=lambda p: ["promote"])
     typer.echo(result.summary())
     for rule in result.rules:
         mark = "pass" if rule["passed"] else "FAIL"
@@ -332,7 +340,8 @@ def rollback(
     """Move the `champion` alias back and restore models/champion from the registry."""
     from polyvox.registry.stage import rollback as run_rollback
 
-    result = _run_stage(lambda p, ws: run_rollback(p, ws, to=to), params, set_, dvc_stages=lambda p: [])
+    result = _run_stage("polyvox rollback", lambda p, ws: run_rollback(p, ws, to=to), params, set_,
+                        dvc_stages=lambda p: [])
     typer.echo(result.summary())
 
 
@@ -347,10 +356,8 @@ def serve(
     """Serve the champion over HTTP: POST /synthesize, GET /voices, /healthz, /metrics (token: POLYVOX_TOKEN)."""
     from polyvox.serve.app import serve as run_serve
 
-    try:
+    with user_errors():
         loaded = _load(params, set_)
-    except USER_ERRORS as exc:
-        _fail(exc)
     folder = bundle or Workspace.here().champion
     recover_folder(folder)  # a promote killed between its two renames left the bundle aside
     if not (folder / "bundle.json").is_file():
@@ -376,7 +383,7 @@ def synth(
     """Synthesise text to a WAV file, like Piper: `echo "Hello." | polyvox synth -o out.wav --voice models/champion`."""
     from polyvox.runtime.voice import Voice
 
-    try:
+    with user_errors(ValueError):
         if voice is None or params != DEFAULT_PARAMS_FILE or params.is_file() or set_:
             _load(params, set_)  # a broken params file or override is refused here too (none needed with --voice)
         ws = Workspace.here()
@@ -405,8 +412,6 @@ def synth(
             sys.stdout.buffer.flush()
         else:
             seconds = chosen.synthesize_wav(text, Path(output), speaker, reference_audio, image, length_scale)
-    except (*USER_ERRORS, ValueError) as exc:
-        _fail(exc)
     # the summary goes to stderr when the audio goes to stdout
     typer.echo(f"{output}: {seconds:.2f} s at {chosen.sample_rate} Hz from {folder}", err=output == "-")
 
@@ -422,10 +427,8 @@ def dashboard(
     from polyvox.dashboard.app import dashboard as run_dashboard
     from polyvox.tracking import tracking_uri
 
-    try:
+    with user_errors():
         loaded = _load(params, set_)
-    except USER_ERRORS as exc:
-        _fail(exc)
     uri = tracking_uri(Workspace.here(), loaded.registry.tracking_uri)
     if uri is None:
         _fail(ConfigError("the dashboard reads MLflow, but MLFLOW_TRACKING_URI=off turns it off"))
@@ -451,11 +454,9 @@ def _check_prefect_server() -> None:
 @app.command()
 def run(params: ParamsOption = DEFAULT_PARAMS_FILE, set_: SetOption = None) -> None:
     """Run the whole pipeline as a Prefect flow (embedded server unless PREFECT_API_URL is set)."""
-    try:
+    with user_errors():
         _load(params, set_)  # fail fast, before Prefect starts, on a bad params file
         _check_prefect_server()
-    except USER_ERRORS as exc:
-        _fail(exc)
     from polyvox.flow import pipeline
 
     state = pipeline(params_file=str(params), overrides=list(set_ or []), return_state=True)

@@ -180,6 +180,14 @@ def replace_folder(staging: Path, target: Path) -> None:
         shutil.rmtree(previous)
 
 
+def remove_unreferenced(folder: Path, keep: set[str], suffix: str) -> None:
+    """Delete the ``*suffix`` files under ``folder`` whose stem is not in ``keep``: a stage's outputs
+    for rows no longer in its input (the clean audio, features, content of a dropped take)."""
+    for path in folder.rglob(f"*{suffix}") if folder.is_dir() else []:
+        if path.stem not in keep:
+            path.unlink()
+
+
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """An ``.npz`` whose bytes depend only on the arrays (np.savez stamps the current time)."""
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:

@@ -20,10 +20,22 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol, cast
 
 from polyvox.fingerprint import fingerprint, source_digest
 from polyvox.imports import closure, unit
+
+
+class StampedStage(Protocol):
+    """What the module of a stage that stamps its outputs (train, train-vocoder, ensemble, evaluate)
+    provides, of (params, workspace, **what names the run: a member, a vocoder's name): the
+    fingerprint of its inputs, and the stamp (``done.json``) of outputs made from exactly those, None
+    when the stage would work. ``completed`` also takes ``inputs=``: that fingerprint, when the caller
+    has it (computed once)."""
+
+    def input_fingerprint(self, params, workspace, /, **named) -> object: ...
+
+    def completed(self, params, workspace, /, *, inputs=None, **named) -> dict | None: ...
 
 
 @dataclass(frozen=True)
@@ -45,17 +57,21 @@ class Stage:
         """What the stage runs: ``<module>.<name>`` (``-`` as ``_``), a function of (params, workspace)."""
         return getattr(importlib.import_module(self.module), self.name.replace("-", "_"))
 
-    # The protocol of a stage that stamps its outputs (train, train-vocoder, ensemble, evaluate): its
-    # module's ``input_fingerprint`` and ``completed``, of (params, workspace, **what names the run);
-    # ``completed`` also takes ``inputs=`` (that fingerprint, when the caller has it: computed once).
+    def stamped(self) -> StampedStage:
+        """The stage's module as a :class:`StampedStage`; a TypeError naming what it lacks otherwise."""
+        module = importlib.import_module(self.module)
+        lacking = [name for name in ("input_fingerprint", "completed") if not callable(getattr(module, name, None))]
+        if lacking:
+            raise TypeError(f"stage {self.name}: {self.module} does not stamp its outputs (no {', '.join(lacking)})")
+        return cast(StampedStage, module)
 
     def input_fingerprint(self, params, workspace, **named) -> object:
         """What the stage reads (data version, settings, upstream outputs, code), as a fingerprint."""
-        return importlib.import_module(self.module).input_fingerprint(params, workspace, **named)
+        return self.stamped().input_fingerprint(params, workspace, **named)
 
     def completed(self, params, workspace, **named) -> dict | None:
         """The stamp of outputs made from exactly these inputs; None when the stage would work."""
-        return importlib.import_module(self.module).completed(params, workspace, **named)
+        return self.stamped().completed(params, workspace, **named)
 
     @cached_property
     def code(self) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from polyvox.cache import content_key, load_index, save_index, sharded
 from polyvox.clean.audio import CleanAudioTask, clean_audio
 from polyvox.config import Params
-from polyvox.fileio import atomic_path
+from polyvox.fileio import atomic_path, remove_unreferenced
 from polyvox.parallel import map_items
 from polyvox.text.normalize import normalize_text
 from polyvox.text.phonemes import phonemize
@@ -58,12 +58,6 @@ def _audio_settings(params: Params) -> dict:
     return {"sample_rate": a.sample_rate, "trim_top_db": c.trim_top_db, "trim_margin": c.trim_margin,
             "loudness_lufs": c.loudness_lufs, "peak_dbfs": c.peak_dbfs, "frame_length": a.win_length,
             "hop_length": a.hop_length}
-
-
-def _remove_unreferenced(folder: Path, keep: set[str]) -> None:
-    for path in folder.rglob("*.wav") if folder.is_dir() else []:
-        if path.stem not in keep:
-            path.unlink()
 
 
 @tracked("clean", lambda ws: ws.clean_manifest)
@@ -118,7 +112,7 @@ def clean(params: Params, workspace: Workspace) -> CleanResult:
     with atomic_path(workspace.clean_manifest, keep_unchanged=True) as tmp:
         pq.write_table(pa.Table.from_pandas(manifest, preserve_index=False), tmp, compression="zstd")
     # Pruned only now: until the new manifest is in place, the old one (and its audio) stays whole.
-    _remove_unreferenced(out / "audio", set(audio_index))
+    remove_unreferenced(out / "audio", set(audio_index), ".wav")
 
     backends = sorted(set(manifest["phonemizer"])) or [params.clean.phonemizer]
     result = CleanResult(

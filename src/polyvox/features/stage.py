@@ -37,7 +37,7 @@ from polyvox.features.splits import SPLITS, assign_splits
 from polyvox.features.teacher import TEACHER_VERSION, TeacherTask, render
 from polyvox.frontends.image import image_tensor
 from polyvox.frontends.teacher import TeacherSettings
-from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text
+from polyvox.fileio import atomic_path, atomic_write_bytes, atomic_write_text, remove_unreferenced
 from polyvox.parallel import map_items
 from polyvox.frontends.content import ContentSettings
 from polyvox.workspace import Workspace
@@ -138,12 +138,6 @@ def _contents(manifest: pd.DataFrame, params: Params, workspace: Workspace) -> d
     return paths
 
 
-def _remove_unreferenced(folder: Path, keep: set[str], suffix: str) -> None:
-    for path in folder.rglob(f"*{suffix}") if folder.is_dir() else []:
-        if path.stem not in keep:
-            path.unlink()
-
-
 @tracked("features", lambda ws: ws.features_index)
 def features(params: Params, workspace: Workspace) -> FeaturesResult:
     manifest = pq.read_table(workspace.clean_manifest).to_pandas()
@@ -166,16 +160,16 @@ def features(params: Params, workspace: Workspace) -> FeaturesResult:
     for audio_key, sums in zip(todo, map_items(extract, tasks, params.parallel, "features: mel + f0 + energy", log)):
         index[feature_key[audio_key]] = sums
     save_index(index, index_path)
-    _remove_unreferenced(out / "utt", wanted, ".npz")
+    remove_unreferenced(out / "utt", wanted, ".npz")
 
     images = _images(manifest, params, workspace)
-    _remove_unreferenced(out / "images", {Path(p).stem for p in images.values()}, ".npy")
+    remove_unreferenced(out / "images", {Path(p).stem for p in images.values()}, ".npy")
 
     teachers = _teachers(manifest, params, workspace)
-    _remove_unreferenced(out / "teacher", {Path(p).stem for p in teachers.values()}, ".npy")
+    remove_unreferenced(out / "teacher", {Path(p).stem for p in teachers.values()}, ".npy")
 
     contents = _contents(manifest, params, workspace)
-    _remove_unreferenced(out / "content", {Path(p).stem for p in contents.values()}, ".npy")
+    remove_unreferenced(out / "content", {Path(p).stem for p in contents.values()}, ".npy")
 
     table = pd.DataFrame({
         "row": manifest["row"],

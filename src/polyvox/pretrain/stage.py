@@ -208,8 +208,6 @@ def ship_base(params: Params, workspace: Workspace, result: PretrainResult, comm
               root: Path | None = None, figures: dict | None = None) -> Path:
     """Write the base just trained (``models/base``) into the package as the shipped base, with its
     card: weights only, fp16 where parity holds (:func:`_fp16_parity`)."""
-    import platform
-
     import pandas as pd
     import torch
 
@@ -239,23 +237,15 @@ def ship_base(params: Params, workspace: Workspace, result: PretrainResult, comm
                        halved / "best.pt")
         index = pd.read_parquet(base_ws.data / "features" / "index.parquet")
         corpus = base_corpus(params)
-        train = result.train
-        record = {
-            "about": "The base acoustic model every polyvox voice fine-tunes from (train.init_from: base): the "
-                     "`model` section trained by `polyvox pretrain` on the base corpus below, with audio and "
-                     "image conditioning.",
-            "command": REBUILD_COMMAND,
-            "params": STAGES["pretrain"].settings(params),
-            "commit": commit,
-            "data": {"voices": ", ".join(corpus.voices), "utterances_per_speaker": corpus.utterances_per_speaker,
-                     "utterances": len(index), "train_utterances": int((index["split"] == "train").sum()),
-                     "hours": round(float(index["frames"].sum()) * params.audio.hop_length / params.audio.sample_rate
-                                    / 3600, 2)},
-            "training": {"steps": train.steps, "planned_steps": train.planned_steps, "stopped_by": train.stopped_by,
-                         "seconds": round(train.seconds), "seconds_per_step": round(train.seconds_per_step, 3),
-                         "best_val_loss": train.best_val_loss, "device": train.device,
-                         "machine": f"{platform.machine()} {platform.processor() or ''}".strip()},
-            "figures": {"weights": "fp16" if fp16 else "fp32 (fp16 parity failed)",
-                        "fp16_parity": parity, **(figures or {})},
-        }
+        record = pretrained.card_record(
+            about="The base acoustic model every polyvox voice fine-tunes from (train.init_from: base): the "
+                  "`model` section trained by `polyvox pretrain` on the base corpus below, with audio and "
+                  "image conditioning.",
+            command=REBUILD_COMMAND, commit=commit, params=STAGES["pretrain"].settings(params), index=index,
+            audio=params.audio, result=result.train,
+            data={"voices": ", ".join(corpus.voices), "utterances_per_speaker": corpus.utterances_per_speaker,
+                  "train_utterances": int((index["split"] == "train").sum())},
+            training={"planned_steps": result.train.planned_steps, "best_val_loss": result.train.best_val_loss},
+            figures={"weights": "fp16" if fp16 else "fp32 (fp16 parity failed)", "fp16_parity": parity,
+                     **(figures or {})})
         return pretrained.ship(BASE, {name: halved / name for name in BASE_FILES}, record, root)

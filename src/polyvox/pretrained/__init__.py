@@ -89,6 +89,27 @@ def ship(name: str, files: dict[str, Path], record: dict[str, Any], root: Path |
     return root / name
 
 
+def card_record(*, about: str, command: str, commit: str, params: dict[str, Any], index, audio, result,
+                figures: dict[str, Any], data: dict[str, Any] | None = None,
+                training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The card fields every shipped model has (:func:`ship` adds its files): what it is, how to
+    rebuild it, the commit and params, the corpus it learnt from (``index``: its features index,
+    ``audio``: the audio section, for the hours), and its training run (``result``: a trainer's
+    result, with steps, stopped_by, seconds, seconds_per_step, device); ``data`` and ``training``
+    add an asset's own fields, ``figures`` what was measured."""
+    import platform
+
+    hours = float(index["frames"].sum()) * audio.hop_length / audio.sample_rate / 3600
+    return {
+        "about": about, "command": command, "commit": commit, "params": params,
+        "data": {"utterances": len(index), "hours": round(hours, 2), **(data or {})},
+        "training": {"steps": result.steps, "stopped_by": result.stopped_by, "seconds": round(result.seconds),
+                     "seconds_per_step": round(result.seconds_per_step, 3), "device": result.device,
+                     "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), **(training or {})},
+        "figures": figures,
+    }
+
+
 def card_markdown(name: str, record: dict[str, Any]) -> str:
     """The card for reading: what the asset is, how to rebuild it, what it was trained on, its figures."""
     lines = [f"# polyvox shipped asset: {name}", "", record.get("about", ""), "",

@@ -466,7 +466,6 @@ def ship_vocoder(params: Params, workspace: Workspace, name: str, result: Vocode
     """Write the vocoder ``models/<name>`` into the package as the shipped universal vocoder
     (``vocoder.init_from: shipped``) with its card: ``vocoder.json`` and best.pt's weights (fp32:
     the vocoder is small, and a waveform has no duration rounding to hide a difference behind)."""
-    import platform
     import tempfile
 
     import pandas as pd
@@ -480,18 +479,12 @@ def ship_vocoder(params: Params, workspace: Workspace, name: str, result: Vocode
     with tempfile.TemporaryDirectory(prefix="polyvox-ship-") as scratch:
         weights = Path(scratch) / "best.pt"
         torch.save({"model": state["model"], "step": state["step"], "best_val_mel": state.get("best_val_mel")}, weights)
-        record = {
-            "about": "The universal neural vocoder (log-mel" + (" and an F0 contour, through a harmonic-plus-noise "
-                     "source," if cfg.source == "harmonic" else "") + " to waveform) that `polyvox train-vocoder` "
-                     "fine-tunes per voice (vocoder.init_from: shipped), trained on the base corpus below.",
-            "command": command, "commit": commit, "params": {"audio": params.audio.model_dump(),
-                                                             "vocoder": params.vocoder.model_dump()},
-            "data": {"speakers": ", ".join(sorted(index["speaker"].unique())), "utterances": len(index),
-                     "hours": round(float(index["frames"].sum()) * params.audio.hop_length / params.audio.sample_rate
-                                    / 3600, 2)},
-            "training": {"steps": result.steps, "stopped_by": result.stopped_by, "seconds": round(result.seconds),
-                         "seconds_per_step": round(result.seconds_per_step, 3), "best_val_mel": result.best_val_mel,
-                         "device": result.device, "machine": f"{platform.machine()} {platform.processor() or ''}".strip()},
-            "figures": {"weights": "fp32", **(figures or {})},
-        }
+        record = pretrained.card_record(
+            about="The universal neural vocoder (log-mel" + (" and an F0 contour, through a harmonic-plus-noise "
+                  "source," if cfg.source == "harmonic" else "") + " to waveform) that `polyvox train-vocoder` "
+                  "fine-tunes per voice (vocoder.init_from: shipped), trained on the base corpus below.",
+            command=command, commit=commit,
+            params={"audio": params.audio.model_dump(), "vocoder": params.vocoder.model_dump()}, index=index,
+            audio=params.audio, result=result, data={"speakers": ", ".join(sorted(index["speaker"].unique()))},
+            training={"best_val_mel": result.best_val_mel}, figures={"weights": "fp32", **(figures or {})})
         return pretrained.ship("vocoder", {VocoderMeta.FILE: folder / VocoderMeta.FILE, "best.pt": weights}, record, root)
