@@ -13,24 +13,22 @@ large (413) or not decodable as audio/an image (415), a missing or wrong bearer 
 ``POLYVOX_TOKEN`` is set. Long text is split into sentences; ``stream=true`` sends each sentence's
 audio as soon as it is synthesised (a WAV with an open-ended header).
 
-What a request may be is decided in :mod:`polyvox.serve.request` (no web framework there); this
-module reads bodies, renders (one path for whole and streamed responses) and counts.
+What a request may be is decided in :mod:`polyvox.serve.request` (no web framework there); the
+voice served and its reloads in :mod:`polyvox.serve.holder`; the host, token and body checks
+before any route in :mod:`polyvox.serve.gate`; a streamed response in :mod:`polyvox.serve.stream`.
+This module wires them, reads bodies, renders (one path for whole and streamed responses) and
+counts (:mod:`polyvox.serve.metrics`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import io
 import logging
 import os
-import re
-import struct
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -40,15 +38,16 @@ import torch
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.routing import Match
 
 from polyvox.config import ServeSection
-from polyvox.fileio import recover_folder, remove_staging
+from polyvox.fileio import remove_staging
 from polyvox.lock import writer_active
-from polyvox.runtime.bundle import BundleMeta, FileCheck, load_bundle
+from polyvox.serve.gate import Gate, allowed_hosts, bounded_protocol, route_label
+from polyvox.serve.holder import Loaded, VoiceHolder
 from polyvox.serve.memory import Trimmer, limit_arenas
+from polyvox.serve.metrics import ServiceMetrics
 from polyvox.serve.request import RequestError, SynthesisRequest, parse
+from polyvox.serve.stream import PacedStream, SlowReadersLoggedOnce
 
 log = logging.getLogger(__name__)
 
@@ -57,151 +56,6 @@ def wav_bytes(wave: np.ndarray, rate: int) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, wave, rate, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
-
-
-def streaming_wav_header(rate: int) -> bytes:
-    """A 16-bit mono WAV header whose sizes say 'until the end of the stream' (0xFFFFFFFF)."""
-    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-            + b"data" + struct.pack("<I", 0xFFFFFFFF))
-
-
-def pcm16(wave: np.ndarray) -> bytes:
-    return (np.clip(wave, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-
-@dataclass
-class Loaded:
-    voice: object
-    meta: BundleMeta
-    stamp: str  # bundle.json's content: a new version or rebuild changes it
-    onnx: object | None = None  # OnnxAcoustic/OnnxConverter when the bundle has ONNX graphs and the runtime is onnx
-
-
-class VoiceHolder:
-    """The voice being served, swapped as one reference when the bundle changes."""
-
-    def __init__(self, folder: Path, runtime: str = "torch"):
-        self.folder = folder
-        self.runtime = runtime
-        self._lock = threading.Lock()
-        self.current: Loaded | None = None
-        self.reloads = 0
-        self.reload_error: str | None = None  # why the last reload failed; None once one succeeds
-        self.reload_failures = 0
-        self.damage: list[str] = []  # what is wrong with the bundle's files on disk (the loaded voice serves on)
-        self._files = FileCheck()
-
-    def _stamp(self) -> str | None:
-        # A promote killed mid-swap left the old bundle aside: serve it. But a live promote passes
-        # through that same state between its two renames: while a writer holds the workspace, its
-        # swap is its own (renaming the old folder back would undo it).
-        if not writer_active(self.folder.parent.parent):
-            recover_folder(self.folder)
-        try:
-            return (self.folder / "bundle.json").read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-
-    def reload(self, force: bool = False) -> bool:
-        """Load the bundle if it changed (or ``force``); True when a new voice is being served."""
-        stamp = self._stamp()
-        if stamp is None:
-            self.damage = [] if self.current is None else ["bundle.json: missing"]
-            if force:
-                raise FileNotFoundError("bundle.json is missing from the bundle folder: nothing to reload "
-                                        "(the loaded voice is still served)")
-            return False
-        if not force and self.current is not None and stamp == self.current.stamp:
-            self.damage = self._files.damage(self.folder, self.current.meta)
-            return False
-        damage = self._files.damage(self.folder, BundleMeta.read(self.folder))
-        if damage:  # a bundle whose files are not what bundle.json lists is never loaded
-            raise ValueError(f"the bundle's files do not match bundle.json: {'; '.join(damage[:5])}")
-        voice, meta = load_bundle(self.folder)  # fully loaded before anyone sees it
-        onnx = None
-        if self.runtime == "onnx" and meta.onnx and voice.mode == "weighted":
-            from polyvox.runtime.onnx import onnx_runtime
-
-            onnx = onnx_runtime(voice, self.folder / "onnx", threads=torch.get_num_threads())
-        if self._stamp() != stamp:  # replaced while we read it: the next poll takes the newer one
-            return False
-        with self._lock:
-            self.current = Loaded(voice, meta, stamp, onnx)
-            self.reloads += 1
-            self.damage = []
-        log.info("serving %s version %s", self.folder, meta.version)
-        return True
-
-    def try_reload(self, force: bool = False) -> bool:
-        """:meth:`reload`, surviving any bundle: a half-written one, or an ONNX graph onnxruntime
-        refuses with its own error types. The old voice stays served; why the reload failed is kept
-        for /healthz and /metrics until one succeeds."""
-        before = list(self.damage)
-        try:
-            changed = self.reload(force)
-            if self.damage and self.damage != before:
-                log.warning("bundle %s is damaged (still serving the loaded voice): %s", self.folder,
-                            "; ".join(self.damage))
-        except Exception as exc:  # noqa: BLE001 - recorded and reported, never swallowed
-            self.reload_failures += 1
-            log.warning("bundle %s not reloaded (still serving the previous voice): %s: %s", self.folder,
-                        type(exc).__name__, exc)
-            self.reload_error = f"{type(exc).__name__}: {_no_paths(str(exc), self.folder)[:300]}"
-            return False
-        self.reload_error = None
-        return changed
-
-    def get(self) -> Loaded:
-        with self._lock:
-            if self.current is None:
-                raise HTTPException(503, f"no voice to serve yet: {self.folder} holds no bundle (promote one)")
-            return self.current
-
-
-def _no_paths(text: str, folder: Path) -> str:
-    """``text`` for anyone who asks (/healthz): paths inside the bundle relative to it, any other
-    absolute path by its last part (the service log keeps the whole message)."""
-    text = text.replace(str(folder.resolve()), "<bundle>").replace(str(folder), "<bundle>")
-    return re.sub(r"(?<![\w<>])/(?:[^\s/:'\"]+/)*([^\s/:'\"]+)", r"…/\1", text)
-
-
-class ServiceMetrics:
-    """Every figure /metrics exports, in one place: each response counted once, by route and status
-    (the middleware), synthesis time and audio seconds (the renderer), the bundle served (reloads)."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter("polyvox_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("polyvox_synthesis_seconds", "Time to synthesise one sentence", registry=self.registry,
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
-        self.audio = Counter("polyvox_audio_seconds", "Seconds of audio synthesised", registry=self.registry)
-        self.version = Gauge("polyvox_bundle_info", "The bundle being served", ["version", "data_version"],
-                             registry=self.registry)
-        self.reloads = Gauge("polyvox_reloads", "Bundles loaded since start", registry=self.registry)
-        self.reload_failures = Gauge("polyvox_reload_failures", "Reloads that failed since start (the old voice "
-                                     "is served meanwhile)", registry=self.registry)
-        self.busy = Counter("polyvox_refused_busy", "Syntheses refused with 503: every slot was taken",
-                            registry=self.registry)
-        self.slow_readers = Counter("polyvox_slow_readers_cut_off", "Streams ended because the client read slower "
-                                    "than real time (serve.stream_grace_seconds)", registry=self.registry)
-
-    def response(self, endpoint: str, status: int) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-
-    def synthesised(self, seconds: float, audio_seconds: float) -> None:
-        self.latency.observe(seconds)
-        self.audio.inc(audio_seconds)
-
-    def serving(self, holder: VoiceHolder) -> None:
-        self.version.clear()
-        if holder.current is not None:
-            meta = holder.current.meta
-            self.version.labels(str(meta.version), str(meta.data_version)).set(1)
-        self.reloads.set(holder.reloads)
-        self.reload_failures.set(holder.reload_failures)
-
-    def exposition(self) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def render(loaded: Loaded, request: SynthesisRequest, pause_seconds: float, metrics: ServiceMetrics,
@@ -234,78 +88,6 @@ def render(loaded: Loaded, request: SynthesisRequest, pause_seconds: float, metr
         yield wave
 
 
-class Gate:
-    """The service's door, before FastAPI reads a byte: the bearer token of a protected route is
-    checked before its body; a body is counted as it arrives and refused past ``limit`` (a chunked
-    upload declares no length, and FastAPI would spool it whole before any check); every response
-    is counted once, by route template (``route_of``)."""
-
-    def __init__(self, app, *, limit: int, token: str | None, protected: tuple[str, ...], metrics: ServiceMetrics,
-                 route_of, hosts: frozenset[str] | None = None, body_seconds: float | None = None):
-        self.app, self.limit, self.token, self.protected = app, limit, token, protected
-        self.metrics, self.route_of, self.hosts, self.body_seconds = metrics, route_of, hosts, body_seconds
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = [500]
-
-        async def send_counted(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            refusal = self._refusal(scope)
-            if refusal is not None:
-                await refusal(scope, receive, send_counted)
-                return
-            received, body_done = 0, False
-
-            async def receive_counted():
-                nonlocal received, body_done
-                if body_done:  # the body is whole: what is left is waiting for a disconnect, with no deadline
-                    return await receive()
-                try:
-                    message = await asyncio.wait_for(receive(), timeout=self.body_seconds)
-                except asyncio.TimeoutError:
-                    raise HTTPException(408, f"the request body stopped arriving for {self.body_seconds:g} s "
-                                             "(serve.body_seconds)") from None
-                if message["type"] == "http.request":
-                    body_done = not message.get("more_body", False)
-                    received += len(message.get("body", b""))
-                    if received > self.limit:
-                        raise HTTPException(413, f"request body over the {self.limit}-byte limit "
-                                                 "(serve.max_upload_mb, serve.max_text_chars)")
-                return message
-
-            await self.app(scope, receive_counted, send_counted)
-        finally:
-            self.metrics.response(self.route_of(scope), status[0])
-
-    def _refusal(self, scope) -> Response | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.hosts is not None:  # no token: only requests addressed to us, no POST from another site's page
-            host = _hostname(headers.get("host", ""))
-            if host not in self.hosts:
-                return JSONResponse({"detail": f"Host {_shown(host)} is not served here (serve.allowed_hosts; "
-                                               "or set POLYVOX_TOKEN)"}, status_code=421)
-            origin = headers.get("origin")
-            if scope["method"] == "POST" and origin is not None and _hostname(origin.partition("://")[2]) not in self.hosts:
-                return JSONResponse({"detail": f"a POST from a page of origin {_shown(origin)} is refused "
-                                               "(serve.allowed_hosts; or set POLYVOX_TOKEN)"}, status_code=403)
-        if self.token is not None and scope["method"] == "POST" and scope["path"] in self.protected:
-            given = headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return JSONResponse({"detail": f"request body of {declared} bytes is over the {self.limit}-byte limit "
-                                           f"(serve.max_upload_mb, serve.max_text_chars)"}, status_code=413)
-        return None
-
-
 def _problem(error: dict) -> dict:
     field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "header"))
     if field == "text" and error.get("type") in ("missing", "string_too_short"):
@@ -315,36 +97,24 @@ def _problem(error: dict) -> dict:
     return {"field": field, "problem": str(error.get("msg", "invalid"))[:200]}
 
 
-LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+ERRORS = {
+    401: {"description": "POLYVOX_TOKEN is set and the request has no `Authorization: Bearer <token>` matching it"},
+    413: {"description": "The body, an upload, the text or a sentence is over its limit (the reply names which)"},
+    415: {"description": "An upload is not audio or not a picture polyvox reads"},
+    422: {"description": "A field breaks a rule: empty text, an unknown speaker, text in a script the voice "
+                         "cannot read, length_scale out of range (the reply names the field and the rule)"},
+    503: {"description": "Every synthesis slot is taken (Retry-After: 1), or the request ran past "
+                         "serve.request_seconds"},
+}
 
 
-def _hostname(authority: str) -> str:
-    """``example.org:8000`` → ``example.org``; ``[::1]:8000`` → ``::1``; lower case."""
-    authority = authority.strip().lower()
-    if authority.startswith("["):
-        return authority[1:].partition("]")[0]
-    return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+async def _refused(_request, exc: RequestError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
 
-def _shown(value: str, limit: int = 80) -> str:
-    """Client input echoed in a reply: quoted and cut at ``limit`` characters."""
-    return repr(value[:limit] + ("…" if len(value) > limit else ""))
-
-
-def allowed_hosts(settings: ServeSection, host: str | None = None) -> frozenset[str]:
-    """The names a service without a token answers to: localhost, the bound host (unless it is a
-    wildcard) and ``serve.allowed_hosts``."""
-    bound = set() if (host or settings.host) in ("0.0.0.0", "::", "") else {(host or settings.host).lower()}
-    return LOCAL_NAMES | frozenset(bound) | frozenset(name.lower() for name in settings.allowed_hosts)
-
-
-def _route(app: FastAPI, scope) -> str:
-    """The route template a request matches (``synthesize``), never the raw path: a label per
-    route, however many paths clients make up."""
-    for route in app.router.routes:
-        if route.matches(scope)[0] == Match.FULL:
-            return getattr(route, "path", "").strip("/") or "root"
-    return "unmatched"
+async def _invalid(_request, exc: RequestValidationError) -> JSONResponse:
+    """The field and the rule it broke, never the value sent (an upload's internals, a huge string)."""
+    return JSONResponse({"detail": [_problem(error) for error in exc.errors()]}, status_code=422)
 
 
 def create_app(bundle: Path, settings: ServeSection, token: str | None = None, poll: bool = True,
@@ -380,20 +150,13 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     # Two uploads at their limit, the text at its limit (4 bytes a character at most) and form overhead.
     body_limit = int(2 * settings.max_upload_mb * 2**20 + 4 * settings.max_text_chars + 2**16)
     app.add_middleware(Gate, limit=body_limit, token=token, protected=("/synthesize", "/reload"), metrics=metrics,
-                       route_of=lambda scope: _route(app, scope),
+                       route_of=lambda scope: route_label(app, scope),
                        hosts=None if token is not None else allowed_hosts(settings, host),
                        body_seconds=settings.body_seconds)
     slots = threading.BoundedSemaphore(settings.max_concurrent)
     trimmer = Trimmer()
-
-    @app.exception_handler(RequestError)
-    async def refused(_request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request, exc: RequestValidationError) -> JSONResponse:
-        """The field and the rule it broke, never the value sent (an upload's internals, a huge string)."""
-        return JSONResponse({"detail": [_problem(error) for error in exc.errors()]}, status_code=422)
+    app.add_exception_handler(RequestError, _refused)
+    app.add_exception_handler(RequestValidationError, _invalid)
 
     def read(upload: UploadFile | None) -> bytes | None:
         """An upload's bytes, one past the limit at most (so that an oversized one shows)."""
@@ -483,90 +246,6 @@ def create_app(bundle: Path, settings: ServeSection, token: str | None = None, p
     return app
 
 
-class SlowReader(Exception):
-    """A streaming client took a sentence slower than real time (plus ``serve.stream_grace_seconds``)."""
-
-
-class PacedStream(Response):
-    """A streamed WAV whose synthesis never waits for its reader.
-
-    A worker thread renders the sentences into a queue as fast as it can and releases the
-    synthesis slot when it is done (or past ``serve.request_seconds``): a client that never reads
-    holds no slot. The event loop sends each sentence as it comes, and a sentence the client does
-    not take within its audio's length plus ``grace`` seconds ends the connection: a reader slower
-    than real time is cut off (uvicorn closes the socket when the app raises after the headers).
-    A client that goes away stops the rendering at the next sentence."""
-
-    media_type = "audio/wav"
-
-    def __init__(self, pieces: Iterator[np.ndarray], rate: int, release, grace: float, headers: dict[str, str],
-                 cut_off=lambda: None):
-        self.status_code, self.background = 200, None
-        self.init_headers(headers)  # no body attribute: no Content-Length, the stream's length is open
-        self.pieces, self.rate, self.release, self.grace, self.cut_off = pieces, rate, release, grace, cut_off
-
-    async def __call__(self, scope, receive, send) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for wave in self.pieces:
-                    loop.call_soon_threadsafe(queue.put_nowait, wave)
-                    if stop.is_set():
-                        break
-            except Exception as exc:  # noqa: BLE001 - reported to the sender, which logs and ends the stream
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-            finally:
-                self.release()
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-
-        async def watch_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            stop.set()
-
-        producer = loop.run_in_executor(None, produce)
-        watcher = asyncio.ensure_future(watch_disconnect())
-        try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            await self._send(send, streaming_wav_header(self.rate), 0.0)
-            while (item := await queue.get()) is not None:
-                if isinstance(item, Exception):
-                    detail = item.detail if isinstance(item, HTTPException) else f"{type(item).__name__}: {item}"
-                    log.warning("stream ended early: %s", detail)
-                    break
-                await self._send(send, pcm16(item), len(item) / self.rate)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            stop.set()
-            watcher.cancel()
-            await asyncio.shield(producer)  # the slot is released by the producer, whatever happened here
-
-    async def _send(self, send, chunk: bytes, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}),
-                                   timeout=seconds + self.grace)
-        except asyncio.TimeoutError:
-            self.cut_off()
-            log.warning("streaming client cut off: it did not take %.1f s of audio within %.1f s", seconds,
-                        seconds + self.grace)
-            raise SlowReader(f"the client reads slower than real time (serve.stream_grace_seconds {self.grace})") \
-                from None
-
-
-ERRORS = {
-    401: {"description": "POLYVOX_TOKEN is set and the request has no `Authorization: Bearer <token>` matching it"},
-    413: {"description": "The body, an upload, the text or a sentence is over its limit (the reply names which)"},
-    415: {"description": "An upload is not audio or not a picture polyvox reads"},
-    422: {"description": "A field breaks a rule: empty text, an unknown speaker, text in a script the voice "
-                         "cannot read, length_scale out of range (the reply names the field and the rule)"},
-    503: {"description": "Every synthesis slot is taken (Retry-After: 1), or the request ran past "
-                         "serve.request_seconds"},
-}
-
-
 def mount_docs(app: FastAPI) -> None:
     """/docs: Swagger UI 5 (it reads FastAPI's OpenAPI 3.1; the 4.x of swagger-ui-bundle does not)
     from fastapi-offline's static files, served by this app under /docs-assets."""
@@ -603,19 +282,11 @@ def _once(function):
     return call
 
 
-class _SlowReadersLoggedOnce(logging.Filter):
-    """uvicorn logs a traceback for an app that raises after its headers were sent, which is how a
-    slow reader is disconnected; :class:`PacedStream` has said so in one line already."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], SlowReader))
-
-
 def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: int | None = None) -> None:
     """Run the service with uvicorn (blocking)."""
     import uvicorn
 
-    logging.getLogger("uvicorn.error").addFilter(_SlowReadersLoggedOnce())
+    logging.getLogger("uvicorn.error").addFilter(SlowReadersLoggedOnce())
     if "MALLOC_ARENA_MAX" not in os.environ:  # before the request threads exist (polyvox.serve.memory)
         limit_arenas(2)
 
@@ -626,34 +297,3 @@ def serve(bundle: Path, settings: ServeSection, host: str | None = None, port: i
         log.warning("serving on %s without POLYVOX_TOKEN: anyone who can reach it can synthesise", host)
     uvicorn.run(app, host=host, port=port if port is not None else settings.port, log_level="info",
                 http=bounded_protocol(settings.body_seconds), timeout_keep_alive=settings.idle_seconds)
-
-
-def bounded_protocol(head_seconds: float):
-    """uvicorn's h11 protocol with two deadlines it lacks: a connection that never sends a byte is
-    closed after ``timeout_keep_alive`` like an idle kept-alive one, and a request head (the next
-    one on a kept-alive connection too) must be complete within ``head_seconds``: headers trickled
-    a byte at a time no longer hold a connection forever."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class BoundedH11Protocol(H11Protocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(transport)
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
-            self._head = self.loop.call_later(head_seconds, self._head_overdue)
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._head.cancel()
-                self._head = self.loop.call_later(head_seconds, self._head_overdue)
-
-        def connection_lost(self, exc) -> None:
-            self._head.cancel()
-            super().connection_lost(exc)
-
-        def _head_overdue(self) -> None:
-            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
-                self.transport.close()  # still waiting for a request head
-
-    return BoundedH11Protocol
-
