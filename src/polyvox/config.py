@@ -193,8 +193,8 @@ class MemberSection(_Section):
 class StepBounds(_Section):
     """How long a training run goes, never what it learns: a change of these resumes a finished run
     (polyvox.train.loop.run_once) instead of training it afresh. The trainers read them through
-    polyvox.train.budget.StepPlan (max_steps, max_minutes, calibration_steps) and
-    polyvox.train.loop.Session (the rest)."""
+    polyvox.train.budget.StepPlan (max_steps, max_minutes, calibration_steps, validate_every: the
+    plan) and polyvox.train.loop.Session (max_minutes, validate_every, checkpoint_every: the run)."""
 
     BOUNDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "max_minutes", "calibration_steps", "checkpoint_every",
                                                   "validate_every"})

@@ -87,8 +87,8 @@ def unit(module: str) -> str:
 
 
 # The architecture, bottom to top: a part of the package may import its own layer's parts and the
-# layers below, never a layer above; and neither the parts' graph nor a part's modules have cycles. Serving (the service and
-# the runtime it loads) imports nothing of training.
+# layers below, never a layer above; neither the parts' graph nor a part's modules have cycles.
+# Serving (the service and the runtime it loads) imports nothing of training.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: settings, files, fingerprints, progress, tracking, the text front-end, the engines,
     # the shipped weights
@@ -140,7 +140,7 @@ def layer_violations(edges: dict[str, frozenset[str]] | None = None) -> list[str
 
 
 def _cycles(units: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected group of parts (depth-first search)."""
+    """One cycle per strongly connected group of nodes (parts, or the modules of one part; depth-first search)."""
     cycles, state, stack = [], {}, []
 
     def visit(node: str) -> None:

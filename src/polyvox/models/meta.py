@@ -1,7 +1,8 @@
 """``model.json`` and ``vocoder.json``: what a trained member or vocoder folder says about itself, as
 one typed value each (as piper's ``PiperConfig`` is for its ``.onnx.json``). The trainers write them;
 the synthesiser, the bundle builder, the warm starts and pretrain's checks read them, all through
-:class:`MemberMeta` and :class:`VocoderMeta`, which also name the files."""
+:class:`MemberMeta` and :class:`VocoderMeta`, which also name the files. A trained vocoder loads here
+too (:func:`load_vocoder`), beside the file that says what it is."""
 
 from __future__ import annotations
 

@@ -23,11 +23,9 @@ Two heads (``VocoderConfig.source``):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-
 from torch import nn
 
 # Vocos clips the predicted magnitude at 1e2 so an early, wild exp() cannot blow up the iSTFT.

@@ -120,7 +120,7 @@ async def _invalid(_request, exc: RequestValidationError) -> JSONResponse:
 def create_app(bundle: Path, settings: ServeSection, token: str | None = None, poll: bool = True,
                host: str | None = None) -> FastAPI:
     """The service over ``bundle``; ``token``: a bearer token required on POST (None: open to requests
-    addressed to :func:`allowed_hosts` of ``host``, the bound host, default ``serve.host``)."""
+    addressed to :func:`polyvox.serve.gate.allowed_hosts` of ``host``, the bound host, default ``serve.host``)."""
     holder = VoiceHolder(Path(bundle), settings.runtime)
     if not writer_active(Path(bundle).parent.parent):
         for stale in remove_staging(Path(bundle)):  # a download killed mid-way (a promote's, a rollback's)

@@ -1,8 +1,9 @@
-"""What a request must pass before FastAPI reads a byte of it: the names a service without a token
-answers to (:func:`allowed_hosts`), the bearer token and the body's size and pace (:class:`Gate`, an
-ASGI middleware that also counts every response by route), and the pace of the request head
-(:func:`bounded_protocol`, uvicorn's h11 with the deadlines it lacks). A client that sends too much,
-too slowly or from the wrong place is refused here, before any route's code runs."""
+"""What a request must pass before any route's code runs: the names a service without a token
+answers to (:func:`allowed_hosts`), the bearer token and the declared body size, checked before
+FastAPI reads the body, and the body's size and pace as it arrives (:class:`Gate`, an ASGI middleware
+that also counts every response by route); and the pace of the request head (:func:`bounded_protocol`,
+uvicorn's h11 with the deadlines it lacks). A client that sends too much, too slowly or from the wrong
+place is refused here."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ def streaming_wav_header(rate: int) -> bytes:
 def pcm16(wave: np.ndarray) -> bytes:
     return (np.clip(wave, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
+
 class SlowReader(Exception):
     """A streaming client took a sentence slower than real time (plus ``serve.stream_grace_seconds``)."""
 
@@ -98,6 +99,7 @@ class PacedStream(Response):
                         seconds + self.grace)
             raise SlowReader(f"the client reads slower than real time (serve.stream_grace_seconds {self.grace})") \
                 from None
+
 
 class SlowReadersLoggedOnce(logging.Filter):
     """uvicorn logs a traceback for an app that raises after its headers were sent, which is how a

@@ -155,7 +155,9 @@ class Clocked(Protocol):
 class StepPlan:
     """How many steps a run takes: ``bounds.max_steps``, or with ``max_steps: auto`` as many as
     ``bounds.max_minutes`` allow on this machine. ``bounds`` is a section with the step bounds
-    (:class:`polyvox.config.StepBounds`); ``train.max_minutes`` and its kin are read here only.
+    (:class:`polyvox.config.StepBounds`): the plan reads ``max_steps``, ``max_minutes``,
+``calibration_steps`` and ``validate_every`` (its re-plans), :class:`polyvox.train.loop.Session` the
+time bound and when to validate and checkpoint.
 
     An auto plan times ``calibration_steps`` steps (their mean, less the first few, which warm caches
     and allocators) and the validation pass after them, then plans the rest of the budget; the plan

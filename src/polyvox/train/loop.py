@@ -137,7 +137,7 @@ class Session:
         self._objects = (model, optimiser, scheduler, scaler)
         self.companions = companions or {}
         self.best_key, self.amp, self.losses = best_key, amp, losses
-        self.bounds = bounds  # max_minutes, validate_every and checkpoint_every are read here only
+        self.bounds = bounds  # the time bound and when to validate and checkpoint (StepPlan reads the plan's)
         out.mkdir(parents=True, exist_ok=True)
         self.start, self.best = 0, None
         if resume and (out / "last.pt").is_file():
