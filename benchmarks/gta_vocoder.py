@@ -39,6 +39,10 @@ from polyvox.signal.pitch import normalised_log_f0
 log = logging.getLogger("gta_vocoder")
 
 
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+
+
 def twin(workspace: Path, target: Path) -> None:
     """``target/data`` as hard links of ``workspace/data`` (new files replace links, never write through)."""
     if (target / "data").is_dir():
@@ -48,29 +52,28 @@ def twin(workspace: Path, target: Path) -> None:
 
 
 @torch.no_grad()
-def render_takes(target: Path, member: Path) -> dict:
-    """Replace every take's mel in ``target``'s features with ``member``'s rendering of it."""
+def render_takes(source: Path, target: Path, member: Path) -> dict:
+    """Replace every take's mel in ``target``'s features with ``member``'s rendering of it; the real
+    mels are read from ``source``'s (a run killed half-way and started again still compares with them)."""
     features = target / "data" / "features"
-    index = pd.read_parquet(features / "index.parquet")
-    stats = json.loads((features / "stats.json").read_text())
-    voice = ConverterSynthesizer(member)
     done = features / "gta.json"
     if done.is_file():
         return json.loads(done.read_text())
+    index = pd.read_parquet(features / "index.parquet")
+    stats = json.loads((features / "stats.json").read_text())
+    voice = ConverterSynthesizer(member)
     l1 = []
     for row in track(list(index.itertuples()), len(index), "render the takes (ground-truth-aligned mels)", log):
-        path = features / row.features
-        arrays = load_arrays(path)
-        frames = arrays["mel"].shape[1]
+        real = load_arrays(source / "data" / "features" / row.features)
+        frames = real["mel"].shape[1]
         s = stats["speakers"].get(row.speaker, stats["global"])
-        pitch, voiced = normalised_log_f0(arrays["f0"], s["log_f0_mean"], s["log_f0_std"])
+        pitch, voiced = normalised_log_f0(real["f0"], s["log_f0_mean"], s["log_f0_std"])
         content = on_grid(np.load(features / row.content_features).astype(np.float32), frames, voice.audio)
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]  # noqa: E731
         mel = voice.model.infer(as_tensor(content), as_tensor(pitch), as_tensor(voiced),
                                 **voice.conditioning_inputs(row.speaker, None, None))[0].numpy()
-        l1.append(float(np.abs(mel - arrays["mel"]).mean()))
-        path.unlink()  # the link only: the source workspace keeps its file
-        save_arrays(path, {**arrays, "mel": mel.astype(arrays["mel"].dtype)})
+        l1.append(float(np.abs(mel - real["mel"]).mean()))
+        # atomic: a new file renamed over the twin's hard link, so the source keeps its own
+        save_arrays(features / row.features, {**real, "mel": mel.astype(real["mel"].dtype)})
     record = {"member": str(member), "takes": len(index), "mean_l1_to_real": float(np.mean(l1))}
     done.write_text(json.dumps(record, indent=1))
     return record
@@ -86,7 +89,7 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(args.twin, ignore_errors=True)
     twin(args.workspace, args.twin)
-    print(json.dumps(render_takes(args.twin, args.member)))
+    print(json.dumps(render_takes(args.workspace, args.twin, args.member)))
 
 
 if __name__ == "__main__":

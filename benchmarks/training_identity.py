@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -87,11 +86,9 @@ def digest_metrics(path: Path) -> str:
 def digest_state(value, sink) -> None:
     """Every tensor (and number) in a checkpoint, in a fixed order, into ``sink``."""
     if isinstance(value, torch.Tensor):
-        buffer = io.BytesIO()
-        buffer.write(str((value.dtype, tuple(value.shape))).encode())
-        buffer.write(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
-                     if value.numel() else b"")
-        sink.update(buffer.getvalue())
+        sink.update(str((value.dtype, tuple(value.shape))).encode())
+        if value.numel():
+            sink.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(value, dict):
         for key in sorted(value, key=str):
             if key in ("trained_seconds", "planned_steps"):  # wall clock, and None with fixed steps
