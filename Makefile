@@ -28,9 +28,11 @@ test-deps:
 
 venv: $(VENV)/.installed
 
+# --no-cache-dir: on a fresh machine pip's cache would only hold a second copy of every wheel it
+# downloaded (gigabytes beside torch); stop 44's CI ran out of disk during this install.
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-cache-dir --disable-pip-version-check -c requirements.lock -e ".[dev]"
 	@$(BIN)/dvc config --local core.analytics false >/dev/null 2>&1 || true
 	@touch $@
 

@@ -112,6 +112,10 @@ def test_the_piper_graph_is_optimised_once_into_the_cache_and_renders_the_same_w
     (tmp_path / "not-a-folder").write_text("x")
     monkeypatch.setenv("POLYVOX_CACHE", str(tmp_path / "not-a-folder"))  # a cache that cannot be written
     private, _ = engines.piper_render(voice, "Turn left at the bakery.", "a test sentence")
+    copies = [graph.parent for graph in engines._PRIVATE_GRAPHS.values()]
+    assert copies and all(folder.is_dir() for folder in copies)
+    engines.remove_private_graphs()  # what runs at exit: the private copy does not outlive the process
+    assert not any(folder.exists() for folder in copies) and not engines._PRIVATE_GRAPHS
     assert rate == 22050 and np.array_equal(first, again) and np.array_equal(first, private)
     other, _ = engines.piper_render(voice, "Turn right at the bakery.", "a test sentence")
     assert not np.array_equal(first[: other.size], other[: first.size])

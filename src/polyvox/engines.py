@@ -23,6 +23,7 @@ corpus is deterministic) and renderings in parallel threads do not disturb one a
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import shutil
@@ -218,10 +219,19 @@ def piper_graph(voice_name: str) -> Path:
         return target
     except OutputNotWritten:
         if name not in _PRIVATE_GRAPHS or not _PRIVATE_GRAPHS[name].is_file():
+            if not _PRIVATE_GRAPHS:
+                atexit.register(remove_private_graphs)
             _PRIVATE_GRAPHS[name] = Path(tempfile.mkdtemp(prefix="polyvox-piper-")) / name
             _optimise_graph(graph, _PRIVATE_GRAPHS[name])
         return _PRIVATE_GRAPHS[name]
 
+
+def remove_private_graphs() -> None:
+    """Delete the private copies :func:`piper_graph` made where the cache was not writable (61 MB
+    each); registered to run at the process's exit, as nothing else would ever remove them."""
+    while _PRIVATE_GRAPHS:
+        _, graph = _PRIVATE_GRAPHS.popitem()
+        shutil.rmtree(graph.parent, ignore_errors=True)  # a temporary folder: gone already is fine
 
 
 @lru_cache(maxsize=4)
