@@ -126,8 +126,12 @@ def test_the_converter_synthesises_from_the_teacher_by_name_and_by_reference(con
     for kwargs in ({"speaker": "kathleen"}, {"reference_audio": kathleen_files[1]}):
         wave, rate = voice.synthesize("The quick brown fox jumps over the lazy dog.", **kwargs)
         assert rate == 22050 and np.isfinite(wave).all() and 1.0 < wave.size / rate < 6.0, kwargs
+    # by name, the teacher speaks at her pace (measured on her training takes), by reference at its own
+    tempo = voice.members[0].synthesizer.meta.tempo["kathleen"]
+    own, _ = voice.synthesize("The quick brown fox jumps over the lazy dog.", speaker="kathleen")
+    assert 0.5 <= tempo <= 2.0 and abs(own.size / wave.size / tempo - 1) < 0.1, (tempo, own.size, wave.size)
     slow, _ = voice.synthesize("The quick brown fox jumps over the lazy dog.", speaker="kathleen", length_scale=1.5)
-    assert slow.size > 1.3 * wave.size  # the teacher's pace, scaled
+    assert abs(slow.size / own.size / 1.5 - 1) < 0.1  # the teacher's pace at hers, scaled
     timings = voice.members[0].synthesizer.timings
     assert set(timings) == {"teacher", "pitch", "content", "decoder"}
     # the contour the mel carries, in Hz at her register, for a harmonic-source vocoder to render
@@ -136,6 +140,19 @@ def test_the_converter_synthesises_from_the_teacher_by_name_and_by_reference(con
     assert contour.shape == (mel.shape[1],) and (contour > 0).mean() > 0.3
     assert abs(np.median(np.log(contour[contour > 0])) - mean) < 2 * std
     assert voice.rendered("Hello there.", reference_audio=kathleen_files[1])[1] is None  # her register unknown
+
+
+def test_the_teachers_pace_is_measured_against_a_speakers_takes(params):
+    from polyvox.frontends.teacher import TEMPO_RANGE, TeacherSettings, teacher_audio, tempo
+
+    joe = TeacherSettings("piper_joe", params.audio, params.clean.trim_top_db, params.clean.loudness_lufs)
+    texts = ["Turn left at the bakery.", "How much is the red umbrella?", "We met on the third of May."]
+    # a "speaker" who is the teacher itself at 1.3 times its length: measured as 1.3
+    slow = [(text, teacher_audio(text, joe, "t", 1.3).size / params.audio.sample_rate) for text in texts]
+    assert abs(tempo(slow, joe) - 1.3) < 0.06, tempo(slow, joe)
+    assert tempo([(text, 10 * seconds) for text, seconds in slow], joe) == TEMPO_RANGE[1]  # bounded
+    flite = TeacherSettings("flite_slt", params.audio, params.clean.trim_top_db, params.clean.loudness_lufs)
+    assert tempo(slow, flite) is None  # a teacher with no pace to set
 
 
 def test_a_missing_content_model_or_teacher_is_named_with_its_package(converted, monkeypatch):

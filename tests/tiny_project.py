@@ -11,7 +11,7 @@ import yaml
 TINY_MODEL = {"channels": 32, "text_layers": 1, "decoder_layers": 1, "postnet_layers": 2}
 TINY_VOCODER = {"channels": 16, "layers": 1, "intermediate": 32, "batch_size": 2}
 # A converter (converter.*) small enough for a few seconds of training, as TINY_MODEL is.
-TINY_CONVERTER = {"channels": 16, "blocks": 2, "bottleneck": 8, "batch_size": 2, "segment_frames": 32}
+TINY_CONVERTER = {"channels": 16, "blocks": 2, "bottleneck": 8, "batch_size": 2, "segment_frames": 32, "tempo_texts": 2}
 
 
 def as_overrides(section: str, values: dict) -> list[str]:

@@ -263,6 +263,9 @@ class ConverterSection(_Section):
 
     # The natural voice that says the words at synthesis (polyvox.engines.CATALOG).
     teacher_voice: str
+    # Training takes per speaker whose length against the teacher's rendering sets the teacher's pace
+    # at synthesis (model.json's tempo); 0: the teacher's own pace.
+    tempo_texts: int = Field(ge=0)
     channels: int = Field(ge=8)
     blocks: int = Field(ge=1)  # residual dilated convolution blocks
     kernel_size: int = Field(ge=1)

@@ -81,6 +81,54 @@ def _mel(text: str, settings: TeacherSettings, label: str) -> np.ndarray:
     return log_mel(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), settings.audio).numpy().astype(np.float32)
 
 
+# The pace a teacher may be set to for a speaker: beyond twice or half the teacher's own, the measured
+# takes are more likely mislabelled or padded with silence than spoken that way.
+TEMPO_RANGE = (0.5, 2.0)
+TEMPO_STEPS = 4  # renderings of the texts at most, beyond the teacher's own pace
+TEMPO_TOLERANCE = 0.01  # of the takes' seconds: close enough to stop
+
+
+def tempo(takes: list[tuple[str, float]], settings: TeacherSettings) -> float | None:
+    """The teacher's ``length_scale`` at which it speaks at a speaker's pace: the one at which its
+    cleaned renderings of the texts last as long as the speaker's cleaned takes of them (``takes``:
+    (text, seconds) pairs), within :data:`TEMPO_RANGE`. Whole sentences, pauses included, as the
+    teacher's rendering at synthesis has them. A rendering's length is affine in the scale, not
+    proportional (Piper joe: ×1.3 gives ×1.18; short phones and the edges do not stretch), so the scale
+    is found by secant steps from the teacher's own pace. None when the teacher has no pace to set
+    (not Piper) or none of the texts can be rendered."""
+    from polyvox.engines import SynthesisError, resolve_voices
+
+    if resolve_voices([settings.voice])[0].engine != "piper":  # installed, or an error naming the package
+        return None
+    texts, spoken, own = [], 0.0, 0
+    for text, seconds in takes:
+        try:
+            own += _audio(text, settings, repr(text[:60]), 1.0).size
+        except SynthesisError:  # nothing in it to pronounce: a text that says nothing of the pace
+            continue
+        texts.append(text)
+        spoken += seconds
+    if not texts:
+        return None
+
+    def length(scale: float) -> float:
+        return sum(_audio(text, settings, repr(text[:60]), scale).size for text in texts) / settings.audio.sample_rate
+
+    low, high = TEMPO_RANGE
+    scales, lengths = [1.0], [own / settings.audio.sample_rate]
+    scale = float(np.clip(spoken / lengths[0], low, high))
+    for _ in range(TEMPO_STEPS):
+        if scale == scales[-1]:
+            break
+        scales.append(scale)
+        lengths.append(length(scale))
+        if abs(lengths[-1] - spoken) <= TEMPO_TOLERANCE * spoken or lengths[-1] == lengths[-2]:
+            break
+        slope = (lengths[-1] - lengths[-2]) / (scales[-1] - scales[-2])
+        scale = float(np.clip(scales[-1] + (spoken - lengths[-1]) / slope, low, high))
+    return round(scales[-1], 3)
+
+
 @lru_cache(maxsize=16)
 def _audio(text: str, settings: TeacherSettings, label: str, length_scale: float) -> np.ndarray:
     import librosa

@@ -93,6 +93,9 @@ class ConverterMeta(BaseModel):
     teacher: dict[str, Any]  # polyvox.frontends.teacher.TeacherSettings: the voice that says the words
     # speaker → (log-F0 mean, std) the pitch input was z-scored with (absent in converters trained before it)
     pitch: dict[str, list[float]] | None = None
+    # speaker → the teacher's length_scale that matches that speaker's pace (their takes' seconds over
+    # the teacher's on the same texts); absent: the teacher's own pace
+    tempo: dict[str, float] | None = None
 
     @classmethod
     def read(cls, folder: Path) -> "ConverterMeta":

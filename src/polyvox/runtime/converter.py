@@ -76,14 +76,23 @@ class ConverterSynthesizer(ConditionedMember):
             raise ValueError(f"nothing to say in {text!r}")
         return np.asarray([[ord(symbol) for symbol in phonemes]], dtype=np.int64)
 
-    def inputs(self, text: str, length_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The decoder's inputs for ``text``: content (width, frames), pitch (frames,), voiced (frames,)."""
+    def tempo(self, speaker: str | None) -> float:
+        """The teacher's length_scale at ``speaker``'s own pace (``model.json``'s ``tempo``); 1 (the
+        teacher's pace) for a reference or an image, or a member trained before tempo was measured."""
+        if speaker is None or not self.meta.tempo:
+            return 1.0
+        return float(self.meta.tempo.get(speaker, 1.0))
+
+    def inputs(self, text: str, length_scale: float = 1.0,
+               speaker: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The decoder's inputs for ``text`` spoken at ``speaker``'s pace × ``length_scale``: content
+        (width, frames), pitch (frames,), voiced (frames,)."""
         check_readable(text, self.text_frontend["language"])
         spoken = normalize_text(text)
         if not spoken.strip():
             raise ValueError(f"nothing to say in {text!r}")
         clock = time.perf_counter()
-        audio = teacher_audio(spoken, self.teacher, repr(text[:60]), length_scale)
+        audio = teacher_audio(spoken, self.teacher, repr(text[:60]), length_scale * self.tempo(speaker))
         frames = 1 + audio.size // self.audio.hop_length
         teacher_done = time.perf_counter()
         track = f0(audio, self.audio)[:frames]
@@ -104,13 +113,14 @@ class ConverterSynthesizer(ConditionedMember):
     def render(self, text: str, speaker: str | None = None, reference_audio=None, image=None,
                length_scale: float = 1.0) -> tuple[torch.Tensor, np.ndarray | None]:
         """:meth:`mel` and the F0 contour (frames,) in Hz it was rendered at (:meth:`contour`)."""
-        content, pitch, voiced = self.inputs(text, length_scale)
+        named = speaker if reference_audio is None and image is None else None
+        content, pitch, voiced = self.inputs(text, length_scale, named)
         clock = time.perf_counter()
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None].to(self.device)  # noqa: E731
         mel = self.model.infer(as_tensor(content), as_tensor(pitch), as_tensor(voiced),
                                **self.conditioning_inputs(speaker, reference_audio, image))
         self.timings["decoder"] = time.perf_counter() - clock
-        return mel[0], self.contour(pitch, voiced, speaker if reference_audio is None and image is None else None)
+        return mel[0], self.contour(pitch, voiced, named)
 
     def contour(self, pitch: np.ndarray, voiced: np.ndarray, speaker: str | None) -> np.ndarray | None:
         """The decoder's pitch input in Hz (0 where unvoiced) at ``speaker``'s register, the contour its

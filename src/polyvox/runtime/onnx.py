@@ -416,7 +416,7 @@ class OnnxConverter:
         if speaker not in self.embeddings:
             raise ValueError(f"unknown speaker {speaker!r}; known: {sorted(self.embeddings)}")
         synthesizer = self.member.synthesizer
-        content, pitch, voiced = synthesizer.inputs(text, length_scale)
+        content, pitch, voiced = synthesizer.inputs(text, length_scale, speaker)
         mel = self.session.run(None, {"content": content[None], "pitch": pitch[None], "voiced": voiced[None],
                                       "embedding": self.embeddings[speaker]})[0][0]
         return mel, synthesizer.contour(pitch, voiced, speaker)

@@ -20,7 +20,7 @@ import torch
 from polyvox.config import ConfigError, MemberSection, Params
 from polyvox.fileio import chosen_checkpoint, load_arrays
 from polyvox.frontends.content import ContentSettings, content_model, on_grid
-from polyvox.frontends.teacher import TeacherSettings
+from polyvox.frontends.teacher import TeacherSettings, tempo
 from polyvox.models.converter import LOSS_NAMES, ConversionBatch, ConverterConfig, ConverterModel
 from polyvox.models.meta import ConverterMeta, TextFrontEnd, member_kind
 from polyvox.signal.pitch import normalised_log_f0
@@ -36,6 +36,28 @@ def speaker_pitch(workspace: Workspace, speakers: list[str]) -> dict[str, list[f
     stats = json.loads((workspace.features / "stats.json").read_text())
     chosen = {name: stats["speakers"].get(name, stats["global"]) for name in speakers}
     return {name: [float(s["log_f0_mean"]), float(s["log_f0_std"])] for name, s in chosen.items()}
+
+
+def speaker_tempo(workspace: Workspace, speakers: list[str], teacher: TeacherSettings,
+                  texts: int) -> dict[str, float] | None:
+    """Each speaker's pace as the teacher's ``length_scale`` (:func:`polyvox.frontends.teacher.tempo`),
+    from up to ``texts`` of their training takes, spread evenly over the split (a text read several
+    times counts with its takes' mean length); None when ``texts`` is 0 or the teacher has no pace."""
+    if texts == 0:
+        return None
+    index = pd.read_parquet(workspace.features_index, columns=["speaker", "split", "clean_text", "duration"])
+    found = {}
+    for name in speakers:
+        rows = index[(index["speaker"] == name) & (index["split"] == "train")]
+        means = rows.groupby("clean_text", sort=True)["duration"].mean()
+        if means.empty:
+            continue
+        chosen = means.iloc[np.unique(np.linspace(0, len(means) - 1, min(texts, len(means))).round().astype(int))]
+        pace = tempo(list(zip(chosen.index, chosen.to_numpy(dtype=float))), teacher)
+        if pace is None:
+            return None
+        found[name] = pace
+    return found or None
 
 
 class ContentCorpus:
@@ -170,15 +192,16 @@ def converter_recipe(params: Params, workspace: Workspace, member: str, spec: Me
     if warm and init_from is not None:
         started = warm_start(model, workspace.resolve(Path(init_from)))
     section = params.member_model(spec)
+    teacher = TeacherSettings(section.teacher_voice, params.audio, params.clean.trim_top_db, params.clean.loudness_lufs)
     meta = ConverterMeta(member=member, seed=seed, conditioning=spec.conditioning, model=model.cfg, speakers=speakers,
                          audio=params.audio, image_size=params.features.image_size,
                          text=TextFrontEnd(language=params.clean.language, phonemizer=params.clean.phonemizer),
                          content=settings.to_dict(),
-                         teacher=TeacherSettings(section.teacher_voice, params.audio, params.clean.trim_top_db,
-                                                 params.clean.loudness_lufs).to_dict(),
+                         teacher=teacher.to_dict(),
                          content_model=content_model(settings.model).identity(),
                          init_from=None if init_from is None else str(init_from),
-                         pitch=speaker_pitch(workspace, speakers))
+                         pitch=speaker_pitch(workspace, speakers),
+                         tempo=speaker_tempo(workspace, speakers, teacher, section.tempo_texts))
     batch_size, crop = section.batch_size, section.segment_frames
     return MemberRecipe(
         model=model, train_corpus=train_corpus, batch_size=batch_size, lr=section.lr, loss_names=LOSS_NAMES,
