@@ -134,8 +134,13 @@ def test_the_converter_synthesises_from_the_teacher_by_name_and_by_reference(con
     assert abs(slow.size / own.size / 1.5 - 1) < 0.1  # the teacher's pace at hers, scaled
     timings = voice.members[0].synthesizer.timings
     assert set(timings) == {"teacher", "pitch", "content", "decoder"}
-    # the contour the mel carries, in Hz at her register, for a harmonic-source vocoder to render
-    mean, std = voice.members[0].synthesizer.meta.pitch["kathleen"]
+    # by default a harmonic vocoder tracks the pitch in the mel (it sounds better than the teacher's contour)
+    synthesizer = voice.members[0].synthesizer
+    assert synthesizer.meta.vocoder_pitch == "tracked"
+    assert voice.rendered("The quick brown fox jumps over the lazy dog.", speaker="kathleen")[1] is None
+    # given: the contour the mel carries, in Hz at her register, for a harmonic-source vocoder to render
+    synthesizer.meta = synthesizer.meta.model_copy(update={"vocoder_pitch": "given"})
+    mean, std = synthesizer.meta.pitch["kathleen"]
     mel, contour = voice.rendered("The quick brown fox jumps over the lazy dog.", speaker="kathleen")
     assert contour.shape == (mel.shape[1],) and (contour > 0).mean() > 0.3
     assert abs(np.median(np.log(contour[contour > 0])) - mean) < 2 * std

@@ -266,6 +266,10 @@ class ConverterSection(_Section):
     # Training takes per speaker whose length against the teacher's rendering sets the teacher's pace
     # at synthesis (model.json's tempo); 0: the teacher's own pace.
     tempo_texts: int = Field(ge=0)
+    # What a harmonic-source vocoder renders the member's mel at: tracked (the pitch its own tracker
+    # reads in the mel) or given (the teacher's contour moved into the speaker's register, the
+    # decoder's pitch input; model.json's vocoder_pitch).
+    vocoder_pitch: Literal["tracked", "given"]
     channels: int = Field(ge=8)
     blocks: int = Field(ge=1)  # residual dilated convolution blocks
     kernel_size: int = Field(ge=1)

@@ -96,6 +96,9 @@ class ConverterMeta(BaseModel):
     # speaker → the teacher's length_scale that matches that speaker's pace (their takes' seconds over
     # the teacher's on the same texts); absent: the teacher's own pace
     tempo: dict[str, float] | None = None
+    # tracked: a harmonic vocoder reads the pitch in this member's mel; given: it is handed the contour
+    # (absent in converters trained before it: tracked, the measured better)
+    vocoder_pitch: Literal["tracked", "given"] = "tracked"
 
     @classmethod
     def read(cls, folder: Path) -> "ConverterMeta":

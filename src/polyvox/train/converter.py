@@ -201,7 +201,8 @@ def converter_recipe(params: Params, workspace: Workspace, member: str, spec: Me
                          content_model=content_model(settings.model).identity(),
                          init_from=None if init_from is None else str(init_from),
                          pitch=speaker_pitch(workspace, speakers),
-                         tempo=speaker_tempo(workspace, speakers, teacher, section.tempo_texts))
+                         tempo=speaker_tempo(workspace, speakers, teacher, section.tempo_texts),
+                         vocoder_pitch=section.vocoder_pitch)
     batch_size, crop = section.batch_size, section.segment_frames
     return MemberRecipe(
         model=model, train_corpus=train_corpus, batch_size=batch_size, lr=section.lr, loss_names=LOSS_NAMES,
