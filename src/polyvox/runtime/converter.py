@@ -120,13 +120,16 @@ class ConverterSynthesizer(ConditionedMember):
         mel = self.model.infer(as_tensor(content), as_tensor(pitch), as_tensor(voiced),
                                **self.conditioning_inputs(speaker, reference_audio, image))
         self.timings["decoder"] = time.perf_counter() - clock
-        return mel[0], self.contour(pitch, voiced, named) if self.meta.vocoder_pitch == "given" else None
+        return mel[0], self.contour(pitch, voiced, named)
 
     def contour(self, pitch: np.ndarray, voiced: np.ndarray, speaker: str | None) -> np.ndarray | None:
-        """The decoder's pitch input in Hz (0 where unvoiced) at ``speaker``'s register, the contour its
-        mel carries, which :meth:`render` hands a harmonic vocoder when ``model.json``'s ``vocoder_pitch``
-        is ``given``; None where the register is unknown (a reference or an image instead of a named
-        speaker, or a member trained before the statistics were kept): the vocoder then reads the mel."""
+        """What a harmonic vocoder is handed: where ``model.json``'s ``vocoder_pitch`` is ``given``, the
+        decoder's pitch input in Hz (0 where unvoiced) at ``speaker``'s register, the contour its mel
+        carries. None — the vocoder then tracks the pitch in the mel — where it is ``tracked`` (the
+        default) or the register is unknown (a reference or an image instead of a named speaker, or a
+        member trained before the statistics were kept)."""
+        if self.meta.vocoder_pitch != "given":
+            return None
         if speaker is None or not self.meta.pitch or speaker not in self.meta.pitch:
             return None
         mean, std = self.meta.pitch[speaker]

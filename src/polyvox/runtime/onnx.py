@@ -419,7 +419,7 @@ class OnnxConverter:
         content, pitch, voiced = synthesizer.inputs(text, length_scale, speaker)
         mel = self.session.run(None, {"content": content[None], "pitch": pitch[None], "voiced": voiced[None],
                                       "embedding": self.embeddings[speaker]})[0][0]
-        return mel, synthesizer.contour(pitch, voiced, speaker) if synthesizer.meta.vocoder_pitch == "given" else None
+        return mel, synthesizer.contour(pitch, voiced, speaker)
 
     def synthesize(self, text: str, speaker: str, length_scale: float = 1.0) -> tuple[np.ndarray, int]:
         mel, f0 = self.render(text, speaker, length_scale)

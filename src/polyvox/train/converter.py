@@ -42,7 +42,8 @@ def speaker_tempo(workspace: Workspace, speakers: list[str], teacher: TeacherSet
                   texts: int) -> dict[str, float] | None:
     """Each speaker's pace as the teacher's ``length_scale`` (:func:`polyvox.frontends.teacher.tempo`),
     from up to ``texts`` of their training takes, spread evenly over the split (a text read several
-    times counts with its takes' mean length); None when ``texts`` is 0 or the teacher has no pace."""
+    times counts with its takes' mean length). A speaker with no measurable take is left out (the
+    teacher's own pace); None when ``texts`` is 0, the teacher has no pace, or no speaker was measured."""
     if texts == 0:
         return None
     index = pd.read_parquet(workspace.features_index, columns=["speaker", "split", "clean_text", "duration"])
@@ -54,9 +55,8 @@ def speaker_tempo(workspace: Workspace, speakers: list[str], teacher: TeacherSet
             continue
         chosen = means.iloc[np.unique(np.linspace(0, len(means) - 1, min(texts, len(means))).round().astype(int))]
         pace = tempo(list(zip(chosen.index, chosen.to_numpy(dtype=float))), teacher)
-        if pace is None:
-            return None
-        found[name] = pace
+        if pace is not None:
+            found[name] = pace
     return found or None
 
 
